@@ -1,0 +1,41 @@
+package cmd
+
+import (
+	"github.com/spf13/cobra"
+)
+
+func init() { register(newEnterCommand) }
+
+func newEnterCommand(g *Global) *cobra.Command {
+	c := &cobra.Command{
+		Use:   "enter PATH [--] [CMD [ARGS...]]",
+		Short: "Run a command inside a container",
+		Long: `Run CMD (default /bin/sh) inside the namespaces and cgroup of the container
+at PATH, attached to your terminal; cr exits with the command's status. Inside,
+"cr ls" sees the container as "/". A process entered this way is not a
+descendant of the container's init, so checkpoint the container after it ends.`,
+		Example: `  cr enter /lab/pi
+  cr enter /lab/pi -- ps ax`,
+		Args: cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			e, err := openEnv()
+			if err != nil {
+				return err
+			}
+			n, err := e.node(args[0])
+			if err != nil {
+				return err
+			}
+			code, err := e.tree.Enter(n, args[1:])
+			if err != nil {
+				return err
+			}
+			if code != 0 {
+				return exitStatus(code)
+			}
+			return nil
+		},
+	}
+	c.Flags().SetInterspersed(false)
+	return c
+}

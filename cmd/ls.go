@@ -1,0 +1,153 @@
+package cmd
+
+import (
+	"fmt"
+	"io"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/cr-dev/cr/nstree"
+)
+
+// LsOptions are the flags of cr ls.
+type LsOptions struct {
+	Recursive bool
+	JSON      bool
+}
+
+// Entry is one container as cr ls shows it.
+type Entry struct {
+	Path        string    `json:"path"`
+	Name        string    `json:"name"`
+	ID          string    `json:"id"`
+	State       string    `json:"state"`
+	Processes   int       `json:"processes"`
+	MemoryBytes int64     `json:"memory_bytes"`
+	CPUSeconds  float64   `json:"cpu_seconds"`
+	Created     time.Time `json:"created"`
+	AgeSeconds  float64   `json:"age_seconds"`
+	Command     []string  `json:"command,omitempty"`
+	OnEmpty     string    `json:"on_empty"`
+	ExitCode    *int      `json:"exit_code,omitempty"`
+	Children    int       `json:"children"`
+}
+
+func init() { register(newLsCommand) }
+
+func newLsCommand(g *Global) *cobra.Command {
+	var o LsOptions
+	c := &cobra.Command{
+		Use:   "ls [PATH]",
+		Short: "List containers with their live state",
+		Long: `List the containers under PATH (default: your root) with their state
+(running, frozen, empty), process count, memory in use, CPU time, age and
+command. Given a container, ls shows it and its children; -r shows the whole
+subtree. Paths are shown as you see them: inside /vserver1, /vserver1 is "/".`,
+		Example: `  cr ls
+  cr ls -r /lab
+  cr ls --json | jq -r '.[].path'`,
+		Args: cobra.MaximumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			p := ""
+			if len(args) == 1 {
+				p = args[0]
+			}
+			return runLs(cmd.OutOrStdout(), o, p)
+		},
+	}
+	c.Flags().BoolVarP(&o.Recursive, "recursive", "r", false, "list the whole subtree")
+	c.Flags().BoolVar(&o.JSON, "json", false, "print JSON")
+	return c
+}
+
+func runLs(out io.Writer, o LsOptions, p string) error {
+	e, err := openEnv()
+	if err != nil {
+		return err
+	}
+	abs, err := e.viewer.Resolve(p)
+	if err != nil {
+		return usageError{err}
+	}
+	var nodes []*nstree.Node
+	add := func(n *nstree.Node) {
+		if o.Recursive {
+			n.Walk(func(m *nstree.Node) { nodes = append(nodes, m) })
+		} else {
+			nodes = append(nodes, n)
+		}
+	}
+	if abs != e.viewer.Root {
+		n, err := e.forest.Lookup(abs)
+		if err != nil {
+			return fmt.Errorf("%w: %s", nstree.ErrNotFound, p)
+		}
+		nodes = append(nodes, n)
+		for _, c := range n.Children {
+			add(c)
+		}
+	} else {
+		for _, c := range e.forest.ChildrenOf(abs) {
+			add(c)
+		}
+	}
+	entries := make([]Entry, 0, len(nodes))
+	now := time.Now()
+	for _, n := range nodes {
+		u := nstree.UsageOf(mustProcs(n))
+		entries = append(entries, Entry{
+			Path: e.show(n.Path), Name: n.Name, ID: n.ID, State: n.State(),
+			Processes: u.Processes, MemoryBytes: u.RSSBytes, CPUSeconds: u.CPU.Seconds(),
+			Created: n.Created, AgeSeconds: now.Sub(n.Created).Seconds(),
+			Command: n.Command, OnEmpty: n.OnEmpty, ExitCode: n.ExitCode, Children: len(n.Children),
+		})
+	}
+	if o.JSON {
+		return writeJSON(out, entries)
+	}
+	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "PATH\tSTATE\tPROCS\tMEM\tCPU\tAGE\tCOMMAND")
+	for _, en := range entries {
+		cmd := strings.Join(en.Command, " ")
+		if en.ExitCode != nil {
+			cmd += fmt.Sprintf(" (exited %d)", *en.ExitCode)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\t%s\n", en.Path, en.State, en.Processes, humanBytes(en.MemoryBytes),
+			time.Duration(en.CPUSeconds*float64(time.Second)).Round(10*time.Millisecond), humanAge(en.AgeSeconds), cmd)
+	}
+	return tw.Flush()
+}
+
+func mustProcs(n *nstree.Node) []int {
+	p, _ := nstree.Procs(n.Leaf())
+	return p
+}
+
+func humanBytes(b int64) string {
+	const unit = 1024
+	if b < unit {
+		return fmt.Sprintf("%dB", b)
+	}
+	div, exp := int64(unit), 0
+	for n := b / unit; n >= unit; n /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f%ciB", float64(b)/float64(div), "KMGTPE"[exp])
+}
+
+func humanAge(s float64) string {
+	d := time.Duration(s * float64(time.Second))
+	switch {
+	case d < time.Minute:
+		return fmt.Sprintf("%ds", int(d.Seconds()))
+	case d < time.Hour:
+		return fmt.Sprintf("%dm", int(d.Minutes()))
+	case d < 48*time.Hour:
+		return fmt.Sprintf("%dh", int(d.Hours()))
+	}
+	return fmt.Sprintf("%dd", int(d.Hours()/24))
+}

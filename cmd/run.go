@@ -1,0 +1,127 @@
+package cmd
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"github.com/cr-dev/cr/nstree"
+)
+
+// RunOptions are the flags of cr run.
+type RunOptions struct {
+	Cwd     string
+	Env     []string
+	Mount   bool
+	Net     bool
+	OnEmpty string
+}
+
+func init() { register(newRunCommand) }
+
+func newRunCommand(g *Global) *cobra.Command {
+	var o RunOptions
+	c := &cobra.Command{
+		Use:   "run [PATH] [--] CMD [ARGS...]",
+		Short: "Start a job in a new container",
+		Long: `Start CMD detached in a new container at PATH and print the container's path.
+
+Without PATH the container gets a generated name (/unnamed1, /unnamed2, ...).
+Missing intermediate nodes are created (cr run /lab/pi -- ... creates /lab).
+The container has its own pid, ipc and uts namespaces (mount and network with
+--mount and --net), its own cgroup, and cr's init as pid 1, which captures the
+job's output into the container's log (cr logs). The job runs with the
+caller's working directory and environment unless --cwd/--env say otherwise.
+PATH is distinguished from CMD by a leading "/" or by the "--" after it.`,
+		Example: `  cr run /lab/pi -- python3 -c 'import time; time.sleep(1e6)'
+  cr run -- sleep 1000                     # gets /unnamed1
+  cr run --on-empty keep /batch/job1 -- make test
+  cr run --env HOME=/tmp --cwd /tmp /x -- env`,
+		Args: cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			path, command := splitRunArgs(args, cmd.ArgsLenAtDash())
+			return runRun(cmd.OutOrStdout(), o, path, command)
+		},
+	}
+	c.Flags().SetInterspersed(false)
+	c.Flags().StringVar(&o.Cwd, "cwd", "", "working directory of the job (default: the current one)")
+	c.Flags().StringArrayVar(&o.Env, "env", nil, "environment of the job, KEY=VALUE, repeatable (default: the current one)")
+	c.Flags().BoolVar(&o.Mount, "mount", false, "give the container its own mount namespace and /proc")
+	c.Flags().BoolVar(&o.Net, "net", false, "give the container its own network namespace (loopback only)")
+	c.Flags().StringVar(&o.OnEmpty, "on-empty", nstree.OnEmptyDelete, "what happens when the job ends: delete (the node goes) or keep")
+	return c
+}
+
+// splitRunArgs separates [PATH] from CMD: with "--", everything before it
+// is the path; without, a first argument starting with "/" is the path.
+// Flag parsing stops at the first argument, so a "--" after PATH arrives
+// as an argument rather than through ArgsLenAtDash.
+func splitRunArgs(args []string, dash int) (string, []string) {
+	if dash < 0 {
+		for i, a := range args {
+			if a == "--" {
+				dash = i
+				args = append(args[:i:i], args[i+1:]...)
+				break
+			}
+		}
+	}
+	switch {
+	case dash == 1:
+		return args[0], args[1:]
+	case dash == 0:
+		return "", args
+	case dash < 0 && len(args) > 1 && strings.HasPrefix(args[0], "/"):
+		return args[0], args[1:]
+	}
+	return "", args
+}
+
+func runRun(out io.Writer, o RunOptions, path string, command []string) error {
+	if len(command) == 0 {
+		return usageError{fmt.Errorf("no command given")}
+	}
+	if o.OnEmpty != nstree.OnEmptyDelete && o.OnEmpty != nstree.OnEmptyKeep {
+		return usageError{fmt.Errorf("invalid --on-empty %q: want delete or keep", o.OnEmpty)}
+	}
+	for _, kv := range o.Env {
+		if !strings.Contains(kv, "=") {
+			return usageError{fmt.Errorf("invalid --env %q: want KEY=VALUE", kv)}
+		}
+	}
+	e, err := openEnv()
+	if err != nil {
+		return err
+	}
+	ro := nstree.RunOptions{Command: command, Cwd: o.Cwd, Env: o.Env, Mount: o.Mount, Net: o.Net, OnEmpty: o.OnEmpty, Under: e.viewer.Root}
+	if ro.Cwd == "" {
+		if ro.Cwd, err = os.Getwd(); err != nil {
+			return err
+		}
+	}
+	if st, err := os.Stat(ro.Cwd); err != nil || !st.IsDir() {
+		return usageError{fmt.Errorf("working directory %s: not a directory", ro.Cwd)}
+	}
+	if len(ro.Env) == 0 {
+		ro.Env = os.Environ()
+	}
+	if path != "" {
+		abs, err := e.viewer.Resolve(path)
+		if err != nil {
+			return usageError{err}
+		}
+		if abs == e.viewer.Root {
+			return usageError{fmt.Errorf("%q: give the new container a name", path)}
+		}
+		ro.Path = abs
+	}
+	abs, err := e.tree.Run(ro)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintln(out, e.show(abs))
+	return nil
+}

@@ -1,0 +1,160 @@
+package nstree
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/cr-dev/cr/freeze"
+)
+
+// makeCgroups creates the node's cgroup directory and its ".tasks" leaf.
+func makeCgroups(dir string) error {
+	if err := os.MkdirAll(filepath.Join(dir, TasksLeaf), 0o755); err != nil {
+		return fmt.Errorf("create cgroup: %w", err)
+	}
+	return nil
+}
+
+// removeCgroups removes dir and everything below it, deepest first. Cgroup
+// directories can only be removed once empty of processes; it waits a little
+// for exiting processes to leave.
+func removeCgroups(dir string) error {
+	var dirs []string
+	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			if errors.Is(err, fs.ErrNotExist) {
+				return nil
+			}
+			return err
+		}
+		if d.IsDir() {
+			dirs = append(dirs, p)
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("remove cgroup: %w", err)
+	}
+	for i := len(dirs) - 1; i >= 0; i-- {
+		var err error
+		for try := 0; try < 200; try++ {
+			err = unix.Rmdir(dirs[i])
+			if err == nil || errors.Is(err, unix.ENOENT) {
+				err = nil
+				break
+			}
+			if !errors.Is(err, unix.EBUSY) {
+				break
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		if err != nil {
+			return fmt.Errorf("remove cgroup %s: %w", dirs[i], err)
+		}
+	}
+	return nil
+}
+
+// Procs lists the host pids in one cgroup directory (not below it).
+func Procs(cgroupDir string) ([]int, error) {
+	b, err := os.ReadFile(filepath.Join(cgroupDir, "cgroup.procs"))
+	if err != nil {
+		return nil, err
+	}
+	var pids []int
+	for _, f := range strings.Fields(string(b)) {
+		if p, err := strconv.Atoi(f); err == nil {
+			pids = append(pids, p)
+		}
+	}
+	return pids, nil
+}
+
+// SubtreeProcs lists the host pids of every leaf under the node's cgroup.
+func SubtreeProcs(n *Node) []int {
+	var all []int
+	n.Walk(func(m *Node) {
+		p, _ := Procs(m.Leaf())
+		all = append(all, p...)
+	})
+	return all
+}
+
+// JoinCgroup moves the calling process (all its threads) into dir.
+func JoinCgroup(dir string) error {
+	if err := os.WriteFile(filepath.Join(dir, "cgroup.procs"), []byte("0"), 0); err != nil {
+		return fmt.Errorf("join cgroup %s: %w", dir, err)
+	}
+	return nil
+}
+
+// Freezer returns the freezer of the node's whole subtree.
+func (n *Node) Freezer() (freeze.Freezer, error) { return freeze.New(n.Cgroup) }
+
+// LeafFreezer returns the freezer of the node's own processes only.
+func (n *Node) LeafFreezer() (freeze.Freezer, error) { return freeze.New(n.Leaf()) }
+
+// State is a node's live state: "running", "frozen", "freezing" or "empty".
+func (n *Node) State() string {
+	pids, _ := Procs(n.Leaf())
+	if len(pids) == 0 {
+		return "empty"
+	}
+	f, err := n.LeafFreezer()
+	if err != nil {
+		return "running"
+	}
+	switch s, _ := f.State(); s {
+	case freeze.Frozen:
+		return "frozen"
+	case freeze.Freezing:
+		return "freezing"
+	}
+	return "running"
+}
+
+// signalAll sends sig to every pid, ignoring processes that are gone.
+func signalAll(pids []int, sig syscall.Signal) {
+	for _, p := range pids {
+		_ = unix.Kill(p, sig)
+	}
+}
+
+// killCgroup kills every process in the cgroup subtree at dir: with
+// cgroup.kill where the kernel has it (v2), else by signalling each pid
+// until none is left.
+func killCgroup(dir string) {
+	if err := os.WriteFile(filepath.Join(dir, "cgroup.kill"), []byte("1"), 0); err == nil {
+		return
+	}
+	_ = filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err == nil && d.IsDir() {
+			pids, _ := Procs(p)
+			signalAll(pids, unix.SIGKILL)
+		}
+		return nil
+	})
+}
+
+// waitEmpty waits until no process is left in any leaf of the subtree.
+func waitEmpty(n *Node, timeout time.Duration) bool {
+	deadline := time.Now().Add(timeout)
+	for {
+		if len(SubtreeProcs(n)) == 0 {
+			return true
+		}
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}

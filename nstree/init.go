@@ -1,0 +1,302 @@
+package nstree
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/cr-dev/cr/freeze"
+)
+
+// forwarded are the signals the init passes on to the job. The init of a
+// pid namespace ignores signals from outside unless it handles them, so
+// installing handlers is what makes `kill` on the container work.
+var forwarded = []os.Signal{unix.SIGTERM, unix.SIGINT, unix.SIGHUP, unix.SIGQUIT, unix.SIGUSR1, unix.SIGUSR2}
+
+// InitMain is the container init: pid 1 of a new pid namespace, started by
+// Tree.Run with fd 3 as its sync pipe. It returns the process exit status.
+func InitMain(args []string) int {
+	c, err := parseInitArgs(args)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "cr init:", err)
+		return 2
+	}
+	syncPipe := os.NewFile(3, "sync")
+	unix.CloseOnExec(3)
+	fail := func(format string, a ...any) int {
+		fmt.Fprintf(syncPipe, "error "+format+"\n", a...)
+		syncPipe.Close()
+		return 127
+	}
+	// Join the container's cgroup before anything can fork: a child forked
+	// earlier would stay outside and make the container undumpable.
+	if err := JoinCgroup(c.Leaf); err != nil {
+		return fail("%v", err)
+	}
+	if err := unix.Sethostname([]byte(c.Hostname)); err != nil {
+		return fail("set hostname: %v", err)
+	}
+	if c.Mount {
+		if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
+			return fail("make mounts private: %v", err)
+		}
+		if err := unix.Mount("proc", "/proc", "proc", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, ""); err != nil {
+			return fail("mount /proc: %v", err)
+		}
+	}
+	if c.Net {
+		if err := loopbackUp(); err != nil {
+			return fail("bring up lo: %v", err)
+		}
+	}
+	in := &initProc{cfg: c, tree: &Tree{StateDir: c.StateDir, CgroupParent: c.CgroupParent, Hier: freeze.Hierarchy{Mount: c.HierMount, Version: c.HierVersion}}}
+	sigs := make(chan os.Signal, 32)
+	signal.Notify(sigs, append([]os.Signal{unix.SIGCHLD}, forwarded...)...)
+
+	path, err := exec.LookPath(c.Command[0])
+	if err != nil {
+		return fail("%v", err)
+	}
+	devnull, err := os.Open(os.DevNull)
+	if err != nil {
+		return fail("%v", err)
+	}
+	outR, outW, err := os.Pipe()
+	if err != nil {
+		return fail("%v", err)
+	}
+	errR, errW, err := os.Pipe()
+	if err != nil {
+		return fail("%v", err)
+	}
+	job, err := os.StartProcess(path, c.Command, &os.ProcAttr{
+		Dir:   c.Cwd,
+		Env:   os.Environ(),
+		Files: []*os.File{devnull, outW, errW},
+		Sys:   &syscall.SysProcAttr{Setsid: true},
+	})
+	if err != nil {
+		return fail("%v", err)
+	}
+	devnull.Close()
+	outW.Close()
+	errW.Close()
+	fmt.Fprintf(syncPipe, "ok %d\n", job.Pid)
+	syncPipe.Close()
+
+	var copiers sync.WaitGroup
+	for _, r := range []*os.File{outR, errR} {
+		copiers.Add(1)
+		go func() {
+			defer copiers.Done()
+			in.copyToLog(r)
+		}()
+	}
+	code := in.supervise(job.Pid, sigs)
+	// The job is gone: end what it left behind, then drain its output.
+	_ = unix.Kill(-1, unix.SIGKILL)
+	reapAll(true)
+	done := make(chan struct{})
+	go func() { copiers.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(2 * time.Second):
+	}
+	in.finish(code)
+	return code
+}
+
+type initProc struct {
+	cfg  InitConfig
+	tree *Tree
+	mu   sync.Mutex // serialises writes to the log
+}
+
+// supervise reaps children and forwards signals until the job exits, and
+// returns its exit status (128+signal for a killed job).
+func (in *initProc) supervise(job int, sigs <-chan os.Signal) int {
+	for s := range sigs {
+		if s != unix.SIGCHLD {
+			_ = unix.Kill(job, s.(syscall.Signal))
+			continue
+		}
+		for {
+			var ws unix.WaitStatus
+			pid, err := unix.Wait4(-1, &ws, unix.WNOHANG, nil)
+			if err == unix.EINTR {
+				continue
+			}
+			if pid <= 0 || err != nil {
+				break
+			}
+			if pid == job {
+				if ws.Signaled() {
+					return 128 + int(ws.Signal())
+				}
+				return ws.ExitStatus()
+			}
+		}
+	}
+	return 0
+}
+
+// reapAll reaps children until none is left (block) or none is ready.
+func reapAll(block bool) {
+	opt := unix.WNOHANG
+	if block {
+		opt = 0
+	}
+	for {
+		var ws unix.WaitStatus
+		pid, err := unix.Wait4(-1, &ws, opt, nil)
+		if err == unix.EINTR {
+			continue
+		}
+		if pid <= 0 || err != nil {
+			return
+		}
+	}
+}
+
+// myID finds the init's own container through its cgroup, so that a rename
+// or a restore under another path is followed without being told.
+func (in *initProc) myID() string {
+	b, err := os.ReadFile("/proc/self/cgroup")
+	if err != nil {
+		return ""
+	}
+	return in.tree.containerOfCgroup(in.tree.cgroupOf(string(b)))
+}
+
+// copyToLog copies r into the container's log, opening the log only for each
+// write: CRIU refuses to restore a file whose size changed since the dump,
+// so the init must not hold the log open.
+func (in *initProc) copyToLog(r *os.File) {
+	buf := make([]byte, 64<<10)
+	for {
+		n, err := r.Read(buf)
+		if n > 0 {
+			in.appendLog(buf[:n])
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
+func (in *initProc) appendLog(b []byte) {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	id := in.myID()
+	if id == "" {
+		return
+	}
+	f, err := os.OpenFile(in.tree.LogPath(id), os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
+	if err != nil {
+		return
+	}
+	_, _ = f.Write(b)
+	f.Close()
+}
+
+// finish records the job's exit and applies the on-empty policy.
+func (in *initProc) finish(code int) {
+	id := in.myID()
+	if id == "" {
+		return
+	}
+	t := in.tree
+	unlock, err := t.Lock()
+	if err != nil {
+		return
+	}
+	defer unlock()
+	c, err := t.readConfig(id)
+	if err != nil {
+		return
+	}
+	c.Status, c.ExitCode, c.Exited = "exited", &code, time.Now().UTC()
+	if c.OnEmpty != OnEmptyDelete {
+		_ = t.WriteConfig(c)
+		return
+	}
+	_ = t.WriteConfig(c)
+	// Leave the container's cgroup so that it can be removed.
+	_ = JoinCgroup(t.Hier.Mount)
+	f, err := t.Load()
+	if err != nil {
+		return
+	}
+	if n, ok := f.ByID[id]; ok {
+		t.pruneUp(n)
+	}
+}
+
+// pruneUp removes n if it is empty and its policy says so, then its
+// ancestors likewise. The caller holds the lock.
+func (t *Tree) pruneUp(n *Node) {
+	for ; n != nil; n = n.Parent {
+		if len(n.Children) > 0 || n.OnEmpty != OnEmptyDelete || (!n.Implicit && n.Status != "exited") {
+			return
+		}
+		if pids, _ := Procs(n.Leaf()); len(pids) > 0 {
+			return
+		}
+		if err := t.removeNode(n); err != nil {
+			return
+		}
+		if p := n.Parent; p != nil {
+			p.Children = slicesDelete(p.Children, n)
+		}
+	}
+}
+
+func slicesDelete(s []*Node, n *Node) []*Node {
+	out := s[:0]
+	for _, c := range s {
+		if c != n {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
+// removeNode removes one node's cgroups and state. Its processes must be
+// gone and it must have no children.
+func (t *Tree) removeNode(n *Node) error {
+	if err := removeCgroups(n.Cgroup); err != nil {
+		return err
+	}
+	// Remove the config first so that a crash leaves no half-visible node.
+	if err := os.Remove(filepath.Join(t.nodeDir(n.ID), configFile)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	return os.RemoveAll(t.nodeDir(n.ID))
+}
+
+// loopbackUp sets IFF_UP on lo in the current network namespace.
+func loopbackUp() error {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	ifr, err := unix.NewIfreq("lo")
+	if err != nil {
+		return err
+	}
+	if err := unix.IoctlIfreq(fd, unix.SIOCGIFFLAGS, ifr); err != nil {
+		return err
+	}
+	ifr.SetUint16(ifr.Uint16() | unix.IFF_UP)
+	return unix.IoctlIfreq(fd, unix.SIOCSIFFLAGS, ifr)
+}
+

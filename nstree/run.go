@@ -1,0 +1,321 @@
+package nstree
+
+import (
+	"bufio"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// RunOptions say what job to start and how.
+type RunOptions struct {
+	Path    string   // absolute host path of the new container; "" = a generated name under Under
+	Under   string   // where a generated name goes (the viewer's root)
+	Command []string // the job
+	Cwd     string
+	Env     []string
+	Mount   bool // own mount namespace (with its own /proc)
+	Net     bool // own network namespace (only lo)
+	OnEmpty string
+}
+
+// InitArg is argv[1] of the container init: main dispatches on it before
+// any CLI parsing, so the init stays small and fast.
+const InitArg = "__cr_init"
+
+// Run creates the container (and any missing ancestors) and starts its init,
+// which starts the job. It returns the new node's absolute path once the job
+// has been exec'd; on any error nothing it created is left.
+func (t *Tree) Run(o RunOptions) (string, error) {
+	if len(o.Command) == 0 {
+		return "", errors.New("no command given")
+	}
+	if o.OnEmpty == "" {
+		o.OnEmpty = OnEmptyDelete
+	}
+	if o.OnEmpty != OnEmptyDelete && o.OnEmpty != OnEmptyKeep {
+		return "", fmt.Errorf("invalid --on-empty %q (want delete or keep)", o.OnEmpty)
+	}
+	exe, err := t.initBinary()
+	if err != nil {
+		return "", err
+	}
+	unlock, err := t.Lock()
+	if err != nil {
+		return "", err
+	}
+	defer unlock()
+	f, err := t.Load()
+	if err != nil {
+		return "", err
+	}
+	if o.Path == "" {
+		o.Path = generatedName(f, o.Under)
+	}
+	if _, ok := f.ByPath[o.Path]; ok {
+		return "", fmt.Errorf("%w: %s", ErrExists, o.Path)
+	}
+	created, node, err := t.createNodes(f, o.Path, o.OnEmpty)
+	if err != nil {
+		return "", err
+	}
+	undo := func() { t.removeCreated(created) }
+	node.Command, node.Cwd, node.Env = o.Command, o.Cwd, o.Env
+	node.Namespaces = []string{"pid", "ipc", "uts"}
+	if o.Mount {
+		node.Namespaces = append(node.Namespaces, "mnt")
+	}
+	if o.Net {
+		node.Namespaces = append(node.Namespaces, "net")
+	}
+	node.Status = "starting"
+	if err := t.WriteConfig(&node.Config); err != nil {
+		undo()
+		return "", err
+	}
+	pid, err := t.startInit(exe, node, o)
+	if err != nil {
+		undo()
+		return "", err
+	}
+	node.InitPid, node.Status = pid, "running"
+	if err := t.WriteConfig(&node.Config); err != nil {
+		_ = unix.Kill(pid, unix.SIGKILL)
+		undo()
+		return "", err
+	}
+	return node.Path, nil
+}
+
+// generatedName finds the first free unnamedN under dir.
+func generatedName(f *Forest, dir string) string {
+	taken := map[string]bool{}
+	for _, c := range f.ChildrenOf(dir) {
+		taken[c.Name] = true
+	}
+	for i := 1; ; i++ {
+		n := "unnamed" + strconv.Itoa(i)
+		if !taken[n] {
+			return strings.TrimSuffix(dir, "/") + "/" + n
+		}
+	}
+}
+
+// createNodes creates the node at abs and any missing ancestors (as
+// implicit nodes). It returns the nodes it created, outermost first, and
+// the new node. The caller holds the lock.
+func (t *Tree) createNodes(f *Forest, abs, onEmpty string) ([]*Node, *Node, error) {
+	parts := Split(abs)
+	if len(parts) == 0 {
+		return nil, nil, fmt.Errorf("%w: the root is not a container", ErrExists)
+	}
+	var created []*Node
+	var parent *Node
+	for i := range parts {
+		p := Join(parts[:i+1]...)
+		if n, ok := f.ByPath[p]; ok {
+			parent = n
+			continue
+		}
+		n := &Node{Config: Config{ID: NewID(), Name: parts[i], OnEmpty: onEmpty, Created: time.Now().UTC(), Status: "running"}, Path: p}
+		if parent != nil {
+			n.Config.Parent = parent.ID
+			n.Parent = parent
+			n.Cgroup = filepath.Join(parent.Cgroup, n.ID)
+		} else {
+			n.Cgroup = filepath.Join(t.CgroupBase(), n.ID)
+		}
+		if i < len(parts)-1 {
+			n.Implicit = true
+		}
+		if err := makeCgroups(n.Cgroup); err != nil {
+			t.removeCreated(created)
+			return nil, nil, err
+		}
+		created = append(created, n)
+		if err := t.WriteConfig(&n.Config); err != nil {
+			t.removeCreated(created)
+			return nil, nil, err
+		}
+		f.ByPath[p], f.ByID[n.ID] = n, n
+		parent = n
+	}
+	return created, parent, nil
+}
+
+// removeCreated undoes createNodes.
+func (t *Tree) removeCreated(created []*Node) {
+	for i := len(created) - 1; i >= 0; i-- {
+		killCgroup(created[i].Cgroup)
+		_ = removeCgroups(created[i].Cgroup)
+		_ = os.RemoveAll(t.nodeDir(created[i].ID))
+	}
+}
+
+// initBinary returns a content-addressed copy of the running executable:
+// the init's executable is mapped into every container and CRIU needs the
+// very same file at restore, so it must outlive rebuilds of cr.
+func (t *Tree) initBinary() (string, error) {
+	self, err := os.Executable()
+	if err != nil {
+		return "", fmt.Errorf("find own executable: %w", err)
+	}
+	if strings.HasPrefix(self, t.BinDir+"/") {
+		return self, nil // already running from the copy (e.g. inside a container)
+	}
+	in, err := os.Open(self)
+	if err != nil {
+		return "", fmt.Errorf("read own executable: %w", err)
+	}
+	defer in.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, in); err != nil {
+		return "", fmt.Errorf("hash own executable: %w", err)
+	}
+	dst := filepath.Join(t.BinDir, "cr-"+hex.EncodeToString(h.Sum(nil))[:24])
+	if _, err := os.Stat(dst); err == nil {
+		return dst, nil
+	}
+	if err := os.MkdirAll(t.BinDir, 0o755); err != nil {
+		return "", fmt.Errorf("install init binary: %w", err)
+	}
+	if _, err := in.Seek(0, io.SeekStart); err != nil {
+		return "", err
+	}
+	tmp, err := os.CreateTemp(t.BinDir, ".cr-*")
+	if err != nil {
+		return "", fmt.Errorf("install init binary: %w", err)
+	}
+	defer os.Remove(tmp.Name())
+	if _, err := io.Copy(tmp, in); err == nil {
+		err = tmp.Sync()
+	}
+	if err != nil {
+		tmp.Close()
+		return "", fmt.Errorf("install init binary: %w", err)
+	}
+	tmp.Close()
+	if err := os.Chmod(tmp.Name(), 0o755); err != nil {
+		return "", err
+	}
+	if err := os.Rename(tmp.Name(), dst); err != nil {
+		return "", fmt.Errorf("install init binary: %w", err)
+	}
+	return dst, nil
+}
+
+// InitConfig is what the init is told on its command line. It stays in the
+// init's memory across checkpoint and restore, so it holds nothing that a
+// restore under another path would make wrong: the init finds its node
+// through its own cgroup.
+type InitConfig struct {
+	StateDir     string
+	HierMount    string
+	HierVersion  int
+	CgroupParent string
+	Leaf         string // initial leaf cgroup to join
+	Hostname     string
+	Mount, Net   bool
+	Cwd          string
+	Command      []string
+}
+
+func (c InitConfig) args() []string {
+	a := []string{InitArg, c.StateDir, c.HierMount, strconv.Itoa(c.HierVersion), c.CgroupParent, c.Leaf, c.Hostname,
+		strconv.FormatBool(c.Mount), strconv.FormatBool(c.Net), c.Cwd, "--"}
+	return append(a, c.Command...)
+}
+
+func parseInitArgs(a []string) (InitConfig, error) {
+	if len(a) < 12 || a[0] != InitArg || a[10] != "--" {
+		return InitConfig{}, errors.New("bad init arguments")
+	}
+	v, _ := strconv.Atoi(a[3])
+	m, _ := strconv.ParseBool(a[7])
+	n, _ := strconv.ParseBool(a[8])
+	return InitConfig{StateDir: a[1], HierMount: a[2], HierVersion: v, CgroupParent: a[4], Leaf: a[5], Hostname: a[6],
+		Mount: m, Net: n, Cwd: a[9], Command: a[11:]}, nil
+}
+
+// startInit starts the container init in new namespaces and waits until it
+// has joined its cgroup and exec'd the job (or failed to).
+func (t *Tree) startInit(exe string, n *Node, o RunOptions) (int, error) {
+	ic := InitConfig{StateDir: t.StateDir, HierMount: t.Hier.Mount, HierVersion: t.Hier.Version, CgroupParent: t.CgroupParent,
+		Leaf: n.Leaf(), Hostname: n.Name, Mount: o.Mount, Net: o.Net, Cwd: o.Cwd, Command: o.Command}
+	syncR, syncW, err := os.Pipe()
+	if err != nil {
+		return 0, err
+	}
+	defer syncR.Close()
+	devnull, err := os.OpenFile(os.DevNull, os.O_RDWR, 0)
+	if err != nil {
+		syncW.Close()
+		return 0, err
+	}
+	defer devnull.Close()
+	flags := uintptr(unix.CLONE_NEWPID | unix.CLONE_NEWIPC | unix.CLONE_NEWUTS)
+	if o.Mount {
+		flags |= unix.CLONE_NEWNS
+	}
+	if o.Net {
+		flags |= unix.CLONE_NEWNET
+	}
+	env := o.Env
+	if env == nil {
+		env = os.Environ()
+	}
+	dir := o.Cwd
+	if dir == "" {
+		dir = "/"
+	}
+	attr := &os.ProcAttr{
+		Dir:   dir,
+		Env:   env,
+		Files: []*os.File{devnull, devnull, devnull, syncW},
+		Sys:   &syscall.SysProcAttr{Cloneflags: flags, Setsid: true},
+	}
+	p, err := os.StartProcess(exe, append([]string{"cr-init"}, ic.args()...), attr)
+	syncW.Close()
+	if err != nil {
+		return 0, fmt.Errorf("start container init: %w", err)
+	}
+	type reply struct {
+		line string
+		err  error
+	}
+	ch := make(chan reply, 1)
+	go func() {
+		l, err := bufio.NewReader(syncR).ReadString('\n')
+		ch <- reply{l, err}
+	}()
+	var r reply
+	select {
+	case r = <-ch:
+	case <-time.After(30 * time.Second):
+		r.err = errors.New("timed out waiting for the container init")
+	}
+	if r.err != nil || !strings.HasPrefix(r.line, "ok") {
+		_ = p.Kill()
+		_, _ = p.Wait()
+		msg := strings.TrimSpace(strings.TrimPrefix(r.line, "error "))
+		if msg == "" && r.err != nil {
+			msg = r.err.Error()
+		}
+		return 0, fmt.Errorf("start %s: %s", o.Command[0], msg)
+	}
+	pid := p.Pid
+	// The init outlives us: it is reparented to the host's init (or the
+	// nearest subreaper) when we exit.
+	_ = p.Release()
+	return pid, nil
+}

@@ -1,0 +1,112 @@
+#!/usr/bin/env bash
+# provision.sh: install what cr needs on a fresh Debian machine of this kind.
+#
+#   - Go modules (go mod download)
+#   - CRIU >= 4.1: if no working CRIU is found (CR_CRIU, the project-installed
+#     one at $CR_CRIU_PREFIX/criu, or criu on PATH, each judged by `criu check`),
+#     build CRIU 4.1.1 from Debian's source tarball, checksum verified, and
+#     install it at $CR_CRIU_PREFIX/criu (default /usr/local/libexec/cr).
+#   - iproute2 and util-linux (nsenter) for namespaces, used by cr and its tests.
+#
+# A second run finds everything in place and does nothing. Any failure stops
+# with a message saying what failed.
+set -euo pipefail
+
+CRIU_VERSION=4.1.1
+CRIU_DEB_VERSION=4.1.1-1
+CRIU_SHA256=f80a66cb3726bb2116266d4759ce3bcbfab7abdb6b6d430bf20dd41911717afe
+PREFIX=${CR_CRIU_PREFIX:-/usr/local/libexec/cr}
+CACHE=${CR_CACHE:-/var/cache/cr}
+here=$(cd "$(dirname "$0")/.." && pwd)
+
+say() { printf 'provision: %s\n' "$*" >&2; }
+die() { printf 'provision: error: %s\n' "$*" >&2; exit 1; }
+
+[ "$(id -u)" = 0 ] || die "must run as root (CRIU and cgroups need it)"
+
+apt_updated=
+apt_install() {
+	local missing=()
+	for p in "$@"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p"); done
+	[ ${#missing[@]} -eq 0 ] && return 0
+	if [ -z "$apt_updated" ]; then say "apt-get update"; apt-get update -qq >/dev/null || die "apt-get update failed"; apt_updated=1; fi
+	say "installing ${missing[*]}"
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null || die "apt-get install ${missing[*]} failed"
+}
+
+# version_ok BIN: BIN is CRIU >= 4.1 and `criu check` passes.
+criu_ok() {
+	local bin=$1 v
+	[ -x "$bin" ] || return 1
+	v=$("$bin" --version 2>/dev/null | sed -n 's/^Version: *//p')
+	[ -n "$v" ] || return 1
+	case "$v" in 0.*|1.*|2.*|3.*|4.0|4.0.*) say "$bin is CRIU $v, older than 4.1"; return 1 ;; esac
+	"$bin" check >/dev/null 2>&1 || { say "$bin (CRIU $v): criu check fails"; return 1; }
+	return 0
+}
+
+find_criu() {
+	for c in "${CR_CRIU:-}" "$PREFIX/criu" "$(command -v criu 2>/dev/null || true)"; do
+		[ -n "$c" ] && criu_ok "$c" && { echo "$c"; return 0; }
+	done
+	return 1
+}
+
+build_criu() {
+	apt_install build-essential pkg-config libprotobuf-dev libprotobuf-c-dev protobuf-c-compiler \
+		protobuf-compiler python3-protobuf libnl-3-dev libnet1-dev libcap-dev libbsd-dev \
+		libgnutls28-dev uuid-dev libnftables-dev dpkg-dev xz-utils
+	mkdir -p "$CACHE"
+	local tarball="$CACHE/criu_${CRIU_VERSION}.orig.tar.xz"
+	if [ ! -f "$tarball" ] || ! echo "$CRIU_SHA256  $tarball" | sha256sum -c --status; then
+		rm -f "$tarball"
+		# Debian 12 ships CRIU 3.17, which fails on this kernel; take 4.1.1's source
+		# from the trixie suite of the machine's own Debian mirror.
+		local uri
+		uri=$(sed -n 's/^URIs: *//p' /etc/apt/sources.list.d/debian.sources 2>/dev/null | head -n1)
+		[ -n "$uri" ] || uri=$(sed -n 's/^deb \(http[^ ]*\) .*/\1/p' /etc/apt/sources.list 2>/dev/null | head -n1)
+		[ -n "$uri" ] || die "cannot find the Debian mirror in /etc/apt/sources.list.d/debian.sources"
+		local src=/etc/apt/sources.list.d/cr-trixie-src.sources
+		cat >"$src" <<EOT
+Types: deb-src
+URIs: $uri
+Suites: trixie
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+EOT
+		say "fetching Debian's criu_${CRIU_VERSION} source"
+		apt-get update -qq >/dev/null || { rm -f "$src"; die "apt-get update (with the trixie deb-src entry) failed"; }
+		# apt-get source exits non-zero when the .debian.tar.xz part is missing on
+		# the mirror; the orig tarball, all we need, arrives anyway.
+		(cd "$CACHE" && apt-get source --download-only "criu=$CRIU_DEB_VERSION" >/dev/null 2>&1) || true
+		rm -f "$src"; apt-get update -qq >/dev/null || true
+		[ -f "$tarball" ] || die "download of criu_${CRIU_VERSION}.orig.tar.xz failed"
+		echo "$CRIU_SHA256  $tarball" | sha256sum -c --status ||
+			{ rm -f "$tarball"; die "checksum mismatch for criu_${CRIU_VERSION}.orig.tar.xz (expected $CRIU_SHA256)"; }
+	fi
+	local build="$CACHE/build"
+	rm -rf "$build"; mkdir -p "$build"
+	tar -xJf "$tarball" -C "$build"
+	say "building CRIU $CRIU_VERSION (about a minute)"
+	(cd "$build/criu-$CRIU_VERSION" && make -j"$(nproc)" criu >"$CACHE/build.log" 2>&1) ||
+		{ tail -n 30 "$CACHE/build.log" >&2; die "CRIU build failed (full log: $CACHE/build.log)"; }
+	install -D -m 0755 "$build/criu-$CRIU_VERSION/criu/criu" "$PREFIX/criu"
+	rm -rf "$build"
+	criu_ok "$PREFIX/criu" || die "the CRIU just built at $PREFIX/criu fails criu check"
+	say "installed CRIU $CRIU_VERSION at $PREFIX/criu"
+}
+
+apt_install iproute2 util-linux
+command -v go >/dev/null || die "go is not installed (expected Go >= 1.25 at /usr/local/go)"
+[ -f "$here/go.mod" ] && { (cd "$here" && go mod download) || die "go mod download failed"; }
+
+if c=$(find_criu); then
+	say "CRIU ok: $c ($("$c" --version | sed -n 's/^Version: *//p'))"
+else
+	build_criu
+fi
+# CRIU's lazy-pages and page pipes grow pipes beyond the default limit, which
+# needs CAP_SYS_RESOURCE; this sandbox lacks it, so raise the limit instead.
+if [ "$(cat /proc/sys/fs/pipe-max-size)" -lt 16777216 ]; then
+	echo 16777216 >/proc/sys/fs/pipe-max-size 2>/dev/null && say "raised fs.pipe-max-size to 16 MiB" || true
+fi
