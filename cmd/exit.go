@@ -2,6 +2,11 @@ package cmd
 
 import (
 	"errors"
+	"io/fs"
+
+	"github.com/cr-dev/cr/criubin"
+	"github.com/cr-dev/cr/images"
+	"github.com/cr-dev/cr/restore"
 
 	"github.com/cr-dev/cr/freeze"
 	"github.com/cr-dev/cr/nstree"
@@ -82,4 +87,20 @@ func ExitCode(err error) int {
 		}
 	}
 	return ExitFailure
+}
+
+var errNoImage = errors.New("no such image")
+
+func init() {
+	mapError(errNoImage, ExitNotFound)
+	mapError(fs.ErrExist, ExitExists)
+	mapError(images.ErrNotImage, ExitImage)
+	mapError(images.ErrCorrupt, ExitImage)
+	mapError(images.ErrUnsupportedVersion, ExitImage)
+	mapError(images.ErrUnsafeEntry, ExitImage)
+	mapError(images.ErrTooLarge, ExitImage)
+	mapError(restore.ErrIncompatible, ExitImage)
+	mapError(criubin.ErrNotFound, ExitEnv)
+	mapError(criubin.ErrTooOld, ExitEnv)
+	mapError(criubin.ErrCheckFailed, ExitEnv)
 }

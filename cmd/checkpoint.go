@@ -1,0 +1,236 @@
+package cmd
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/cr-dev/cr/criubin"
+	"github.com/cr-dev/cr/dump"
+	"github.com/cr-dev/cr/images"
+	"github.com/cr-dev/cr/nstree"
+)
+
+// CheckpointOptions are the flags of cr checkpoint.
+type CheckpointOptions struct {
+	Output       string
+	LeaveRunning bool
+	Compress     string
+	JSON         bool
+}
+
+// CheckpointReport is what cr checkpoint reports (--json).
+type CheckpointReport struct {
+	Path             string  `json:"path"`
+	Image            string  `json:"image"`
+	Containers       int     `json:"containers"`
+	LeftRunning      bool    `json:"left_running"`
+	FrozenSeconds    float64 `json:"frozen_seconds"`
+	DumpSeconds      float64 `json:"dump_seconds"`
+	WriteSeconds     float64 `json:"write_seconds"`
+	PagesScanned     int64   `json:"pages_scanned"`
+	PagesWritten     int64   `json:"pages_written"`
+	RawBytes         int64   `json:"raw_bytes"`
+	ImageBytes       int64   `json:"image_bytes"`
+	CompressionRatio float64 `json:"compression_ratio"`
+	ThroughputMBps   float64 `json:"throughput_mb_per_s"`
+}
+
+func init() { register(newCheckpointCommand) }
+
+func newCheckpointCommand(g *Global) *cobra.Command {
+	var o CheckpointOptions
+	c := &cobra.Command{
+		Use:   "checkpoint PATH",
+		Short: "Checkpoint a container subtree into one image file",
+		Long: `Freeze the subtree at PATH as one consistent cut, dump every container in
+it with CRIU (processes, memory, threads, signals, timers, pipes, unix sockets,
+files, SysV IPC, pid/ipc/uts namespaces, cgroup membership), and write one
+compressed, checksummed image file (default: NAME-TIMESTAMP.cr).
+
+Without --leave-running the subtree stays frozen until the image is complete
+and synced to disk, and is then killed and removed; with it, the subtree runs
+on and is frozen only for the dump itself, not for compression or writing.
+If anything fails (CRIU, disk, Ctrl-C, SIGTERM) the subtree is thawed and
+left running as before, no image is left behind, and CRIU's own reason is
+shown with the path of its full log.`,
+		Example: `  cr checkpoint /lab -o lab.cr
+  cr checkpoint --leave-running --json /lab/pi | jq .frozen_seconds
+  cr restore lab.cr`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return runCheckpoint(cmd.Context(), cmd.OutOrStdout(), cmd.ErrOrStderr(), g, o, args[0])
+		},
+	}
+	c.Flags().StringVarP(&o.Output, "output", "o", "", "image file to write (default NAME-TIMESTAMP.cr)")
+	c.Flags().BoolVar(&o.LeaveRunning, "leave-running", false, "keep the subtree running after the dump")
+	c.Flags().StringVar(&o.Compress, "compress", "zstd", "compression: zstd or none")
+	c.Flags().BoolVar(&o.JSON, "json", false, "print a JSON report")
+	return c
+}
+
+// criuEnv finds a working CRIU and its version.
+func criuEnv(g *Global) (string, criubin.Version, error) {
+	path, err := criubin.Find(g.CRIU)
+	if err != nil {
+		return "", criubin.Version{}, envError{err}
+	}
+	v, err := criubin.GetVersion(path)
+	if err != nil {
+		return "", criubin.Version{}, envError{err}
+	}
+	if v.Code() < criubin.MinVersion {
+		return "", criubin.Version{}, envError{fmt.Errorf("CRIU %s at %s is older than 4.1 (run scripts/provision.sh)", v, path)}
+	}
+	return path, v, nil
+}
+
+// stagingDir is where images are staged before compression or restore.
+func stagingDir(t *nstree.Tree) string {
+	if d := os.Getenv("CR_STAGING"); d != "" {
+		return d
+	}
+	return filepath.Join(t.StateDir, "staging")
+}
+
+// interruptible returns a context cancelled by SIGINT or SIGTERM.
+func interruptible(ctx context.Context) (context.Context, context.CancelFunc) {
+	if ctx == nil {
+		ctx = context.Background()
+	}
+	return signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
+}
+
+func runCheckpoint(ctx context.Context, out, errOut io.Writer, g *Global, o CheckpointOptions, path string) error {
+	if o.Compress != "zstd" && o.Compress != "none" {
+		return usageError{fmt.Errorf("invalid --compress %q: want zstd or none", o.Compress)}
+	}
+	e, err := openEnv()
+	if err != nil {
+		return err
+	}
+	n, err := e.node(path)
+	if err != nil {
+		return err
+	}
+	criu, ver, err := criuEnv(g)
+	if err != nil {
+		return err
+	}
+	if o.Output == "" {
+		o.Output = fmt.Sprintf("%s-%s.cr", n.Name, time.Now().Format("20060102-150405"))
+	}
+	// Fail before touching the job if the image cannot be written.
+	if _, err := os.Stat(o.Output); err == nil {
+		return fmt.Errorf("%w: %s", fs.ErrExist, o.Output)
+	}
+	if err := probeWritable(filepath.Dir(o.Output)); err != nil {
+		return fmt.Errorf("cannot write the image: %w", err)
+	}
+	ctx, cancel := interruptible(ctx)
+	defer cancel()
+	prog := newProgress(errOut, o.JSON)
+	ck, err := dump.Run(ctx, e.tree, n, dump.Options{
+		CRIU: criu, CRIUVersion: ver.Code(), CRVersion: Version, StagingDir: stagingDir(e.tree),
+		LeaveRunning: o.LeaveRunning,
+		Progress:     func(b int64) { prog.show("dumping: %s staged", humanBytes(b)) },
+	})
+	prog.done()
+	if err != nil {
+		return err
+	}
+	defer ck.Cleanup()
+	wstart := time.Now()
+	res, err := images.WriteFile(ctx, o.Output, ck.Dir, ck.Manifest, images.WriteOptions{
+		Compression: o.Compress,
+		Progress:    func(b int64) { prog.show("writing: %s", humanBytes(b)) },
+	})
+	prog.done()
+	if err != nil {
+		ck.Resume()
+		if errors.Is(err, context.Canceled) {
+			return fmt.Errorf("checkpoint interrupted; %s left running", e.show(n.Path))
+		}
+		return fmt.Errorf("write image: %w (%s left running)", err, e.show(n.Path))
+	}
+	wdur := time.Since(wstart)
+	if !o.LeaveRunning {
+		ck.Frozen = time.Since(wstart) + ck.Dump // frozen until written
+		if err := ck.Finish(context.Background()); err != nil {
+			return fmt.Errorf("image written to %s, but ending the source failed: %w", o.Output, err)
+		}
+	}
+	rep := CheckpointReport{
+		Path: e.show(n.Path), Image: o.Output, Containers: len(ck.Manifest.Containers), LeftRunning: o.LeaveRunning,
+		FrozenSeconds: ck.Frozen.Seconds(), DumpSeconds: ck.Dump.Seconds(), WriteSeconds: wdur.Seconds(),
+		PagesScanned: ck.Manifest.Stats.PagesScanned, PagesWritten: ck.Manifest.Stats.PagesWritten,
+		RawBytes: res.RawBytes, ImageBytes: res.ImageBytes,
+	}
+	if res.ImageBytes > 0 {
+		rep.CompressionRatio = float64(res.RawBytes) / float64(res.ImageBytes)
+	}
+	if s := (ck.Dump + wdur).Seconds(); s > 0 {
+		rep.ThroughputMBps = float64(res.RawBytes) / 1e6 / s
+	}
+	if o.JSON {
+		return writeJSON(out, rep)
+	}
+	fmt.Fprintf(out, "checkpointed %s (%d containers) to %s\n", rep.Path, rep.Containers, rep.Image)
+	fmt.Fprintf(out, "  frozen %s, dump %s, write %s\n", dur(rep.FrozenSeconds), dur(rep.DumpSeconds), dur(rep.WriteSeconds))
+	fmt.Fprintf(out, "  pages scanned %d, written %d; %s raw, %s image (%.1fx), %.0f MB/s\n", rep.PagesScanned, rep.PagesWritten,
+		humanBytes(rep.RawBytes), humanBytes(rep.ImageBytes), rep.CompressionRatio, rep.ThroughputMBps)
+	if o.LeaveRunning {
+		fmt.Fprintf(out, "  %s keeps running\n", rep.Path)
+	}
+	return nil
+}
+
+func dur(s float64) string {
+	return time.Duration(s * float64(time.Second)).Round(100 * time.Microsecond).String()
+}
+
+func probeWritable(dir string) error {
+	f, err := os.CreateTemp(dir, ".cr-probe-*")
+	if err != nil {
+		return err
+	}
+	name := f.Name()
+	f.Close()
+	return os.Remove(name)
+}
+
+// progress prints a self-overwriting line on a terminal, nothing elsewhere.
+type progress struct {
+	w     io.Writer
+	on    bool
+	shown bool
+}
+
+func newProgress(w io.Writer, quiet bool) *progress {
+	f, ok := w.(*os.File)
+	return &progress{w: w, on: ok && !quiet && isTerminal(f)}
+}
+
+func (p *progress) show(format string, a ...any) {
+	if !p.on {
+		return
+	}
+	p.shown = true
+	fmt.Fprintf(p.w, "\r\x1b[K"+format, a...)
+}
+
+func (p *progress) done() {
+	if p.shown {
+		fmt.Fprint(p.w, "\r\x1b[K")
+		p.shown = false
+	}
+}

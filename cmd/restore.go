@@ -1,0 +1,119 @@
+package cmd
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"sort"
+
+	"github.com/spf13/cobra"
+
+	"github.com/cr-dev/cr/images"
+	"github.com/cr-dev/cr/nstree"
+	"github.com/cr-dev/cr/restore"
+)
+
+// RestoreOptions are the flags of cr restore.
+type RestoreOptions struct {
+	As   string
+	JSON bool
+}
+
+// RestoreReport is what cr restore reports (--json).
+type RestoreReport struct {
+	Path           string         `json:"path"`
+	Containers     []string       `json:"containers"`
+	Pids           map[string]int `json:"init_pids"`
+	ElapsedSeconds float64        `json:"elapsed_seconds"`
+}
+
+func init() { register(newRestoreCommand) }
+
+func newRestoreCommand(g *Global) *cobra.Command {
+	var o RestoreOptions
+	c := &cobra.Command{
+		Use:   "restore IMAGE",
+		Short: "Restore a checkpointed subtree from an image",
+		Long: `Verify the whole image (manifest, every checksum, format version, CRIU
+version, architecture) before creating anything, then recreate the subtree at
+its original path, or at --as PATH, and restore every container with CRIU:
+every pid inside each container is the one it had, SysV IPC objects keep
+their ids and contents, and the jobs continue where they were. The containers
+resume together once all are restored; if any fails, nothing is left.`,
+		Example: `  cr restore lab.cr
+  cr restore --as /lab-copy lab.cr
+  cr restore --json lab.cr | jq .init_pids`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return runRestore(cmd.Context(), cmd.OutOrStdout(), g, o, args[0])
+		},
+	}
+	c.Flags().StringVar(&o.As, "as", "", "restore the subtree at this path instead of its original one")
+	c.Flags().BoolVar(&o.JSON, "json", false, "print a JSON report")
+	return c
+}
+
+func runRestore(ctx context.Context, out io.Writer, g *Global, o RestoreOptions, image string) error {
+	e, err := openEnv()
+	if err != nil {
+		return err
+	}
+	var as string
+	if o.As != "" {
+		if as, err = e.viewer.Resolve(o.As); err != nil {
+			return usageError{err}
+		}
+		if as == e.viewer.Root {
+			return usageError{errRootTarget(o.As)}
+		}
+		if _, ok := e.forest.ByPath[as]; ok {
+			return fmt.Errorf("%w: %s", nstree.ErrExists, o.As)
+		}
+	}
+	criu, ver, err := criuEnv(g)
+	if err != nil {
+		return err
+	}
+	if _, err := os.Stat(image); err != nil {
+		return fmt.Errorf("%w: %v", errNoImage, err)
+	}
+	ropts := restore.Options{CRIU: criu, CRIUVersion: ver.Code(), StagingDir: stagingDir(e.tree)}
+	dir, m, err := restore.Extract(ctx, image, ropts)
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	return restoreExtracted(ctx, out, e, dir, m, as, ropts, o.JSON)
+}
+
+// restoreExtracted restores a verified, extracted image and reports it.
+func restoreExtracted(ctx context.Context, out io.Writer, e *env, dir string, m *images.Manifest, as string, ropts restore.Options, asJSON bool) error {
+	target := restore.Target(m, as)
+	if !e.viewer.Contains(target) || target == e.viewer.Root {
+		return fmt.Errorf("%w: the image's path %s is not inside your container; use --as", nstree.ErrOutside, target)
+	}
+	res, err := restore.FromDir(ctx, e.tree, dir, m, target, ropts, nil)
+	if err != nil {
+		return err
+	}
+	rep := RestoreReport{Path: e.show(res.Root), Pids: map[string]int{}, ElapsedSeconds: res.Elapsed.Seconds()}
+	for _, p := range res.Containers {
+		rep.Containers = append(rep.Containers, e.show(p))
+	}
+	for p, pid := range res.Pids {
+		rep.Pids[e.show(p)] = pid
+	}
+	if asJSON {
+		return writeJSON(out, rep)
+	}
+	fmt.Fprintf(out, "restored %s (%d containers) in %s\n", rep.Path, len(rep.Containers), dur(rep.ElapsedSeconds))
+	paths := append([]string(nil), rep.Containers...)
+	sort.Strings(paths)
+	for _, p := range paths {
+		if pid, ok := rep.Pids[p]; ok {
+			fmt.Fprintf(out, "  %s  init pid %d\n", p, pid)
+		}
+	}
+	return nil
+}

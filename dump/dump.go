@@ -1,0 +1,414 @@
+// Package dump checkpoints a subtree of containers: it freezes the subtree
+// as one consistent cut, dumps every container through CRIU into a staging
+// directory laid out as an image (see docs/image-format.md), and then
+// resumes, or ends, the source.
+//
+// The cut: the subtree's cgroup is frozen in one write, every container's
+// own leaf cgroup is then frozen on its own and the subtree thawed, so each
+// container stays frozen by its own leaf. CRIU dumps each container with
+// freeze_cgroup on that leaf: it finds it frozen, seizes the tasks, thaws,
+// dumps, and freezes it again (design fact 4), so no container resumes
+// before the last one is dumped.
+package dump
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/checkpoint-restore/go-criu/v7/crit"
+	"github.com/checkpoint-restore/go-criu/v7/rpc"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/cr-dev/cr/criubin"
+	"github.com/cr-dev/cr/freeze"
+	"github.com/cr-dev/cr/images"
+	"github.com/cr-dev/cr/nstree"
+)
+
+// Options say how to checkpoint.
+type Options struct {
+	CRIU         string // CRIU binary
+	CRIUVersion  int
+	CRVersion    string
+	StagingDir   string // parent of the staging directory
+	LeaveRunning bool   // thaw the subtree after the dump
+	// Progress, if set, is called about every 200 ms with the bytes of
+	// images written so far.
+	Progress func(written int64)
+}
+
+// Checkpoint is a dumped subtree, still frozen (or running again with
+// LeaveRunning), with its images staged in Dir.
+type Checkpoint struct {
+	Dir      string
+	Manifest *images.Manifest
+	Frozen   time.Duration // how long the source was frozen (so far, when still frozen)
+	Dump     time.Duration
+
+	tree       *nstree.Tree
+	root       *nstree.Node
+	frozenAt   time.Time
+	leaves     []freeze.Freezer // frozen by us
+	userFrozen []freeze.Freezer // subtree cgroups the user had frozen
+	resumed    bool
+}
+
+// Error is a failed checkpoint whose source was left running.
+var ErrFailed = errors.New("checkpoint failed")
+
+// Run checkpoints the subtree at root. On error the subtree is running
+// exactly as before (or frozen, if the user had frozen it) and nothing is
+// left in the staging area.
+func Run(ctx context.Context, t *nstree.Tree, root *nstree.Node, o Options) (*Checkpoint, error) {
+	if err := checkAncestors(root); err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(o.StagingDir, 0o700); err != nil {
+		return nil, fmt.Errorf("create staging area: %w", err)
+	}
+	dir, err := os.MkdirTemp(o.StagingDir, "ckpt-")
+	if err != nil {
+		return nil, fmt.Errorf("create staging area: %w", err)
+	}
+	c := &Checkpoint{Dir: dir, tree: t, root: root}
+	m, err := c.run(ctx, o)
+	if err != nil {
+		c.Resume()
+		c.Cleanup()
+		return nil, err
+	}
+	c.Manifest = m
+	if o.LeaveRunning {
+		c.Resume()
+	}
+	return c, nil
+}
+
+// checkAncestors refuses a subtree whose ancestors are frozen: CRIU could
+// not thaw the containers to dump them and would hang.
+func checkAncestors(root *nstree.Node) error {
+	for p := root.Parent; p != nil; p = p.Parent {
+		f, err := p.Freezer()
+		if err != nil {
+			continue
+		}
+		if s, _ := f.State(); s != freeze.Thawed {
+			return fmt.Errorf("%w: %s is frozen; thaw it, or checkpoint it instead", nstree.ErrState, p.Path)
+		}
+	}
+	return nil
+}
+
+type member struct {
+	node *nstree.Node
+	ic   images.Container
+	dir  string // staging dir of this container ("" for the root: Dir itself)
+}
+
+func (c *Checkpoint) run(ctx context.Context, o Options) (*images.Manifest, error) {
+	// Plan: which containers have a job to dump, where each goes.
+	var members []*member
+	n := 0
+	c.root.Walk(func(nd *nstree.Node) {
+		rel := strings.TrimPrefix(nd.Path, c.root.Path)
+		if rel == "" {
+			rel = "/"
+		}
+		ic := images.Container{
+			Path: rel, Command: nd.Command, Cwd: nd.Cwd, Env: nd.Env, Namespaces: nd.Namespaces,
+			OnEmpty: nd.OnEmpty, Created: nd.Created, InitPid: nd.InitPid,
+		}
+		pids, _ := nstree.Procs(nd.Leaf())
+		m := &member{node: nd}
+		if len(pids) == 0 || nd.InitPid == 0 {
+			ic.Empty = true
+		} else if nd == c.root {
+			ic.Dir = "checkpoint"
+		} else {
+			n++
+			m.dir = filepath.Join("containers", strconv.Itoa(n))
+			ic.Dir = m.dir + "/checkpoint"
+		}
+		m.ic = ic
+		members = append(members, m)
+	})
+	// The consistent cut.
+	start := time.Now()
+	if err := c.freeze(ctx, members); err != nil {
+		return nil, err
+	}
+	c.frozenAt = time.Now()
+	stopProgress := c.progress(o.Progress)
+	defer stopProgress()
+	for _, m := range members {
+		if m.ic.Empty {
+			continue
+		}
+		m.ic.Processes = processes(m.node)
+		st, err := c.dumpOne(ctx, o, m)
+		if err != nil {
+			return nil, err
+		}
+		m.ic.Dump = st
+		if err := c.copyLog(m); err != nil {
+			return nil, err
+		}
+	}
+	c.Dump = time.Since(start)
+	kernel, arch, cpu := images.HostInfo()
+	man := &images.Manifest{
+		Format: images.FormatName, Version: images.FormatVersion, Created: time.Now().UTC(),
+		CRVersion: o.CRVersion, CRIUVersion: o.CRIUVersion, Kernel: kernel, Arch: arch, CPUFeatures: cpu,
+		Root: c.root.Path, Stats: &images.Stats{DumpMicros: c.Dump.Microseconds()},
+	}
+	for _, m := range members {
+		man.Containers = append(man.Containers, m.ic)
+		if d := m.ic.Dump; d != nil {
+			man.Stats.PagesScanned += int64(d.PagesScanned)
+			man.Stats.PagesWritten += int64(d.PagesWritten)
+		}
+	}
+	if len(members) == 1 && !members[0].ic.Empty {
+		if err := images.WriteCheckpointctlFiles(c.Dir, man, c.root.Name); err != nil {
+			return nil, err
+		}
+	}
+	return man, nil
+}
+
+// freeze makes the cut: the subtree frozen in one write, then each member's
+// leaf frozen on its own, then every non-leaf cgroup of the subtree thawed
+// (remembering those the user had frozen) so that CRIU can thaw each leaf.
+func (c *Checkpoint) freeze(ctx context.Context, members []*member) error {
+	sub, err := c.root.Freezer()
+	if err != nil {
+		return err
+	}
+	c.root.Walk(func(nd *nstree.Node) {
+		if f, err := nd.Freezer(); err == nil {
+			if s, _ := f.State(); s == freeze.Frozen && selfFrozen(nd.Cgroup) {
+				c.userFrozen = append(c.userFrozen, f)
+			}
+		}
+	})
+	fctx, cancel := context.WithTimeout(ctx, freeze.DefaultTimeout)
+	defer cancel()
+	if err := sub.Freeze(fctx); err != nil {
+		return fmt.Errorf("freeze %s: %w", c.root.Path, err)
+	}
+	for _, m := range members {
+		if m.ic.Empty {
+			continue
+		}
+		lf, err := m.node.LeafFreezer()
+		if err == nil {
+			err = lf.Freeze(fctx)
+		}
+		if err != nil {
+			_ = sub.Thaw(context.Background())
+			return fmt.Errorf("freeze %s: %w", m.node.Path, err)
+		}
+		c.leaves = append(c.leaves, lf)
+	}
+	var thawErr error
+	c.root.Walk(func(nd *nstree.Node) {
+		if f, err := nd.Freezer(); err == nil && selfFrozen(nd.Cgroup) {
+			if err := f.Thaw(fctx); err != nil && thawErr == nil {
+				thawErr = err
+			}
+		}
+	})
+	return thawErr
+}
+
+// selfFrozen reports whether the cgroup itself (not an ancestor) is set
+// to frozen: v2 cgroup.freeze, v1 freezer.self_freezing.
+func selfFrozen(dir string) bool {
+	if b, err := os.ReadFile(filepath.Join(dir, "cgroup.freeze")); err == nil {
+		return strings.TrimSpace(string(b)) == "1"
+	}
+	if b, err := os.ReadFile(filepath.Join(dir, "freezer.self_freezing")); err == nil {
+		return strings.TrimSpace(string(b)) == "1"
+	}
+	return false
+}
+
+func (c *Checkpoint) dumpOne(ctx context.Context, o Options, m *member) (*images.DumpStats, error) {
+	work := filepath.Join(c.Dir, m.dir)
+	imgDir := filepath.Join(c.Dir, m.ic.Dir)
+	if err := os.MkdirAll(imgDir, 0o700); err != nil {
+		return nil, err
+	}
+	imgF, err := os.Open(imgDir)
+	if err != nil {
+		return nil, err
+	}
+	defer imgF.Close()
+	workF, err := os.Open(work)
+	if err != nil {
+		return nil, err
+	}
+	defer workF.Close()
+	opts := &rpc.CriuOpts{
+		Pid:           proto.Int32(int32(m.node.InitPid)),
+		ImagesDirFd:   proto.Int32(int32(imgF.Fd())),
+		WorkDirFd:     proto.Int32(int32(workF.Fd())),
+		LogFile:       proto.String("dump.log"),
+		LogLevel:      proto.Int32(4),
+		LeaveRunning:  proto.Bool(true),
+		FreezeCgroup:  proto.String(m.node.Leaf()),
+		ManageCgroups: proto.Bool(true),
+		FileLocks:     proto.Bool(true),
+	}
+	if _, err := criubin.Swrk(ctx, o.CRIU, rpc.CriuReqType_DUMP, opts, nil); err != nil {
+		return nil, criuError("dump", m.node.Path, filepath.Join(work, "dump.log"), c.Dir, err)
+	}
+	st, err := crit.GetDumpStats(work)
+	if err != nil {
+		return nil, nil // stats are informational
+	}
+	return &images.DumpStats{
+		FreezingTime: st.GetFreezingTime(), FrozenTime: st.GetFrozenTime(), MemdumpTime: st.GetMemdumpTime(),
+		MemwriteTime: st.GetMemwriteTime(), PagesScanned: st.GetPagesScanned(), PagesSkippedParent: st.GetPagesSkippedParent(),
+		PagesWritten: st.GetPagesWritten(), PagesLazy: st.GetPagesLazy(),
+	}, nil
+}
+
+// criuError builds the error a user sees: CRIU's own reason and lines, and
+// where the full log was kept (copied out of the staging area, which goes).
+func criuError(op, path, log, staging string, err error) error {
+	kept := log
+	if b, rerr := os.ReadFile(log); rerr == nil {
+		dst := filepath.Join(os.TempDir(), fmt.Sprintf("cr-%s-%s-%d.log", op, strings.ReplaceAll(strings.Trim(path, "/"), "/", "_"), time.Now().Unix()))
+		if os.WriteFile(dst, b, 0o600) == nil {
+			kept = dst
+		}
+	}
+	lines, reason, _ := criubin.LogErrors(kept)
+	if reason == "" {
+		reason = err.Error()
+	}
+	return &criubin.CRIUError{Op: op, Reason: fmt.Sprintf("%s: %s", path, reason), Lines: lines, LogPath: kept, Err: err}
+}
+
+// processes lists a container's processes with their pids inside it.
+func processes(n *nstree.Node) []images.Process {
+	pids, _ := nstree.Procs(n.Leaf())
+	var out []images.Process
+	for _, pid := range pids {
+		p, ok := nstree.ProcessInfo(pid)
+		if !ok {
+			continue
+		}
+		out = append(out, images.Process{Pid: p.Pid, PPid: nsPPid(pid), Command: p.Command})
+	}
+	return out
+}
+
+// nsPPid is a process's parent pid as seen inside its pid namespace.
+func nsPPid(pid int) int {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
+	if err != nil {
+		return 0
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, "PPid:"); ok {
+			pp, _ := strconv.Atoi(strings.TrimSpace(v))
+			if p, ok := nstree.ProcessInfo(pp); ok && pp != 0 {
+				return p.Pid
+			}
+			return 0
+		}
+	}
+	return 0
+}
+
+// progress reports the staging area's size until stopped.
+func (c *Checkpoint) progress(f func(int64)) (stop func()) {
+	if f == nil {
+		return func() {}
+	}
+	done := make(chan struct{})
+	go func() {
+		tk := time.NewTicker(200 * time.Millisecond)
+		defer tk.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-tk.C:
+				f(dirSize(c.Dir))
+			}
+		}
+	}()
+	return func() { close(done) }
+}
+
+func dirSize(dir string) int64 {
+	var n int64
+	_ = filepath.Walk(dir, func(_ string, fi os.FileInfo, err error) error {
+		if err == nil && fi.Mode().IsRegular() {
+			n += fi.Size()
+		}
+		return nil
+	})
+	return n
+}
+
+// Resume lets the source run again: the leaves cr froze are thawed and
+// the cgroups the user had frozen are frozen again. It is idempotent.
+func (c *Checkpoint) Resume() {
+	if c.resumed {
+		return
+	}
+	c.resumed = true
+	ctx, cancel := context.WithTimeout(context.Background(), freeze.DefaultTimeout)
+	defer cancel()
+	for _, f := range c.userFrozen {
+		_ = f.Freeze(ctx)
+	}
+	for _, f := range c.leaves {
+		_ = f.Thaw(ctx)
+	}
+	if !c.frozenAt.IsZero() {
+		c.Frozen = time.Since(c.frozenAt)
+	}
+}
+
+// Finish ends the source after its image is safely written: every process
+// is killed (while still frozen, so it never runs again here) and the nodes
+// are removed.
+func (c *Checkpoint) Finish(ctx context.Context) error {
+	c.resumed = true
+	return c.tree.Kill(ctx, c.root, nstree.KillOptions{})
+}
+
+// Cleanup removes the staging directory.
+func (c *Checkpoint) Cleanup() { _ = os.RemoveAll(c.Dir) }
+
+// copyLog keeps the container's output so far beside its images, so that
+// its log continues after a restore.
+func (c *Checkpoint) copyLog(m *member) error {
+	in, err := os.Open(c.tree.LogPath(m.node.ID))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	out, err := os.OpenFile(filepath.Join(c.Dir, images.LogName(m.ic)), os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return err
+	}
+	defer out.Close()
+	_, err = io.Copy(out, in)
+	return err
+}

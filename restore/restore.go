@@ -1,0 +1,283 @@
+// Package restore brings a checkpointed subtree back: it verifies the
+// image before touching anything, recreates the nodes (at their original
+// paths or under another one), restores every container through CRIU with
+// its pids, and resumes them all together.
+//
+// Every container is restored by its own CRIU run, held at CRIU's
+// post-restore notification (tasks created, not yet running) until all of
+// them got there; only then do they resume. A failure anywhere aborts every
+// held restore (CRIU kills what it created) and removes the nodes, so a
+// restore is all or nothing.
+package restore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"time"
+
+	"github.com/checkpoint-restore/go-criu/v7/rpc"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/cr-dev/cr/criubin"
+	"github.com/cr-dev/cr/images"
+	"github.com/cr-dev/cr/nstree"
+)
+
+// Options say how to restore.
+type Options struct {
+	CRIU        string
+	CRIUVersion int
+	StagingDir  string
+	Limits      images.Limits
+}
+
+// Result is a restored subtree.
+type Result struct {
+	Root       string         // absolute host path of the restored subtree's root
+	Pids       map[string]int // absolute path -> host pid of the container init
+	Containers []string       // absolute paths, parents first
+	Elapsed    time.Duration
+	Manifest   *images.Manifest
+}
+
+// ErrIncompatible: the image cannot be restored on this host.
+var ErrIncompatible = errors.New("image not restorable here")
+
+// Extract verifies the image file and unpacks it into a fresh staging
+// directory, which the caller removes. Nothing else is touched.
+func Extract(ctx context.Context, path string, o Options) (string, *images.Manifest, error) {
+	if err := os.MkdirAll(o.StagingDir, 0o700); err != nil {
+		return "", nil, fmt.Errorf("create staging area: %w", err)
+	}
+	dir, err := os.MkdirTemp(o.StagingDir, "rst-")
+	if err != nil {
+		return "", nil, fmt.Errorf("create staging area: %w", err)
+	}
+	m, err := images.ExtractFile(ctx, path, dir, o.Limits)
+	if err != nil {
+		os.RemoveAll(dir)
+		return "", nil, err
+	}
+	return dir, m, nil
+}
+
+// Check refuses an image this host cannot restore.
+func Check(m *images.Manifest, o Options) error {
+	if m.Arch != runtime.GOARCH {
+		return fmt.Errorf("%w: image is for %s, this host is %s", ErrIncompatible, m.Arch, runtime.GOARCH)
+	}
+	if o.CRIUVersion != 0 && m.CRIUVersion/100 > o.CRIUVersion/100 {
+		return fmt.Errorf("%w: image was dumped by CRIU %s, this host has the older %s", ErrIncompatible, ver(m.CRIUVersion), ver(o.CRIUVersion))
+	}
+	if len(m.Containers) == 0 || m.Containers[0].Path != "/" {
+		return fmt.Errorf("%w: image has no root container", images.ErrCorrupt)
+	}
+	return nil
+}
+
+func ver(v int) string { return fmt.Sprintf("%d.%d.%d", v/10000, v/100%100, v%100) }
+
+// Target is where an image goes: its original root, or as.
+func Target(m *images.Manifest, as string) string {
+	if as != "" {
+		return as
+	}
+	return m.Root
+}
+
+// FromDir restores the verified, extracted image in dir at target (an
+// absolute host path). ready, if set, is called once every container is
+// restored and before any resumes; if it fails, the restore is undone.
+func FromDir(ctx context.Context, t *nstree.Tree, dir string, m *images.Manifest, target string, o Options, ready func(*Result) error) (*Result, error) {
+	start := time.Now()
+	if err := Check(m, o); err != nil {
+		return nil, err
+	}
+	nodes, err := t.CreateRestored(target, toSpecs(m))
+	if err != nil {
+		return nil, err
+	}
+	res := &Result{Root: target, Pids: map[string]int{}, Manifest: m}
+	for _, n := range nodes {
+		res.Containers = append(res.Containers, n.Path)
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			t.RemoveRestored(nodes)
+		}
+	}()
+	// Carry each container's log over.
+	for i, c := range m.Containers {
+		if c.Empty {
+			continue
+		}
+		copyFile(filepath.Join(dir, images.LogName(c)), t.LogPath(nodes[i].ID))
+	}
+	// Restore every container, each held at post-restore.
+	type held struct {
+		restored chan int32 // the init's pid, once restored
+		decide   chan error // nil: resume; else abort
+		done     chan error
+	}
+	var hs []*held
+	abortAll := func(err error) {
+		for _, h := range hs {
+			select {
+			case h.decide <- err:
+			default:
+			}
+		}
+		for _, h := range hs {
+			<-h.done
+		}
+	}
+	for i, c := range m.Containers {
+		if c.Empty {
+			continue
+		}
+		h := &held{restored: make(chan int32, 1), decide: make(chan error, 1), done: make(chan error, 1)}
+		hs = append(hs, h)
+		n := nodes[i]
+		go func() {
+			h.done <- restoreOne(ctx, t, o, dir, c, n, func(pid int32) error {
+				h.restored <- pid
+				return <-h.decide
+			})
+		}()
+		select {
+		case pid := <-h.restored:
+			res.Pids[n.Path] = int(pid)
+			n.InitPid = int(pid)
+		case err := <-h.done:
+			h.done <- err // for abortAll's wait
+			abortAll(errors.New("another container failed to restore"))
+			return nil, err
+		}
+	}
+	if ready != nil {
+		if err := ready(res); err != nil {
+			abortAll(err)
+			return nil, err
+		}
+	}
+	for _, h := range hs {
+		h.decide <- nil
+	}
+	var firstErr error
+	for _, h := range hs {
+		if err := <-h.done; err != nil && firstErr == nil {
+			firstErr = err
+		}
+	}
+	if firstErr != nil {
+		for _, n := range nodes {
+			if n.InitPid != 0 {
+				_ = t.Kill(context.Background(), n, nstree.KillOptions{Signal: 9})
+			}
+		}
+		return nil, firstErr
+	}
+	now := time.Now().UTC()
+	for _, n := range nodes {
+		n.Restored = now
+		n.Status = "running"
+		if n.InitPid == 0 {
+			n.Status = "exited"
+		}
+		if err := t.WriteConfig(&n.Config); err != nil {
+			return nil, err
+		}
+	}
+	ok = true
+	res.Elapsed = time.Since(start)
+	return res, nil
+}
+
+func toSpecs(m *images.Manifest) []nstree.RestoreSpec {
+	var specs []nstree.RestoreSpec
+	for _, c := range m.Containers {
+		specs = append(specs, nstree.RestoreSpec{Rel: c.Path, Config: nstree.Config{
+			Command: c.Command, Cwd: c.Cwd, Env: c.Env, Namespaces: c.Namespaces, OnEmpty: c.OnEmpty,
+			Created: c.Created, Implicit: c.Empty && len(c.Command) == 0,
+		}})
+	}
+	return specs
+}
+
+func restoreOne(ctx context.Context, t *nstree.Tree, o Options, dir string, c images.Container, n *nstree.Node, onRestored func(int32) error) error {
+	imgF, err := os.Open(filepath.Join(dir, c.Dir))
+	if err != nil {
+		return fmt.Errorf("restore %s: %w", n.Path, err)
+	}
+	defer imgF.Close()
+	work, err := os.MkdirTemp(o.StagingDir, "rstwork-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(work)
+	workF, err := os.Open(work)
+	if err != nil {
+		return err
+	}
+	defer workF.Close()
+	ctrl := ""
+	if t.Hier.Version == 1 {
+		ctrl = "freezer"
+	}
+	leaf := strings.TrimPrefix(n.Leaf(), t.Hier.Mount)
+	opts := &rpc.CriuOpts{
+		ImagesDirFd:       proto.Int32(int32(imgF.Fd())),
+		WorkDirFd:         proto.Int32(int32(workF.Fd())),
+		LogFile:           proto.String("restore.log"),
+		LogLevel:          proto.Int32(4),
+		ManageCgroups:     proto.Bool(true),
+		ManageCgroupsMode: rpc.CriuCgMode_SOFT.Enum(),
+		CgRoot:            []*rpc.CgroupRoot{{Ctrl: proto.String(ctrl), Path: proto.String(leaf)}},
+		FileLocks:         proto.Bool(true),
+	}
+	_, err = criubin.Swrk(ctx, o.CRIU, rpc.CriuReqType_RESTORE, opts, func(script string, pid int32) error {
+		if script == "post-restore" {
+			return onRestored(pid)
+		}
+		return nil
+	})
+	if err != nil {
+		return criuError(n.Path, filepath.Join(work, "restore.log"), err)
+	}
+	return nil
+}
+
+func criuError(path, log string, err error) error {
+	kept := filepath.Join(os.TempDir(), fmt.Sprintf("cr-restore-%s-%d.log", strings.ReplaceAll(strings.Trim(path, "/"), "/", "_"), time.Now().UnixNano()))
+	if b, rerr := os.ReadFile(log); rerr == nil {
+		_ = os.WriteFile(kept, b, 0o600)
+	} else {
+		kept = log
+	}
+	lines, reason, _ := criubin.LogErrors(kept)
+	if reason == "" {
+		reason = err.Error()
+	}
+	return &criubin.CRIUError{Op: "restore", Reason: fmt.Sprintf("%s: %s", path, reason), Lines: lines, LogPath: kept, Err: err}
+}
+
+func copyFile(src, dst string) {
+	in, err := os.Open(src)
+	if err != nil {
+		return
+	}
+	defer in.Close()
+	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return
+	}
+	defer out.Close()
+	_, _ = io.Copy(out, in)
+}
