@@ -17,7 +17,7 @@ descendant of the container's init, so checkpoint the container after it ends.`,
 		Example: `  cr enter /lab/pi
   cr enter /lab/pi -- ps ax`,
 		Args: cobra.MinimumNArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
+		RunE: func(_ *cobra.Command, args []string) error {
 			e, err := openEnv()
 			if err != nil {
 				return err
@@ -26,7 +26,11 @@ descendant of the container's init, so checkpoint the container after it ends.`,
 			if err != nil {
 				return err
 			}
-			code, err := e.tree.Enter(n, args[1:])
+			cmd := args[1:]
+			if len(cmd) > 0 && cmd[0] == "--" {
+				cmd = cmd[1:]
+			}
+			code, err := e.tree.Enter(n, cmd)
 			if err != nil {
 				return err
 			}

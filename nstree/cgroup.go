@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -66,6 +67,9 @@ func removeCgroups(dir string) error {
 
 // Procs lists the host pids in one cgroup directory (not below it).
 func Procs(cgroupDir string) ([]int, error) {
+	if inChildPidNS() {
+		return scanProcs(cgroupDir)
+	}
 	b, err := os.ReadFile(filepath.Join(cgroupDir, "cgroup.procs"))
 	if err != nil {
 		return nil, err
@@ -77,6 +81,62 @@ func Procs(cgroupDir string) ([]int, error) {
 		}
 	}
 	return pids, nil
+}
+
+// inChildPidNS reports whether cr runs inside a container's pid namespace
+// while seeing the host's /proc: there, cgroup.procs lists only the pids
+// of its own namespace, which hides sibling containers.
+var inChildPidNS = sync.OnceValue(func() bool {
+	self, err := os.Readlink("/proc/self")
+	return err == nil && self != strconv.Itoa(os.Getpid())
+})
+
+// scanProcs finds the processes of a cgroup through /proc, which lists
+// every host process whatever the reader's pid namespace.
+func scanProcs(cgroupDir string) ([]int, error) {
+	if _, err := os.Stat(cgroupDir); err != nil {
+		return nil, err
+	}
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		return nil, err
+	}
+	var pids []int
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile("/proc/" + e.Name() + "/cgroup")
+		if err != nil {
+			continue
+		}
+		for _, l := range strings.Split(string(b), "\n") {
+			parts := strings.SplitN(l, ":", 3)
+			if len(parts) == 3 && parts[2] != "/" && strings.HasSuffix(cgroupDir, parts[2]) && isCgroupMount(strings.TrimSuffix(cgroupDir, parts[2])) {
+				pids = append(pids, pid)
+				break
+			}
+		}
+	}
+	return pids, nil
+}
+
+func isCgroupMount(dir string) bool {
+	var st unix.Statfs_t
+	return unix.Statfs(dir, &st) == nil && (st.Type == unix.CGROUP2_SUPER_MAGIC || st.Type == unix.CGROUP_SUPER_MAGIC) &&
+		unix.Access(filepath.Join(dir, "cgroup.procs"), unix.R_OK) == nil && isMountRoot(dir)
+}
+
+// isMountRoot reports whether dir is the root of its cgroup hierarchy.
+func isMountRoot(dir string) bool {
+	_, err := os.Stat(filepath.Join(dir, "cgroup.controllers"))
+	if err == nil {
+		_, err2 := os.Stat(filepath.Join(dir, "cgroup.events")) // absent at a v2 root only
+		return err2 != nil
+	}
+	_, err = os.Stat(filepath.Join(dir, "release_agent")) // v1 roots only
+	return err == nil
 }
 
 // SubtreeProcs lists the host pids of every leaf under the node's cgroup.
@@ -122,11 +182,27 @@ func (n *Node) State() string {
 	return "running"
 }
 
-// signalAll sends sig to every pid, ignoring processes that are gone.
-func signalAll(pids []int, sig syscall.Signal) {
+// ErrUnreachable: a process is in a pid namespace the caller cannot
+// signal (a sibling container's, when cr runs inside a container).
+var ErrUnreachable = errors.New("process not reachable from this pid namespace")
+
+// signalAll sends sig to every pid through a pidfd, so that a pid read
+// from /proc is never taken for another process of the caller's pid
+// namespace. Processes that are gone are skipped; it returns how many
+// could not be reached.
+func signalAll(pids []int, sig syscall.Signal) (unreachable int) {
 	for _, p := range pids {
-		_ = unix.Kill(p, sig)
+		fd, err := unix.Open("/proc/"+strconv.Itoa(p), unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			continue // gone
+		}
+		err = unix.PidfdSendSignal(fd, sig, nil, 0)
+		unix.Close(fd)
+		if err == unix.EINVAL || err == unix.EPERM {
+			unreachable++
+		}
 	}
+	return unreachable
 }
 
 // killCgroup kills every process in the cgroup subtree at dir: with

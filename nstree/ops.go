@@ -61,7 +61,9 @@ type KillOptions struct {
 func (t *Tree) Kill(ctx context.Context, n *Node, o KillOptions) error {
 	if o.Signal != 0 {
 		pids := SubtreeProcs(n)
-		signalAll(pids, o.Signal)
+		if k := signalAll(pids, o.Signal); k > 0 {
+			return fmt.Errorf("signal %s: %w (%d of %d processes; their pid namespace is not below yours)", n.Path, ErrUnreachable, k, len(pids))
+		}
 		if o.Signal == unix.SIGKILL || o.Signal == unix.SIGCONT {
 			_ = t.Thaw(ctx, n) // v1: frozen tasks die only once thawed
 		}
@@ -73,8 +75,8 @@ func (t *Tree) Kill(ctx context.Context, n *Node, o KillOptions) error {
 			frozen = true
 		}
 	})
-	if !frozen {
-		signalAll(SubtreeProcs(n), unix.SIGTERM)
+	pids := SubtreeProcs(n)
+	if !frozen && signalAll(pids, unix.SIGTERM) < len(pids) {
 		if o.Grace <= 0 {
 			o.Grace = 10 * time.Second
 		}

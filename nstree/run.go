@@ -127,7 +127,11 @@ func (t *Tree) createNodes(f *Forest, abs, onEmpty string) ([]*Node, *Node, erro
 			parent = n
 			continue
 		}
-		n := &Node{Config: Config{ID: NewID(), Name: parts[i], OnEmpty: onEmpty, Created: time.Now().UTC(), Status: "running"}, Path: p}
+		policy := onEmpty
+		if i < len(parts)-1 {
+			policy = OnEmptyDelete // a node made on demand goes when its last child goes
+		}
+		n := &Node{Config: Config{ID: NewID(), Name: parts[i], OnEmpty: policy, Created: time.Now().UTC(), Status: "running"}, Path: p}
 		if parent != nil {
 			n.Config.Parent = parent.ID
 			n.Parent = parent

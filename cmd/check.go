@@ -1,0 +1,186 @@
+package cmd
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/spf13/cobra"
+
+	"github.com/cr-dev/cr/criubin"
+	"github.com/cr-dev/cr/freeze"
+)
+
+// CheckItem is one line of cr check.
+type CheckItem struct {
+	Name     string `json:"name"`
+	OK       bool   `json:"ok"`
+	Required bool   `json:"required"` // without it cr cannot checkpoint at all
+	Value    string `json:"value"`
+	Hint     string `json:"hint,omitempty"`
+}
+
+// CheckReport is what cr check reports (--json).
+type CheckReport struct {
+	Ready   bool        `json:"ready"`
+	Verdict string      `json:"verdict"`
+	Items   []CheckItem `json:"items"`
+}
+
+func init() { register(newCheckCommand) }
+
+func newCheckCommand(g *Global) *cobra.Command {
+	var asJSON bool
+	c := &cobra.Command{
+		Use:   "check",
+		Short: "Check that this host can run, checkpoint and migrate containers",
+		Long: `Report the CRIU binary and version, CRIU's own "criu check" verdict, the
+kernel features that matter (userfaultfd for lazy migration, soft-dirty
+tracking for pre-copy, pidfd store, nftables network lock), the cgroup layout
+and where the freezer is, and the capabilities of this process, each with a
+hint when it is missing, and a one-line verdict. Exits 6 when something
+required is missing.`,
+		Example: `  cr check
+  cr check --json | jq .ready`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return runCheck(cmd.Context(), cmd.OutOrStdout(), g, asJSON)
+		},
+	}
+	c.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	return c
+}
+
+func yesNo(b bool) string {
+	if b {
+		return "yes"
+	}
+	return "no"
+}
+
+func runCheck(ctx context.Context, out io.Writer, g *Global, asJSON bool) error {
+	if ctx == nil {
+		ctx = context.Background()
+	}
+	var items []CheckItem
+	add := func(it CheckItem) { items = append(items, it) }
+	root := os.Geteuid() == 0
+	add(CheckItem{Name: "root", OK: root, Required: true, Value: yesNo(root), Hint: "run cr as root"})
+
+	criuOK := false
+	path, err := criubin.Find(g.CRIU)
+	if err != nil {
+		add(CheckItem{Name: "criu", Required: true, Value: "not found", Hint: "run scripts/provision.sh (builds CRIU 4.1.1) or pass --criu"})
+	} else if v, err := criubin.GetVersion(path); err != nil {
+		add(CheckItem{Name: "criu", Required: true, Value: path + ": " + err.Error(), Hint: "reinstall CRIU with scripts/provision.sh"})
+	} else {
+		ok := v.Code() >= criubin.MinVersion
+		add(CheckItem{Name: "criu", OK: ok, Required: true, Value: fmt.Sprintf("%s (%s)", path, v), Hint: "CRIU 4.1 or newer is needed: run scripts/provision.sh"})
+		if ok && root {
+			if err := criubin.Check(ctx, path); err != nil {
+				add(CheckItem{Name: "criu check", Required: true, Value: err.Error(), Hint: "CRIU does not work on this kernel; run scripts/provision.sh to build 4.1.1"})
+			} else {
+				criuOK = true
+				add(CheckItem{Name: "criu check", OK: true, Required: true, Value: "looks good"})
+			}
+		}
+	}
+	h, err := freeze.Detect()
+	if err != nil {
+		add(CheckItem{Name: "cgroups", Required: true, Value: err.Error(), Hint: "mount cgroup2 (or the v1 freezer) under /sys/fs/cgroup"})
+	} else {
+		layout := "v1"
+		switch {
+		case h.Version == 2 && h.Hybrid:
+			layout = "hybrid"
+		case h.Version == 2:
+			layout = "v2"
+		}
+		where := fmt.Sprintf("%s; containers and freezer in cgroup v%d at %s", layout, h.Version, h.Mount)
+		if h.V1Freezer != "" && h.Version == 2 {
+			where += fmt.Sprintf(" (v1 freezer also at %s)", h.V1Freezer)
+		}
+		add(CheckItem{Name: "cgroups", OK: true, Required: true, Value: where})
+	}
+	if criuOK {
+		f, err := criubin.ProbeFeatures(ctx, path)
+		if err != nil {
+			add(CheckItem{Name: "kernel features", Value: err.Error()})
+		} else {
+			add(CheckItem{Name: "userfaultfd", OK: f.UserFaultFD, Value: yesNo(f.UserFaultFD), Hint: "no lazy (post-copy) migration: the kernel lacks userfaultfd"})
+			add(CheckItem{Name: "uffd-noncoop", OK: f.UffdNoncoop, Value: yesNo(f.UffdNoncoop), Hint: "lazy migration only for jobs that do not fork or remap while pages arrive"})
+			add(CheckItem{Name: "soft-dirty tracking", OK: f.MemDirtyTrack, Value: yesNo(f.MemDirtyTrack), Hint: "no iterative pre-copy migration: the kernel has no soft-dirty memory tracking (CONFIG_MEM_SOFT_DIRTY); stop-and-copy and --lazy still work"})
+			add(CheckItem{Name: "pidfd store", OK: f.PidfdStore, Value: yesNo(f.PidfdStore), Hint: "pid reuse between pre-dumps cannot be detected"})
+			add(CheckItem{Name: "nftables lock", OK: f.NftablesLock, Value: yesNo(f.NftablesLock), Hint: "CRIU will lock the network with iptables instead"})
+		}
+	}
+	caps, err := criubin.Capabilities()
+	if err == nil {
+		var have, miss []string
+		for _, c := range []string{"CAP_SYS_ADMIN", "CAP_SYS_PTRACE", "CAP_CHECKPOINT_RESTORE", "CAP_NET_ADMIN", "CAP_SYS_RESOURCE"} {
+			if caps[c] {
+				have = append(have, c)
+			} else {
+				miss = append(miss, c)
+			}
+		}
+		v := "all needed"
+		if len(miss) > 0 {
+			v = "missing " + strings.Join(miss, ", ")
+		}
+		add(CheckItem{Name: "capabilities", OK: len(miss) == 0, Value: v, Hint: "without CAP_SYS_RESOURCE CRIU cannot grow pipes (lazy migration needs fs.pipe-max-size >= 16 MiB) nor dump jobs that changed their uid"})
+		if !caps["CAP_SYS_RESOURCE"] {
+			if n, err := criubin.PipeMaxSize(); err == nil {
+				ok := n >= 16<<20
+				add(CheckItem{Name: "pipe-max-size", OK: ok, Value: humanBytes(int64(n)), Hint: "echo 16777216 > /proc/sys/fs/pipe-max-size (lazy migration needs it without CAP_SYS_RESOURCE)"})
+			}
+		}
+	}
+	rep := CheckReport{Ready: true, Items: items}
+	var missing []string
+	for _, it := range items {
+		if it.Required && !it.OK {
+			rep.Ready = false
+			missing = append(missing, it.Name)
+		}
+	}
+	if rep.Ready {
+		rep.Verdict = "ready: run, checkpoint, restore and migrate work here"
+		for _, it := range items {
+			if !it.OK {
+				rep.Verdict += "; " + it.Name + " missing"
+			}
+		}
+	} else {
+		rep.Verdict = "not ready: " + strings.Join(missing, ", ") + " missing"
+	}
+	if asJSON {
+		if err := writeJSON(out, rep); err != nil {
+			return err
+		}
+	} else {
+		tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+		for _, it := range items {
+			mark := "ok"
+			if !it.OK {
+				mark = "--"
+				if it.Required {
+					mark = "FAIL"
+				}
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\n", mark, it.Name, it.Value)
+			if !it.OK && it.Hint != "" {
+				fmt.Fprintf(tw, "\t\thint: %s\n", it.Hint)
+			}
+		}
+		tw.Flush()
+		fmt.Fprintln(out, rep.Verdict)
+	}
+	if !rep.Ready {
+		return exitStatus(ExitEnv)
+	}
+	return nil
+}

@@ -1,0 +1,249 @@
+package criubin
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+)
+
+// The samples in testdata are real CRIU 4.1.1 logs from this machine (a
+// few lines naming the test host's own mounts removed).
+func TestLogErrorsSamples(t *testing.T) {
+	for _, tc := range []struct {
+		file, reason string
+		// lines that must be shown, in this order
+		want []string
+	}{
+		{
+			file:   "dump-not-session-leader.log",
+			reason: "The root process 9785 is not a session leader. Consider using --shell-job option",
+			want: []string{
+				"Dumping pstree (pid: 9785)", // context
+				"Error (criu/pstree.c:300): The root process 9785 is not a session leader.",
+				"Error (criu/cr-dump.c:2111): Dumping FAILED.",
+			},
+		},
+		{
+			file:   "dump-no-such-pid.log",
+			reason: "Unable to detach from 999999: No such process",
+			want: []string{
+				"Error (compel/src/lib/infect.c:418): Unable to detach from 999999: No such process",
+				"Error (criu/cr-dump.c:2111): Dumping FAILED.",
+			},
+		},
+		{
+			file:   "restore-pid-in-use.log",
+			reason: "Can't fork for 9848: File exists",
+			want: []string{
+				"Creating process using clone3()",
+				"Error (criu/cr-restore.c:1230): Can't fork for 9848: File exists",
+				"Error (criu/cr-restore.c:2320): Restoring FAILED.",
+			},
+		},
+	} {
+		t.Run(tc.file, func(t *testing.T) {
+			path := filepath.Join("testdata", tc.file)
+			lines, reason, err := LogErrors(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if reason != tc.reason {
+				t.Errorf("reason = %q, want %q", reason, tc.reason)
+			}
+			checkLines(t, lines, tc.want)
+			// The RLIMIT error every log here has is noise.
+			for _, l := range lines {
+				if strings.Contains(l, "RLIMIT_NOFILE") {
+					t.Errorf("benign error shown: %q", l)
+				}
+			}
+		})
+	}
+}
+
+// checkLines checks that each of want is in a distinct line of lines, in
+// order, that lines is within bounds, and that no line repeats.
+func checkLines(t *testing.T, lines, want []string) {
+	t.Helper()
+	i := 0
+	for _, w := range want {
+		for i < len(lines) && !strings.Contains(lines[i], w) {
+			i++
+		}
+		if i == len(lines) {
+			t.Errorf("lines lack %q (in order):\n%s", w, strings.Join(lines, "\n"))
+			return
+		}
+		i++
+	}
+	if len(lines) > logMaxLines {
+		t.Errorf("%d lines, want at most %d", len(lines), logMaxLines)
+	}
+	seen := map[string]bool{}
+	for _, l := range lines {
+		if seen[l] {
+			t.Errorf("line shown twice: %q", l)
+		}
+		seen[l] = true
+	}
+}
+
+func writeLog(t *testing.T, lines ...string) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "dump.log")
+	if err := os.WriteFile(path, []byte(strings.Join(lines, "\n")+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+func TestLogErrorsContextAndDedup(t *testing.T) {
+	path := writeLog(t,
+		"(00.000001) a",
+		"(00.000002) b",
+		"(00.000003) c",
+		"(00.000004) d",
+		"(00.000005)   4242: Error (criu/files.c:10): Can't open file: No such file",
+		"(00.000006) e",
+		"(00.000007) pie: 4242: Error (criu/pie/restorer.c:20): Task 4242 exited, status=1",
+		"(00.000008) f",
+		"(00.000009) g",
+		"(00.000010) h",
+		"(00.000011)   4242: Error (criu/files.c:10): Can't open file: No such file",
+		"(00.000012) Error (criu/cr-restore.c:2320): Restoring FAILED.",
+	)
+	lines, reason, err := LogErrors(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if reason != "Can't open file: No such file" {
+		t.Errorf("reason = %q", reason)
+	}
+	want := []string{
+		"(00.000003) c",
+		"(00.000004) d",
+		"(00.000005)   4242: Error (criu/files.c:10): Can't open file: No such file",
+		"(00.000006) e",
+		"(00.000007) pie: 4242: Error (criu/pie/restorer.c:20): Task 4242 exited, status=1",
+		// the repeated error is left out, even as context
+		"(00.000010) h",
+		"(00.000012) Error (criu/cr-restore.c:2320): Restoring FAILED.",
+	}
+	if !slices.Equal(lines, want) {
+		t.Errorf("lines:\n%s\nwant:\n%s", strings.Join(lines, "\n"), strings.Join(want, "\n"))
+	}
+}
+
+func TestLogErrorsLimitAndEdgeCases(t *testing.T) {
+	var many []string
+	for i := range 50 {
+		many = append(many, fmt.Sprintf("(00.%06d) Error (criu/x.c:%d): failure %d", i, i, i))
+	}
+	lines, reason, err := LogErrors(writeLog(t, many...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(lines) != logMaxLines || lines[0] != many[0] {
+		t.Errorf("got %d lines starting %q, want the first %d", len(lines), lines[0], logMaxLines)
+	}
+	if reason != "failure 0" {
+		t.Errorf("reason = %q, want the first error", reason)
+	}
+
+	// Only the benign error: then it is all there is to show.
+	lines, reason, err = LogErrors(writeLog(t,
+		"(00.000001) Error (criu/util.c:1533): rlimit: Can't setup RLIMIT_NOFILE for self: Operation not permitted"))
+	if err != nil || len(lines) != 1 || !strings.HasPrefix(reason, "rlimit: Can't setup") {
+		t.Errorf("benign-only log: %q, %q, %v", lines, reason, err)
+	}
+
+	// Only the summary: it is the reason.
+	if _, reason, _ := LogErrors(writeLog(t, "(00.1) Error (criu/cr-dump.c:2111): Dumping FAILED.")); reason != "Dumping FAILED." {
+		t.Errorf("summary-only reason = %q", reason)
+	}
+
+	// No error at all.
+	lines, reason, err = LogErrors(writeLog(t, "(00.000001) Dumping finished successfully", "(00.2) Warn  (criu/x.c:1): meh"))
+	if err != nil || lines != nil || reason != "" {
+		t.Errorf("clean log: %q, %q, %v; want nothing", lines, reason, err)
+	}
+
+	if _, _, err := LogErrors(filepath.Join(t.TempDir(), "missing.log")); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("missing log: error %v, want ErrNotExist", err)
+	}
+}
+
+func TestCRIUErrorFormat(t *testing.T) {
+	cause := errors.New("criu exited with status 1")
+	for _, tc := range []struct {
+		e    *CRIUError
+		want string
+	}{
+		{&CRIUError{Op: "dump", Reason: "it broke", LogPath: "/d/dump.log", Err: cause}, "criu dump failed: it broke (full log: /d/dump.log)"},
+		{&CRIUError{Op: "restore", LogPath: "/d/restore.log", Err: cause}, "criu restore failed: criu exited with status 1 (full log: /d/restore.log)"},
+		{&CRIUError{Op: "dump", Err: cause}, "criu dump failed: criu exited with status 1"},
+	} {
+		if got := tc.e.Error(); got != tc.want {
+			t.Errorf("Error() = %q, want %q", got, tc.want)
+		}
+		if !errors.Is(tc.e, cause) {
+			t.Errorf("%v does not unwrap to its cause", tc.e)
+		}
+	}
+
+	sample := filepath.Join("testdata", "restore-pid-in-use.log")
+	e := NewCRIUError("restore", sample, cause)
+	want := "criu restore failed: Can't fork for 9848: File exists (full log: " + sample + ")"
+	if e.Error() != want || len(e.Lines) == 0 {
+		t.Errorf("NewCRIUError = %q with %d lines, want %q", e, len(e.Lines), want)
+	}
+	var ce *CRIUError
+	if err := fmt.Errorf("restore /a: %w", e); !errors.As(err, &ce) || ce.Op != "restore" {
+		t.Errorf("errors.As lost the CRIUError")
+	}
+}
+
+// TestLogErrorsRealDump makes CRIU fail for real and reads its log: it
+// refuses to dump a process that is not a session leader.
+func TestLogErrorsRealDump(t *testing.T) {
+	criu := realCRIU(t)
+	sleep := exec.Command("sleep", "60")
+	if err := sleep.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sleep.Process.Kill(); sleep.Wait() })
+	pid := fmt.Sprint(sleep.Process.Pid)
+
+	dir := t.TempDir()
+	out, err := exec.Command(criu, "dump", "-t", pid, "-D", dir, "-o", "dump.log", "-v4").CombinedOutput()
+	if err == nil {
+		t.Fatalf("criu dump of a non-session-leader succeeded: %s", out)
+	}
+	logPath := filepath.Join(dir, "dump.log")
+	lines, reason, lerr := LogErrors(logPath)
+	if lerr != nil {
+		t.Fatal(lerr)
+	}
+	if !strings.Contains(reason, "is not a session leader") || !strings.Contains(reason, pid) {
+		t.Errorf("reason = %q, want CRIU's session leader complaint about %s", reason, pid)
+	}
+	if strings.Contains(reason, "Error (") || strings.HasPrefix(reason, "(") {
+		t.Errorf("reason %q keeps CRIU's prefix", reason)
+	}
+	checkLines(t, lines, []string{"not a session leader", "Dumping FAILED."})
+
+	e := NewCRIUError("dump", logPath, err)
+	if want := "criu dump failed: " + reason + " (full log: " + logPath + ")"; e.Error() != want {
+		t.Errorf("CRIUError = %q, want %q", e, want)
+	}
+	var exit *exec.ExitError
+	if !errors.As(e, &exit) {
+		t.Errorf("CRIUError does not unwrap to the exec error")
+	}
+}

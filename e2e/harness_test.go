@@ -1,0 +1,309 @@
+// Package e2e drives the built cr binary as a user would, as root, against
+// the real kernel and the real CRIU, and checks the jobs' own state
+// afterwards. Every test runs in a private tree (its own state directory and
+// cgroup parent), and TestMain removes whatever a test left behind.
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/cr-dev/cr/criubin"
+)
+
+var (
+	crBin   string // the cr binary under test
+	jobBin  string // the test workload
+	workDir string
+	env     []string // CR_* settings of the private tree
+	cgName  string
+)
+
+func TestMain(m *testing.M) {
+	os.Exit(run(m))
+}
+
+func run(m *testing.M) int {
+	if os.Geteuid() != 0 {
+		fmt.Fprintln(os.Stderr, "e2e: FAIL: the end-to-end tests must run as root (cgroups, namespaces, CRIU)")
+		return 1
+	}
+	// Fail loudly rather than skip everything when CRIU is missing.
+	criu, err := criubin.Find("")
+	if err == nil {
+		err = criubin.Check(context.Background(), criu)
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "e2e: FAIL: no working CRIU: %v\nrun scripts/provision.sh first\n", err)
+		return 1
+	}
+	dir, err := os.MkdirTemp("", "cr-e2e-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	workDir = dir
+	_ = os.Chmod(dir, 0o755) // the not-root test runs cr as nobody
+	defer os.RemoveAll(dir)
+	crBin = filepath.Join(dir, "cr")
+	jobBin = filepath.Join(dir, "testjob")
+	for _, b := range [][2]string{{crBin, ".."}, {jobBin, "./testjob"}} {
+		out, err := exec.Command("go", "build", "-o", b[0], b[1]).CombinedOutput()
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "e2e: build %s: %v\n%s", b[1], err, out)
+			return 1
+		}
+	}
+	cgName = fmt.Sprintf("cr-e2e-%d", os.Getpid())
+	env = []string{
+		"CR_STATE_DIR=" + filepath.Join(dir, "state"),
+		"CR_CGROUP_PARENT=" + cgName,
+		"CR_BIN_DIR=" + filepath.Join(dir, "bin"),
+		"CR_STAGING=" + filepath.Join(dir, "staging"),
+	}
+	code := m.Run()
+	if leaks := cleanupTree(); leaks != "" {
+		fmt.Fprintln(os.Stderr, "e2e: FAIL: tests left behind:", leaks)
+		if code == 0 {
+			code = 1
+		}
+	}
+	return code
+}
+
+// cleanupTree kills and removes whatever is left in the private cgroup
+// tree and reports it.
+func cleanupTree() string {
+	var left []string
+	for _, mnt := range []string{"/sys/fs/cgroup/unified", "/sys/fs/cgroup", "/sys/fs/cgroup/freezer"} {
+		base := filepath.Join(mnt, cgName)
+		if _, err := os.Stat(base); err != nil {
+			continue
+		}
+		var dirs []string
+		_ = filepath.WalkDir(base, func(p string, d os.DirEntry, err error) error {
+			if err == nil && d.IsDir() {
+				dirs = append(dirs, p)
+			}
+			return nil
+		})
+		_ = os.WriteFile(filepath.Join(base, "cgroup.kill"), []byte("1"), 0)
+		_ = os.WriteFile(filepath.Join(base, "cgroup.freeze"), []byte("0"), 0)
+		for _, d := range dirs {
+			if b, _ := os.ReadFile(filepath.Join(d, "cgroup.procs")); len(bytes.TrimSpace(b)) > 0 {
+				left = append(left, "processes in "+d)
+				for _, f := range strings.Fields(string(b)) {
+					if pid, err := strconv.Atoi(f); err == nil {
+						_ = syscall.Kill(pid, syscall.SIGKILL)
+					}
+				}
+			}
+		}
+		time.Sleep(100 * time.Millisecond)
+		for i := len(dirs) - 1; i >= 0; i-- {
+			if dirs[i] != base {
+				left = append(left, "cgroup "+dirs[i])
+			}
+			_ = syscall.Rmdir(dirs[i])
+		}
+	}
+	return strings.Join(left, ", ")
+}
+
+// result of one cr invocation.
+type result struct {
+	out, err string
+	code     int
+}
+
+func (r result) String() string {
+	return fmt.Sprintf("exit %d\nstdout: %s\nstderr: %s", r.code, r.out, r.err)
+}
+
+// cr runs the cr binary with the private tree's settings.
+func cr(t testing.TB, args ...string) result {
+	t.Helper()
+	return crEnv(t, nil, args...)
+}
+
+func crEnv(t testing.TB, extra []string, args ...string) result {
+	t.Helper()
+	c := exec.Command(crBin, args...)
+	c.Env = append(append(os.Environ(), env...), extra...)
+	c.Dir = workDir
+	var o, e bytes.Buffer
+	c.Stdout, c.Stderr = &o, &e
+	err := c.Run()
+	r := result{out: o.String(), err: e.String()}
+	if ee, ok := err.(*exec.ExitError); ok {
+		r.code = ee.ExitCode()
+	} else if err != nil {
+		t.Fatalf("run cr %v: %v", args, err)
+	}
+	return r
+}
+
+// mustCr runs cr and fails the test unless it succeeds.
+func mustCr(t testing.TB, args ...string) string {
+	t.Helper()
+	r := cr(t, args...)
+	if r.code != 0 {
+		t.Fatalf("cr %s: %s", strings.Join(args, " "), r)
+	}
+	return r.out
+}
+
+// wantFail runs cr and checks its exit status and that stderr holds want.
+func wantFail(t testing.TB, code int, want string, args ...string) {
+	t.Helper()
+	r := cr(t, args...)
+	if r.code != code || !strings.Contains(r.err, want) {
+		t.Errorf("cr %s: want exit %d and %q in stderr, got %s", strings.Join(args, " "), code, want, r)
+	}
+}
+
+// start runs a job in a new container at path and kills it at cleanup.
+func start(t testing.TB, path string, cmd ...string) {
+	t.Helper()
+	out := mustCr(t, append([]string{"run", path, "--"}, cmd...)...)
+	if strings.TrimSpace(out) != path {
+		t.Fatalf("cr run printed %q, want %q", out, path)
+	}
+	killAtCleanup(t, path)
+}
+
+func killAtCleanup(t testing.TB, path string) {
+	t.Cleanup(func() { cr(t, "kill", "--grace", "1s", path) })
+}
+
+// Entry is a line of cr ls --json.
+type Entry struct {
+	Path      string   `json:"path"`
+	State     string   `json:"state"`
+	Processes int      `json:"processes"`
+	Command   []string `json:"command"`
+	ExitCode  *int     `json:"exit_code"`
+	Memory    int64    `json:"memory_bytes"`
+}
+
+func ls(t testing.TB, args ...string) map[string]Entry {
+	t.Helper()
+	var es []Entry
+	out := mustCr(t, append([]string{"ls", "--json", "-r"}, args...)...)
+	if err := json.Unmarshal([]byte(out), &es); err != nil {
+		t.Fatalf("cr ls --json: %v\n%s", err, out)
+	}
+	m := map[string]Entry{}
+	for _, e := range es {
+		m[e.Path] = e
+	}
+	return m
+}
+
+// Proc is a line of cr ps --json.
+type Proc struct {
+	HostPid int    `json:"host_pid"`
+	Pid     int    `json:"pid"`
+	Command string `json:"command"`
+}
+
+func ps(t testing.TB, path string) []Proc {
+	t.Helper()
+	var p []Proc
+	out := mustCr(t, "ps", "--json", path)
+	if err := json.Unmarshal([]byte(out), &p); err != nil {
+		t.Fatalf("cr ps --json: %v\n%s", err, out)
+	}
+	return p
+}
+
+// Report is what the test job says of itself (see testjob).
+type Report struct {
+	Pid          int      `json:"pid"`
+	PPid         int      `json:"ppid"`
+	Children     []int    `json:"children"`
+	Counter      int64    `json:"counter"`
+	CounterFile  int64    `json:"counter_file"`
+	MemBytes     int      `json:"mem_bytes"`
+	MemSHA       string   `json:"mem_sha"`
+	MemSHAAtInit string   `json:"mem_sha_at_init"`
+	ShmID        int      `json:"shm_id"`
+	ShmData      string   `json:"shm_data"`
+	SemID        int      `json:"sem_id"`
+	SemValues    []int    `json:"sem_values"`
+	MsgID        int      `json:"msg_id"`
+	Msgs         []string `json:"msgs"`
+	Hostname     string   `json:"hostname"`
+	Reports      int      `json:"reports"`
+}
+
+// job starts the test workload at path; its reports go to a file.
+type job struct {
+	path, report string
+}
+
+func startJob(t testing.TB, path string, args ...string) *job {
+	t.Helper()
+	j := &job{path: path, report: filepath.Join(t.TempDir(), "report.json")}
+	start(t, path, append([]string{jobBin, "--report", j.report}, args...)...)
+	return j
+}
+
+// ask makes the job report its state now and returns the report.
+func (j *job) ask(t testing.TB) Report {
+	t.Helper()
+	_ = os.Remove(j.report)
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		mustCr(t, "kill", "-s", "USR1", j.path)
+		for i := 0; i < 20; i++ {
+			if b, err := os.ReadFile(j.report); err == nil {
+				var r Report
+				if err := json.Unmarshal(b, &r); err == nil {
+					return r
+				}
+			}
+			time.Sleep(25 * time.Millisecond)
+		}
+	}
+	t.Fatalf("job %s did not report", j.path)
+	return Report{}
+}
+
+// waitFor polls cond until it holds or the timeout passes.
+func waitFor(t testing.TB, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// cpuTicks is a process's user+system CPU time in clock ticks.
+func cpuTicks(t testing.TB, pid int) int64 {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		t.Fatalf("read stat of %d: %v", pid, err)
+	}
+	s := string(b)
+	f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
+	u, _ := strconv.ParseInt(f[11], 10, 64)
+	st, _ := strconv.ParseInt(f[12], 10, 64)
+	return u + st
+}
+
+func alive(pid int) bool { return syscall.Kill(pid, 0) == nil }

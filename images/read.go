@@ -1,0 +1,651 @@
+package images
+
+import (
+	"archive/tar"
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path"
+	"strings"
+
+	"github.com/klauspost/compress/zstd"
+)
+
+// Limits bound what a reader accepts. Zero fields take the defaults.
+type Limits struct {
+	MaxBytes int64 // total bytes of file content; 0 means DefaultMaxBytes
+	MaxFiles int   // entries (files and directories); 0 means DefaultMaxFiles
+	MaxEntry int64 // bytes of one file; 0 means MaxBytes
+}
+
+// Default limits.
+const (
+	DefaultMaxBytes = 64 << 30
+	DefaultMaxFiles = 100000
+)
+
+// Fixed bounds of the format, independent of Limits.
+const (
+	maxHeaderSize   = 4 << 10  // cr-image.json
+	maxManifestSize = 64 << 20 // manifest.json
+	trailerSize     = 65       // manifest.sha256: 64 hex digits and "\n"
+	maxPadding      = 1 << 20  // zero bytes after the end-of-archive marker
+	entryOverhead   = 4 << 10  // tar header blocks and padding allowed per entry
+	maxWindow       = 128 << 20
+	blockSize       = 512
+)
+
+func (l Limits) withDefaults() Limits {
+	if l.MaxBytes <= 0 {
+		l.MaxBytes = DefaultMaxBytes
+	}
+	if l.MaxFiles <= 0 {
+		l.MaxFiles = DefaultMaxFiles
+	}
+	if l.MaxEntry <= 0 || l.MaxEntry > l.MaxBytes {
+		l.MaxEntry = l.MaxBytes
+	}
+	return l
+}
+
+// streamBudget is how many decompressed bytes a reader processes at most:
+// the file content, the fixed entries, and the tar blocks around them. It
+// stops decompression bombs that hide their size from tar headers.
+func (l Limits) streamBudget() int64 {
+	return l.MaxBytes + maxHeaderSize + maxManifestSize + trailerSize + maxPadding +
+		int64(l.MaxFiles+3)*entryOverhead
+}
+
+// Verify reads a whole archive from r, checks it as Extract does without
+// writing anything, and returns its manifest. It reads r to its end.
+func Verify(ctx context.Context, r io.Reader, l Limits) (*Manifest, error) {
+	m, err := read(ctx, r, l, nil)
+	if err != nil {
+		return nil, fmt.Errorf("verify image: %w", err)
+	}
+	return m, nil
+}
+
+// VerifyFile is Verify on the image file at path.
+func VerifyFile(ctx context.Context, path string, l Limits) (*Manifest, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("verify image: %w", err)
+	}
+	defer f.Close()
+	m, err := read(ctx, f, l, nil)
+	if err != nil {
+		return nil, fmt.Errorf("verify image %s: %w", path, err)
+	}
+	return m, nil
+}
+
+// Extract reads an archive from r into dst, an existing empty directory, and
+// returns its manifest. Everything is created beneath dst (through os.Root).
+// Extract rejects unsafe entries, entries over l, and any mismatch with the
+// manifest, the trailer or the format version (see the package's errors). On
+// any error dst is left empty.
+//
+// Extract reads r to its end (a zstd stream may hold further frames, and the
+// end-of-archive marker must be followed only by zero padding): a caller
+// that streams an image inside a longer conversation must delimit it.
+// Cancelling ctx takes effect at the next read from r; close r to interrupt
+// a read that blocks.
+func Extract(ctx context.Context, r io.Reader, dst string, l Limits) (*Manifest, error) {
+	m, err := extract(ctx, r, dst, l)
+	if err != nil {
+		return nil, fmt.Errorf("extract image: %w", err)
+	}
+	return m, nil
+}
+
+// ExtractFile is Extract from the image file at path.
+func ExtractFile(ctx context.Context, path, dst string, l Limits) (*Manifest, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("extract image: %w", err)
+	}
+	defer f.Close()
+	m, err := extract(ctx, f, dst, l)
+	if err != nil {
+		return nil, fmt.Errorf("extract image %s: %w", path, err)
+	}
+	return m, nil
+}
+
+func extract(ctx context.Context, r io.Reader, dst string, l Limits) (*Manifest, error) {
+	root, err := os.OpenRoot(dst)
+	if err != nil {
+		return nil, err
+	}
+	defer root.Close()
+	names, err := readDirNames(root)
+	if err != nil {
+		return nil, err
+	}
+	if len(names) > 0 {
+		return nil, fmt.Errorf("destination %s is not empty", dst)
+	}
+	out := &dirSink{root: root}
+	m, err := read(ctx, r, l, out)
+	if err != nil {
+		if cerr := empty(root); cerr != nil {
+			return nil, errors.Join(err, fmt.Errorf("empty %s: %w", dst, cerr))
+		}
+		return nil, err
+	}
+	return m, nil
+}
+
+func readDirNames(root *os.Root) ([]string, error) {
+	d, err := root.Open(".")
+	if err != nil {
+		return nil, err
+	}
+	defer d.Close()
+	return d.Readdirnames(-1)
+}
+
+// empty removes everything beneath root.
+func empty(root *os.Root) error {
+	names, err := readDirNames(root)
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, n := range names {
+		if err := root.RemoveAll(n); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// sink receives the entries of an archive as they are read. A nil sink
+// discards them.
+type sink interface {
+	mkdir(name string) error
+	create(name string) (*os.File, error)
+	// finish applies the directories' modes once everything is verified.
+	finish(files []File) error
+}
+
+type dirSink struct{ root *os.Root }
+
+func (s *dirSink) mkdir(name string) error { return s.root.Mkdir(name, 0o700) }
+
+func (s *dirSink) create(name string) (*os.File, error) {
+	return s.root.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+}
+
+func (s *dirSink) finish(files []File) error {
+	for i := len(files) - 1; i >= 0; i-- {
+		f := files[i]
+		if !f.Dir {
+			continue
+		}
+		d, err := s.root.Open(f.Name)
+		if err != nil {
+			return err
+		}
+		err = d.Chmod(os.FileMode(f.Mode))
+		d.Close()
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// errReader remembers the first error other than io.EOF its reader returned.
+type errReader struct {
+	r   io.Reader
+	err error
+}
+
+func (e *errReader) Read(p []byte) (int, error) {
+	n, err := e.r.Read(p)
+	if err != nil && err != io.EOF && e.err == nil {
+		e.err = err
+	}
+	return n, err
+}
+
+var errBudget = errors.New("decompressed stream over budget")
+
+// budgetReader counts the bytes read and fails once there are more than
+// left.
+type budgetReader struct {
+	r        io.Reader
+	n        int64 // bytes read so far
+	left     int64
+	exceeded bool
+}
+
+func (b *budgetReader) Read(p []byte) (int, error) {
+	if b.left <= 0 {
+		// Allow a probe of one byte past the budget to tell an exact fit
+		// from an overrun.
+		var one [1]byte
+		n, err := b.r.Read(one[:])
+		if n > 0 {
+			b.exceeded = true
+			return 0, errBudget
+		}
+		return 0, err
+	}
+	if int64(len(p)) > b.left {
+		p = p[:b.left]
+	}
+	n, err := b.r.Read(p)
+	b.n += int64(n)
+	b.left -= int64(n)
+	return n, err
+}
+
+// reader reads and checks one archive.
+type reader struct {
+	ctx    context.Context
+	lim    Limits
+	src    *errReader
+	dec    *errReader // nil for a plain tar
+	budget *budgetReader
+	tr     *tar.Reader
+	out    sink
+	buf    []byte
+
+	seen  map[string]File
+	order []File
+	total int64
+	last  string // name of the last entry read, for messages
+}
+
+func read(ctx context.Context, r io.Reader, l Limits, out sink) (*Manifest, error) {
+	rd := &reader{
+		ctx:  ctx,
+		lim:  l.withDefaults(),
+		src:  &errReader{r: r},
+		out:  out,
+		seen: make(map[string]File),
+	}
+	br := bufio.NewReaderSize(rd.src, 64<<10)
+	magic, _ := br.Peek(4)
+	if len(magic) == 0 {
+		if rd.src.err != nil {
+			return nil, fmt.Errorf("read input: %w", rd.src.err)
+		}
+		return nil, fmt.Errorf("%w: empty input", ErrNotImage)
+	}
+	var stream io.Reader = br
+	if bytes.Equal(magic, zstdMagic) {
+		// Synchronous decoding, inside Read: no goroutine is left reading
+		// r once the reader returns.
+		dec, err := zstd.NewReader(br,
+			zstd.WithDecoderConcurrency(1),
+			zstd.WithDecoderMaxWindow(maxWindow))
+		if err != nil {
+			return nil, fmt.Errorf("start zstd: %w", err)
+		}
+		defer dec.Close()
+		rd.dec = &errReader{r: dec}
+		stream = rd.dec
+	}
+	rd.budget = &budgetReader{r: stream, left: rd.lim.streamBudget()}
+	rd.tr = tar.NewReader(rd.budget)
+	rd.buf = make([]byte, 1<<20)
+	if err := rd.readHeader(); err != nil {
+		return nil, err
+	}
+	return rd.readEntries()
+}
+
+var zstdMagic = []byte{0x28, 0xb5, 0x2f, 0xfd}
+
+// fail turns an error met while reading what into the error to report: the
+// context's, the source's, or one of the package's sentinels.
+func (rd *reader) fail(what string, err error) error {
+	if cerr := rd.ctx.Err(); cerr != nil {
+		return cerr
+	}
+	if rd.src.err != nil {
+		return fmt.Errorf("read %s: %w", what, rd.src.err)
+	}
+	if rd.dec != nil && rd.dec.err != nil {
+		if errors.Is(rd.dec.err, io.ErrUnexpectedEOF) {
+			return fmt.Errorf("%w: %s: truncated", ErrCorrupt, what)
+		}
+		return fmt.Errorf("%w: %s: decompress: %v", ErrCorrupt, what, rd.dec.err)
+	}
+	if rd.budget.exceeded || errors.Is(err, errBudget) {
+		return fmt.Errorf("%w: more than %d bytes of tar stream (at %s)", ErrTooLarge, rd.lim.streamBudget(), what)
+	}
+	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+		return fmt.Errorf("%w: %s: truncated", ErrCorrupt, what)
+	}
+	return fmt.Errorf("%w: %s: %v", ErrCorrupt, what, err)
+}
+
+// readHeader reads and checks cr-image.json, the first entry.
+func (rd *reader) readHeader() error {
+	hdr, err := rd.tr.Next()
+	if err != nil && !errors.Is(err, tar.ErrInsecurePath) {
+		ferr := rd.fail("first entry", err)
+		if errors.Is(ferr, ErrCorrupt) && (rd.dec == nil || rd.dec.err == nil) {
+			// The stream itself was read fine: it is not a tar archive.
+			return fmt.Errorf("%w: no tar header", ErrNotImage)
+		}
+		return ferr
+	}
+	if hdr.Name != HeaderFile || hdr.Typeflag != tar.TypeReg {
+		return fmt.Errorf("%w: first entry is %q, not %s", ErrNotImage, hdr.Name, HeaderFile)
+	}
+	if hdr.Size > maxHeaderSize {
+		return fmt.Errorf("%w: %s of %d bytes", ErrNotImage, HeaderFile, hdr.Size)
+	}
+	b, err := io.ReadAll(rd.tr)
+	if err != nil {
+		return rd.fail(HeaderFile, err)
+	}
+	var h header
+	if err := json.Unmarshal(b, &h); err != nil {
+		return fmt.Errorf("%w: %s: %v", ErrNotImage, HeaderFile, err)
+	}
+	switch {
+	case h.Format != FormatName:
+		return fmt.Errorf("%w: format %q", ErrNotImage, h.Format)
+	case h.Version > FormatVersion:
+		return fmt.Errorf("%w: version %d, this cr reads version %d", ErrUnsupportedVersion, h.Version, FormatVersion)
+	case h.Version < 1:
+		return fmt.Errorf("%w: version %d", ErrNotImage, h.Version)
+	}
+	rd.last = HeaderFile
+	return nil
+}
+
+// readEntries reads the content entries up to manifest.json, then the
+// manifest, the trailer and the end of the stream, and checks the manifest
+// against what was read.
+func (rd *reader) readEntries() (*Manifest, error) {
+	for {
+		if err := rd.ctx.Err(); err != nil {
+			return nil, err
+		}
+		hdr, err := rd.tr.Next()
+		if errors.Is(err, tar.ErrInsecurePath) {
+			return nil, fmt.Errorf("%w: %q: not a local name", ErrUnsafeEntry, hdr.Name)
+		}
+		if err == io.EOF {
+			return nil, fmt.Errorf("%w: truncated: archive ends after %s without %s", ErrCorrupt, rd.last, ManifestFile)
+		}
+		if err != nil {
+			return nil, rd.fail("entry after "+rd.last, err)
+		}
+		if hdr.Name == ManifestFile {
+			return rd.readManifest(hdr)
+		}
+		if err := rd.entry(hdr); err != nil {
+			return nil, err
+		}
+	}
+}
+
+// entry checks and reads one content entry.
+func (rd *reader) entry(hdr *tar.Header) error {
+	name := hdr.Name
+	dir := hdr.Typeflag == tar.TypeDir
+	if dir {
+		name = strings.TrimSuffix(name, "/")
+	}
+	if err := entryType(hdr); err != nil {
+		return fmt.Errorf("%w: %q: %v", ErrUnsafeEntry, hdr.Name, err)
+	}
+	if err := checkName(name); err != nil {
+		return fmt.Errorf("%w: %q: %v", ErrUnsafeEntry, hdr.Name, err)
+	}
+	if hdr.Mode&^0o777 != 0 {
+		return fmt.Errorf("%w: %q: mode %#o", ErrUnsafeEntry, name, hdr.Mode)
+	}
+	if reserved(name) {
+		return fmt.Errorf("%w: %s: unexpected entry", ErrCorrupt, name)
+	}
+	if _, dup := rd.seen[name]; dup {
+		return fmt.Errorf("%w: %q: duplicate entry", ErrUnsafeEntry, name)
+	}
+	if p := path.Dir(name); p != "." && !rd.seen[p].Dir {
+		return fmt.Errorf("%w: %s: parent directory not in archive before it", ErrCorrupt, name)
+	}
+	if len(rd.seen) >= rd.lim.MaxFiles {
+		return fmt.Errorf("%w: more than %d entries", ErrTooLarge, rd.lim.MaxFiles)
+	}
+	f := File{Name: name, Mode: uint32(hdr.Mode), Dir: dir}
+	if dir {
+		if hdr.Size != 0 {
+			return fmt.Errorf("%w: %s: directory of size %d", ErrCorrupt, name, hdr.Size)
+		}
+		if rd.out != nil {
+			if err := rd.out.mkdir(name); err != nil {
+				return err
+			}
+		}
+	} else {
+		switch {
+		case hdr.Size < 0:
+			return fmt.Errorf("%w: %s: size %d", ErrCorrupt, name, hdr.Size)
+		case hdr.Size > rd.lim.MaxEntry:
+			return fmt.Errorf("%w: %s: %d bytes, more than %d per file", ErrTooLarge, name, hdr.Size, rd.lim.MaxEntry)
+		case rd.total+hdr.Size > rd.lim.MaxBytes:
+			return fmt.Errorf("%w: %s: more than %d bytes in all", ErrTooLarge, name, rd.lim.MaxBytes)
+		}
+		rd.total += hdr.Size
+		sum, err := rd.copyFile(name, hdr.Size, os.FileMode(hdr.Mode))
+		if err != nil {
+			return err
+		}
+		f.Size, f.SHA256 = hdr.Size, sum
+	}
+	rd.seen[name] = f
+	rd.order = append(rd.order, f)
+	rd.last = name
+	return nil
+}
+
+// entryType allows regular files and directories only.
+func entryType(hdr *tar.Header) error {
+	switch hdr.Typeflag {
+	case tar.TypeReg, tar.TypeDir:
+	case tar.TypeSymlink:
+		return fmt.Errorf("symlink to %q", hdr.Linkname)
+	case tar.TypeLink:
+		return fmt.Errorf("hard link to %q", hdr.Linkname)
+	case tar.TypeChar, tar.TypeBlock:
+		return errors.New("device")
+	case tar.TypeFifo:
+		return errors.New("fifo")
+	default:
+		return fmt.Errorf("entry type %q", hdr.Typeflag)
+	}
+	for k := range hdr.PAXRecords {
+		if strings.HasPrefix(k, "GNU.sparse.") {
+			return errors.New("sparse file")
+		}
+	}
+	return nil
+}
+
+// copyFile reads size bytes of the current entry, writes them to the sink,
+// and returns their sha256.
+func (rd *reader) copyFile(name string, size int64, mode os.FileMode) (string, error) {
+	var w *os.File
+	if rd.out != nil {
+		var err error
+		if w, err = rd.out.create(name); err != nil {
+			return "", err
+		}
+		defer w.Close()
+	}
+	h := sha256.New()
+	for left := size; left > 0; {
+		if err := rd.ctx.Err(); err != nil {
+			return "", err
+		}
+		chunk := rd.buf[:min(left, int64(len(rd.buf)))]
+		n, err := io.ReadFull(rd.tr, chunk)
+		if err != nil {
+			return "", rd.fail(name, err)
+		}
+		h.Write(chunk[:n])
+		if w != nil {
+			if _, err := w.Write(chunk[:n]); err != nil {
+				return "", err
+			}
+		}
+		left -= int64(n)
+	}
+	if w != nil {
+		if err := w.Chmod(mode); err != nil {
+			return "", err
+		}
+		if err := w.Close(); err != nil {
+			return "", err
+		}
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
+}
+
+// readManifest reads manifest.json and manifest.sha256, compares the
+// manifest with the entries read, and checks the end of the stream.
+func (rd *reader) readManifest(hdr *tar.Header) (*Manifest, error) {
+	if hdr.Typeflag != tar.TypeReg {
+		return nil, fmt.Errorf("%w: %s is not a regular file", ErrCorrupt, ManifestFile)
+	}
+	if hdr.Size > maxManifestSize {
+		return nil, fmt.Errorf("%w: %s of %d bytes, more than %d", ErrTooLarge, ManifestFile, hdr.Size, maxManifestSize)
+	}
+	mb, err := io.ReadAll(rd.tr)
+	if err != nil {
+		return nil, rd.fail(ManifestFile, err)
+	}
+	rd.last = ManifestFile
+
+	hdr, err = rd.tr.Next()
+	if err == io.EOF {
+		return nil, fmt.Errorf("%w: truncated: no %s", ErrCorrupt, TrailerFile)
+	}
+	if err != nil {
+		return nil, rd.fail("entry after "+ManifestFile, err)
+	}
+	if hdr.Name != TrailerFile || hdr.Typeflag != tar.TypeReg {
+		return nil, fmt.Errorf("%w: %q follows %s, not %s", ErrCorrupt, hdr.Name, ManifestFile, TrailerFile)
+	}
+	if hdr.Size != trailerSize {
+		return nil, fmt.Errorf("%w: %s of %d bytes", ErrCorrupt, TrailerFile, hdr.Size)
+	}
+	tb, err := io.ReadAll(rd.tr)
+	if err != nil {
+		return nil, rd.fail(TrailerFile, err)
+	}
+	sum := sha256.Sum256(mb)
+	if string(tb) != hex.EncodeToString(sum[:])+"\n" {
+		return nil, fmt.Errorf("%w: %s: sha256 of %s mismatch", ErrCorrupt, TrailerFile, ManifestFile)
+	}
+	rd.last = TrailerFile
+
+	m, err := DecodeManifest(mb)
+	if errors.Is(err, ErrUnsupportedVersion) {
+		return nil, err
+	}
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrCorrupt, err)
+	}
+	// Compare before reading the end of the stream, so that damage inside a
+	// file is reported with its name rather than as the zstd frame's
+	// checksum failure that follows it.
+	if err := rd.compare(m); err != nil {
+		return nil, err
+	}
+	if err := rd.readEnd(); err != nil {
+		return nil, err
+	}
+	if rd.out != nil {
+		if err := rd.out.finish(rd.order); err != nil {
+			return nil, err
+		}
+	}
+	return m, nil
+}
+
+// readEnd checks that the trailer is followed by the end-of-archive marker
+// (two zero blocks), at most maxPadding zero bytes, and the end of the
+// stream; for zstd, this reaches the frame's end and its checksum.
+func (rd *reader) readEnd() error {
+	// The trailer's data ends here; its padding and the end marker follow.
+	end := (rd.budget.n+blockSize-1)/blockSize*blockSize + 2*blockSize
+	hdr, err := rd.tr.Next()
+	if err == nil {
+		return fmt.Errorf("%w: %q after %s", ErrCorrupt, hdr.Name, TrailerFile)
+	}
+	if err != io.EOF {
+		return rd.fail("end of archive", err)
+	}
+	if rd.budget.n < end {
+		return fmt.Errorf("%w: truncated: no end-of-archive marker", ErrCorrupt)
+	}
+	buf := rd.buf[:64<<10]
+	var pad int64
+	for {
+		n, err := rd.budget.Read(buf)
+		for _, c := range buf[:n] {
+			if c != 0 {
+				return fmt.Errorf("%w: data after the end of the archive", ErrCorrupt)
+			}
+		}
+		pad += int64(n)
+		if pad > maxPadding {
+			return fmt.Errorf("%w: more than %d bytes of padding after the archive", ErrCorrupt, maxPadding)
+		}
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return rd.fail("end of archive", err)
+		}
+	}
+}
+
+// compare checks that the manifest lists exactly the entries read, with
+// their type, size, checksum and mode.
+func (rd *reader) compare(m *Manifest) error {
+	listed := make(map[string]bool, len(m.Files))
+	for _, mf := range m.Files {
+		listed[mf.Name] = true
+		f, ok := rd.seen[mf.Name]
+		switch {
+		case !ok:
+			return fmt.Errorf("%w: %s: in the manifest, missing from the archive", ErrCorrupt, mf.Name)
+		case f.Dir != mf.Dir:
+			return fmt.Errorf("%w: %s: directory in only one of manifest and archive", ErrCorrupt, mf.Name)
+		case f.Size != mf.Size:
+			return fmt.Errorf("%w: %s: size %d, manifest says %d", ErrCorrupt, mf.Name, f.Size, mf.Size)
+		case f.SHA256 != mf.SHA256:
+			return fmt.Errorf("%w: %s: sha256 mismatch", ErrCorrupt, mf.Name)
+		case f.Mode != mf.Mode:
+			return fmt.Errorf("%w: %s: mode %#o, manifest says %#o", ErrCorrupt, mf.Name, f.Mode, mf.Mode)
+		}
+	}
+	for _, f := range rd.order {
+		if !listed[f.Name] {
+			return fmt.Errorf("%w: %s: not in the manifest", ErrCorrupt, f.Name)
+		}
+	}
+	if err := m.checkContainerDirs(func(name string) bool { return rd.seen[name].Dir }); err != nil {
+		return fmt.Errorf("%w: %v", ErrCorrupt, err)
+	}
+	return nil
+}

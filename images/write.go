@@ -1,0 +1,397 @@
+package images
+
+import (
+	"archive/tar"
+	"bufio"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"runtime"
+	"syscall"
+	"time"
+
+	"github.com/klauspost/compress/zstd"
+	"golang.org/x/sys/unix"
+)
+
+// Compression names accepted by WriteOptions.Compression.
+const (
+	CompressionZstd = "zstd"
+	CompressionNone = "none"
+)
+
+// progressInterval is the least time between two Progress calls.
+const progressInterval = 250 * time.Millisecond
+
+// WriteOptions control how an archive is written.
+type WriteOptions struct {
+	// Compression is CompressionZstd (the default when empty) or
+	// CompressionNone.
+	Compression string
+	// Concurrency is the number of zstd encoder goroutines; 0 means
+	// runtime.NumCPU().
+	Concurrency int
+	// Progress, if set, is called with the raw (uncompressed file content)
+	// bytes consumed so far, at most a few times per second and once at the
+	// end.
+	Progress func(done int64)
+	// Overwrite lets WriteFile replace an existing file.
+	Overwrite bool
+}
+
+// WriteResult describes a written archive.
+type WriteResult struct {
+	RawBytes   int64 // bytes of file content read from the staging dir
+	ImageBytes int64 // bytes written to the output
+	Elapsed    time.Duration
+}
+
+// WriteArchive streams the staging dir src as an archive to w: cr-image.json,
+// every file and directory of src in sorted order, manifest.json and
+// manifest.sha256. It sets m.Format and m.Version, m.Created when zero, and
+// m.Files (hashing each file while writing it, reading it once). Only
+// regular files and directories may be in src; a file that changes size
+// while it is read is an error.
+func WriteArchive(ctx context.Context, w io.Writer, src string, m *Manifest, o WriteOptions) (WriteResult, error) {
+	start := time.Now()
+	out := &countWriter{w: w}
+	res, err := writeArchive(ctx, out, src, m, o)
+	res.ImageBytes = out.n
+	res.Elapsed = time.Since(start)
+	if err != nil {
+		return res, fmt.Errorf("write image: %w", err)
+	}
+	return res, nil
+}
+
+func writeArchive(ctx context.Context, out io.Writer, src string, m *Manifest, o WriteOptions) (WriteResult, error) {
+	var res WriteResult
+	bw := bufio.NewWriterSize(out, 256<<10)
+	var sink io.Writer = bw
+	var enc *zstd.Encoder
+	switch o.Compression {
+	case "", CompressionZstd:
+		n := o.Concurrency
+		if n <= 0 {
+			n = runtime.NumCPU()
+		}
+		var err error
+		enc, err = zstd.NewWriter(bw,
+			zstd.WithEncoderLevel(zstd.SpeedFastest),
+			zstd.WithEncoderConcurrency(n),
+			zstd.WithConcurrentBlocks(n > 1),
+			zstd.WithEncoderCRC(true))
+		if err != nil {
+			return res, fmt.Errorf("start zstd: %w", err)
+		}
+		defer enc.Close() // a no-op after the Close below
+		sink = enc
+	case CompressionNone:
+	default:
+		return res, fmt.Errorf("unknown compression %q", o.Compression)
+	}
+
+	m.Format, m.Version = FormatName, FormatVersion
+	if m.Created.IsZero() {
+		m.Created = time.Now().UTC()
+	}
+	m.Files = nil
+	aw := &archiveWriter{
+		ctx:      ctx,
+		tw:       tar.NewWriter(sink),
+		modTime:  m.Created.Truncate(time.Second),
+		progress: o.Progress,
+		buf:      make([]byte, 1<<20),
+	}
+	if err := aw.writeBytes(HeaderFile, headerBytes); err != nil {
+		return res, err
+	}
+	err := filepath.WalkDir(src, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if p == src {
+			if !d.IsDir() {
+				return fmt.Errorf("staging dir %s is not a directory", src)
+			}
+			return nil
+		}
+		rel, err := filepath.Rel(src, p)
+		if err != nil {
+			return err
+		}
+		name := filepath.ToSlash(rel)
+		if err := checkName(name); err != nil {
+			return fmt.Errorf("staging entry %q: %w", name, err)
+		}
+		if reserved(name) {
+			return fmt.Errorf("staging dir holds reserved name %q", name)
+		}
+		switch {
+		case d.IsDir():
+			f, err := aw.writeDir(p, name)
+			if err != nil {
+				return err
+			}
+			m.Files = append(m.Files, f)
+		case d.Type().IsRegular():
+			f, err := aw.writeFile(p, name)
+			if err != nil {
+				return err
+			}
+			m.Files = append(m.Files, f)
+		default:
+			return fmt.Errorf("staging entry %q is not a regular file or directory (%s)", name, d.Type())
+		}
+		return nil
+	})
+	res.RawBytes = aw.raw
+	if err != nil {
+		return res, err
+	}
+
+	mb, err := json.MarshalIndent(m, "", "  ")
+	if err != nil {
+		return res, fmt.Errorf("encode manifest: %w", err)
+	}
+	mb = append(mb, '\n')
+	sum := sha256.Sum256(mb)
+	if err := aw.writeBytes(ManifestFile, mb); err != nil {
+		return res, err
+	}
+	if err := aw.writeBytes(TrailerFile, []byte(hex.EncodeToString(sum[:])+"\n")); err != nil {
+		return res, err
+	}
+	if err := aw.tw.Close(); err != nil {
+		return res, fmt.Errorf("close tar: %w", err)
+	}
+	if enc != nil {
+		if err := enc.Close(); err != nil {
+			return res, fmt.Errorf("close zstd: %w", err)
+		}
+	}
+	if err := bw.Flush(); err != nil {
+		return res, err
+	}
+	if o.Progress != nil {
+		o.Progress(aw.raw)
+	}
+	return res, nil
+}
+
+// archiveWriter writes tar entries with fixed ownership and time, so that an
+// archive depends only on the staging dir's content and the manifest.
+type archiveWriter struct {
+	ctx      context.Context
+	tw       *tar.Writer
+	modTime  time.Time
+	progress func(int64)
+	last     time.Time // of the last progress call
+	raw      int64
+	buf      []byte
+}
+
+func (a *archiveWriter) header(name string, typ byte, mode fs.FileMode, size int64) *tar.Header {
+	return &tar.Header{
+		Typeflag: typ,
+		Name:     name,
+		Mode:     int64(mode.Perm()),
+		Size:     size,
+		ModTime:  a.modTime,
+	}
+}
+
+func (a *archiveWriter) writeBytes(name string, b []byte) error {
+	if err := a.tw.WriteHeader(a.header(name, tar.TypeReg, 0o644, int64(len(b)))); err != nil {
+		return fmt.Errorf("write %s: %w", name, err)
+	}
+	if _, err := a.tw.Write(b); err != nil {
+		return fmt.Errorf("write %s: %w", name, err)
+	}
+	return nil
+}
+
+func (a *archiveWriter) writeDir(p, name string) (File, error) {
+	fi, err := os.Lstat(p)
+	if err != nil {
+		return File{}, err
+	}
+	if err := a.tw.WriteHeader(a.header(name+"/", tar.TypeDir, fi.Mode(), 0)); err != nil {
+		return File{}, fmt.Errorf("write %s: %w", name, err)
+	}
+	return File{Name: name, Mode: uint32(fi.Mode().Perm()), Dir: true}, nil
+}
+
+func (a *archiveWriter) writeFile(p, name string) (File, error) {
+	f, err := os.OpenFile(p, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
+	if err != nil {
+		return File{}, err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return File{}, err
+	}
+	if !fi.Mode().IsRegular() {
+		return File{}, fmt.Errorf("staging entry %q is not a regular file", name)
+	}
+	size := fi.Size()
+	if err := a.tw.WriteHeader(a.header(name, tar.TypeReg, fi.Mode(), size)); err != nil {
+		return File{}, fmt.Errorf("write %s: %w", name, err)
+	}
+	h := sha256.New()
+	mw := io.MultiWriter(a.tw, h)
+	for left := size; left > 0; {
+		if err := a.ctx.Err(); err != nil {
+			return File{}, err
+		}
+		chunk := a.buf[:min(left, int64(len(a.buf)))]
+		n, err := io.ReadFull(f, chunk)
+		if err == io.EOF || err == io.ErrUnexpectedEOF {
+			return File{}, fmt.Errorf("read %s: file shrank while archiving", name)
+		}
+		if err != nil {
+			return File{}, fmt.Errorf("read %s: %w", name, err)
+		}
+		if _, err := mw.Write(chunk[:n]); err != nil {
+			return File{}, fmt.Errorf("write %s: %w", name, err)
+		}
+		left -= int64(n)
+		a.raw += int64(n)
+		a.report()
+	}
+	// One more read: a file that grew would be archived incompletely.
+	if n, _ := f.Read(a.buf[:1]); n > 0 {
+		return File{}, fmt.Errorf("read %s: file grew while archiving", name)
+	}
+	return File{
+		Name:   name,
+		Size:   size,
+		SHA256: hex.EncodeToString(h.Sum(nil)),
+		Mode:   uint32(fi.Mode().Perm()),
+	}, nil
+}
+
+func (a *archiveWriter) report() {
+	if a.progress == nil {
+		return
+	}
+	if now := time.Now(); now.Sub(a.last) >= progressInterval {
+		a.last = now
+		a.progress(a.raw)
+	}
+}
+
+type countWriter struct {
+	w io.Writer
+	n int64
+}
+
+func (c *countWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.n += int64(n)
+	return n, err
+}
+
+// WriteFile writes the archive of src to path atomically: to a temporary file
+// ".<name>.tmp-*" in the same directory, synced, then renamed to path, and
+// the directory synced. On any error or cancellation nothing is left at path
+// nor in the directory. An existing path is an error (wrapping fs.ErrExist)
+// unless o.Overwrite is set. The file is created with mode 0600: images hold
+// process memory.
+func WriteFile(ctx context.Context, path string, src string, m *Manifest, o WriteOptions) (WriteResult, error) {
+	res, err := writeFile(ctx, path, src, m, o)
+	if err != nil {
+		return res, fmt.Errorf("write image %s: %w", path, err)
+	}
+	return res, nil
+}
+
+func writeFile(ctx context.Context, path string, src string, m *Manifest, o WriteOptions) (res WriteResult, err error) {
+	if !o.Overwrite {
+		if _, err := os.Lstat(path); err == nil {
+			return res, fs.ErrExist
+		}
+	}
+	dir, base := filepath.Split(path)
+	if dir == "" {
+		dir = "."
+	}
+	tmp, err := os.CreateTemp(dir, "."+base+".tmp-*")
+	if err != nil {
+		return res, err
+	}
+	defer func() {
+		if err != nil {
+			tmp.Close()
+			os.Remove(tmp.Name())
+		}
+	}()
+	res, err = WriteArchive(ctx, tmp, src, m, o)
+	if err != nil {
+		return res, err
+	}
+	if err := ctx.Err(); err != nil {
+		return res, err
+	}
+	if err := tmp.Sync(); err != nil {
+		return res, err
+	}
+	if err := tmp.Close(); err != nil {
+		return res, err
+	}
+	if err := rename(tmp.Name(), path, o.Overwrite); err != nil {
+		return res, err
+	}
+	if err := syncDir(dir); err != nil {
+		os.Remove(path)
+		return res, err
+	}
+	return res, nil
+}
+
+// rename moves oldpath to newpath, refusing to replace newpath unless
+// overwrite is set.
+func rename(oldpath, newpath string, overwrite bool) error {
+	if overwrite {
+		return os.Rename(oldpath, newpath)
+	}
+	err := unix.Renameat2(unix.AT_FDCWD, oldpath, unix.AT_FDCWD, newpath, unix.RENAME_NOREPLACE)
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, unix.EEXIST):
+		return fs.ErrExist
+	case errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOSYS):
+		// The file system has no RENAME_NOREPLACE: a hard link fails just
+		// as atomically when newpath exists.
+		if err := os.Link(oldpath, newpath); err != nil {
+			return err
+		}
+		return os.Remove(oldpath)
+	default:
+		return &os.LinkError{Op: "rename", Old: oldpath, New: newpath, Err: err}
+	}
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("sync %s: %w", dir, err)
+	}
+	return nil
+}
