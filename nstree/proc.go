@@ -31,6 +31,9 @@ func ProcessInfo(pid int) (Process, bool) {
 	}
 	cmd, _ := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cmdline")
 	p.Command = strings.TrimSpace(strings.ReplaceAll(string(cmd), "\x00", " "))
+	if strings.HasPrefix(p.Command, "cr-init "+InitArg+" ") {
+		p.Command = "cr-init" // its arguments are cr's business, not the user's
+	}
 	if p.Command == "" {
 		c, _ := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/comm")
 		p.Command = "[" + strings.TrimSpace(string(c)) + "]"

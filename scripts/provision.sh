@@ -6,6 +6,7 @@
 #     one at $CR_CRIU_PREFIX/criu, or criu on PATH, each judged by `criu check`),
 #     build CRIU 4.1.1 from Debian's source tarball, checksum verified, and
 #     install it at $CR_CRIU_PREFIX/criu (default /usr/local/libexec/cr).
+#   - checkpointctl v1.6.0 (go install), to test image compatibility
 #   - iproute2 and util-linux (nsenter) for namespaces, used by cr and its tests.
 #
 # A second run finds everything in place and does nothing. Any failure stops
@@ -104,6 +105,12 @@ if c=$(find_criu); then
 	say "CRIU ok: $c ($("$c" --version | sed -n 's/^Version: *//p'))"
 else
 	build_criu
+fi
+# checkpointctl reads single-container images; the tests check that it can.
+gobin=$(go env GOPATH)/bin
+if [ ! -x "$gobin/checkpointctl" ] && ! command -v checkpointctl >/dev/null; then
+	say "installing checkpointctl v1.6.0"
+	go install github.com/checkpoint-restore/checkpointctl@v1.6.0 || say "warning: checkpointctl could not be installed; its compatibility test will be skipped"
 fi
 # CRIU's lazy-pages and page pipes grow pipes beyond the default limit, which
 # needs CAP_SYS_RESOURCE; this sandbox lacks it, so raise the limit instead.
