@@ -81,6 +81,10 @@ func ExitCode(err error) int {
 	if errors.As(err, &e) {
 		return ExitEnv
 	}
+	var ce *criubin.CRIUError
+	if errors.As(err, &ce) {
+		return ExitCRIU
+	}
 	for _, s := range sentinels {
 		if errors.Is(err, s.err) {
 			return s.code

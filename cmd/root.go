@@ -5,6 +5,7 @@ package cmd
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/cr-dev/cr/criubin"
 	"github.com/cr-dev/cr/nstree"
 )
 
@@ -80,6 +82,13 @@ func Execute() int {
 		return int(se)
 	}
 	fmt.Fprintln(os.Stderr, "Error:", err)
+	var ce *criubin.CRIUError
+	if errors.As(err, &ce) && len(ce.Lines) > 0 {
+		fmt.Fprintln(os.Stderr, "CRIU said:")
+		for _, l := range ce.Lines {
+			fmt.Fprintln(os.Stderr, "  "+l)
+		}
+	}
 	return ExitCode(err)
 }
 

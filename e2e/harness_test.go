@@ -307,3 +307,16 @@ func cpuTicks(t testing.TB, pid int) int64 {
 }
 
 func alive(pid int) bool { return syscall.Kill(pid, 0) == nil }
+
+// progresses checks that the job's counter passes since within 10 s.
+func (j *job) progresses(t testing.TB, since int64) bool {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		if j.ask(t).Counter > since {
+			return true
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return false
+}

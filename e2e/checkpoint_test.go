@@ -1,0 +1,310 @@
+package e2e
+
+import (
+	"bytes"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+)
+
+// image is a fresh image path in the test's temp dir.
+func image(t *testing.T) string { return filepath.Join(t.TempDir(), "img.cr") }
+
+// insidePids lists the pids of a container as seen inside it.
+func insidePids(t *testing.T, path string) []int {
+	var pids []int
+	for _, p := range ps(t, path) {
+		pids = append(pids, p.Pid)
+	}
+	sort.Ints(pids)
+	return pids
+}
+
+func gone(t *testing.T, path string) {
+	t.Helper()
+	if _, ok := ls(t)[path]; ok {
+		t.Fatalf("%s still exists", path)
+	}
+}
+
+func TestCheckpointRestoreCounter(t *testing.T) {
+	cf := filepath.Join(t.TempDir(), "counter")
+	j := startJob(t, "/ck/counter", "--counter-file", cf, "--children", "2")
+	time.Sleep(300 * time.Millisecond)
+	before := j.ask(t)
+	pidsBefore := insidePids(t, "/ck/counter")
+	img := image(t)
+	mustCr(t, "checkpoint", "/ck", "-o", img)
+	gone(t, "/ck/counter")
+	gone(t, "/ck")
+	atDump := readCounter(t, cf) // the job was frozen, then killed: the file holds its last value
+	time.Sleep(300 * time.Millisecond)
+	if readCounter(t, cf) != atDump {
+		t.Fatalf("counter file changed after the job was checkpointed and removed")
+	}
+	mustCr(t, "restore", img)
+	killAtCleanup(t, "/ck")
+	after := j.ask(t)
+	if after.Counter < atDump || after.Counter > atDump+200 {
+		t.Errorf("counter after restore = %d, want to continue from %d (no reset, no jump)", after.Counter, atDump)
+	}
+	if d := after.CounterFile - after.Counter; d < -1 || d > 1 {
+		t.Errorf("counter file %d disagrees with memory %d after restore", after.CounterFile, after.Counter)
+	}
+	if !j.progresses(t, after.Counter) {
+		t.Errorf("counter stopped after restore at %d", after.Counter)
+	}
+	if after.Pid != before.Pid || fmt.Sprint(after.Children) != fmt.Sprint(before.Children) {
+		t.Errorf("pids changed: job %d->%d, children %v->%v", before.Pid, after.Pid, before.Children, after.Children)
+	}
+	if got := insidePids(t, "/ck/counter"); fmt.Sprint(got) != fmt.Sprint(pidsBefore) {
+		t.Errorf("pids inside the container: %v before, %v after restore", pidsBefore, got)
+	}
+	if after.Hostname != "counter" {
+		t.Errorf("hostname after restore = %q", after.Hostname)
+	}
+}
+
+func readCounter(t *testing.T, path string) int64 {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var v int64
+	fmt.Sscan(strings.TrimSpace(string(b)), &v)
+	return v
+}
+
+func TestCheckpointSysVIPC(t *testing.T) {
+	j := startJob(t, "/ipc", "--ipc")
+	before := j.ask(t)
+	if before.ShmData == "" || len(before.SemValues) != 3 || len(before.Msgs) != 3 {
+		t.Fatalf("job did not set up its IPC objects: %+v", before)
+	}
+	img := image(t)
+	mustCr(t, "checkpoint", "/ipc", "-o", img)
+	gone(t, "/ipc")
+	mustCr(t, "restore", img)
+	killAtCleanup(t, "/ipc")
+	after := j.ask(t)
+	if after.ShmID != before.ShmID || after.ShmData != before.ShmData {
+		t.Errorf("shm: id %d %q before, id %d %q after", before.ShmID, before.ShmData, after.ShmID, after.ShmData)
+	}
+	if after.SemID != before.SemID || fmt.Sprint(after.SemValues) != "[3 5 7]" {
+		t.Errorf("semaphores: id %d before, id %d %v after", before.SemID, after.SemID, after.SemValues)
+	}
+	if after.MsgID != before.MsgID || strings.Join(after.Msgs, "|") != "first message|second message|third message" {
+		t.Errorf("messages: id %d before, id %d %q after", before.MsgID, after.MsgID, after.Msgs)
+	}
+	// The objects are there for other processes of the container too.
+	out := mustCr(t, "enter", "/ipc", "--", "ipcs")
+	for _, want := range []string{fmt.Sprint(before.ShmID), fmt.Sprint(before.SemID), fmt.Sprint(before.MsgID)} {
+		if !strings.Contains(out, want) {
+			t.Errorf("ipcs inside the restored container lacks id %s:\n%s", want, out)
+		}
+	}
+}
+
+func TestCheckpointNestedSubtree(t *testing.T) {
+	ja := startJob(t, "/nest/a")
+	jb := startJob(t, "/nest/a/b", "--children", "1")
+	jc := startJob(t, "/nest/c")
+	start(t, "/other", "sleep", "1000") // outside the subtree: untouched
+	ra, rb, rc := ja.ask(t), jb.ask(t), jc.ask(t)
+	img := image(t)
+	mustCr(t, "checkpoint", "/nest", "-o", img)
+	for _, p := range []string{"/nest", "/nest/a", "/nest/a/b", "/nest/c"} {
+		gone(t, p)
+	}
+	if ls(t)["/other"].State != "running" {
+		t.Fatalf("/other was disturbed by checkpointing /nest")
+	}
+	mustCr(t, "restore", img)
+	killAtCleanup(t, "/nest")
+	l := ls(t)
+	for _, p := range []string{"/nest/a", "/nest/a/b", "/nest/c"} {
+		if l[p].State != "running" {
+			t.Errorf("%s after restore: %+v", p, l[p])
+		}
+	}
+	for _, c := range []struct {
+		j      *job
+		before Report
+	}{{ja, ra}, {jb, rb}, {jc, rc}} {
+		r := c.j.ask(t)
+		if r.Pid != c.before.Pid || r.Counter < c.before.Counter {
+			t.Errorf("%s: pid %d->%d counter %d->%d", c.j.path, c.before.Pid, r.Pid, c.before.Counter, r.Counter)
+		}
+	}
+	// Restored containers can be checkpointed again, and restored again.
+	img2 := image(t)
+	mustCr(t, "checkpoint", "/nest", "-o", img2)
+	mustCr(t, "restore", img2)
+	if r := jb.ask(t); r.Pid != rb.Pid {
+		t.Errorf("after a second round trip /nest/a/b's job has pid %d, want %d", r.Pid, rb.Pid)
+	}
+}
+
+func TestCheckpointLeaveRunning(t *testing.T) {
+	j := startJob(t, "/lr")
+	before := j.ask(t)
+	img := image(t)
+	out := mustCr(t, "checkpoint", "--leave-running", "--json", "/lr", "-o", img)
+	if !strings.Contains(out, `"left_running": true`) || !strings.Contains(out, `"frozen_seconds"`) {
+		t.Errorf("checkpoint --json report: %s", out)
+	}
+	if ls(t)["/lr"].State != "running" {
+		t.Fatalf("--leave-running: source not running")
+	}
+	if !j.progresses(t, before.Counter) {
+		t.Errorf("source stopped counting after --leave-running")
+	}
+	orig := j.ask(t)
+	// Two independent copies from one image, while the original runs.
+	for _, as := range []string{"/copy1", "/copy2"} {
+		mustCr(t, "restore", "--as", as, img)
+		killAtCleanup(t, as)
+	}
+	c1 := &job{path: "/copy1", report: j.report}
+	r1 := c1.ask(t)
+	if r1.Pid != before.Pid || r1.Counter < before.Counter || r1.Counter > orig.Counter+100 {
+		t.Errorf("copy1: pid %d counter %d (original pid %d, counter %d..%d)", r1.Pid, r1.Counter, before.Pid, before.Counter, orig.Counter)
+	}
+	l := ls(t)
+	for _, p := range []string{"/lr", "/copy1", "/copy2"} {
+		if l[p].State != "running" {
+			t.Errorf("%s: %+v, want running", p, l[p])
+		}
+	}
+	// Independent: killing one copy leaves the others.
+	mustCr(t, "kill", "/copy1")
+	if l := ls(t); l["/copy2"].State != "running" || l["/lr"].State != "running" {
+		t.Errorf("killing /copy1 disturbed the others: %+v", l)
+	}
+	wantFail(t, 4, "exists", "restore", "--as", "/copy2", img)
+}
+
+func TestCheckpointBigMemory(t *testing.T) {
+	j := startJob(t, "/big", "--mem", "512")
+	before := j.ask(t)
+	if before.MemSHA != before.MemSHAAtInit || before.MemBytes != 512<<20 {
+		t.Fatalf("job memory not set up: %+v", before)
+	}
+	img := image(t)
+	mustCr(t, "checkpoint", "/big", "-o", img)
+	gone(t, "/big")
+	st, _ := os.Stat(img)
+	if st.Size() > 512<<20/3 {
+		t.Errorf("image of 512 MiB (a quarter zeros, half text) is %d bytes: compression not working", st.Size())
+	}
+	mustCr(t, "restore", img)
+	killAtCleanup(t, "/big")
+	after := j.ask(t)
+	if after.MemSHA != before.MemSHAAtInit {
+		t.Errorf("memory checksum after restore %s, want %s", after.MemSHA, before.MemSHAAtInit)
+	}
+}
+
+func TestCheckpointFailures(t *testing.T) {
+	j := startJob(t, "/fail", "--counter-file", filepath.Join(t.TempDir(), "c"))
+	img := image(t)
+	mustCr(t, "checkpoint", "--leave-running", "/fail", "-o", img)
+	good, err := os.ReadFile(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	write := func(name string, b []byte) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	flipped := bytes.Clone(good)
+	flipped[len(flipped)/2] ^= 0x40
+	random := make([]byte, 4096)
+	for i := range random {
+		random[i] = byte(i * 7)
+	}
+	cases := []struct {
+		name, file, want string
+		code             int
+	}{
+		{"corrupt byte", write("corrupt.cr", flipped), "corrupt", 8},
+		{"truncated", write("trunc.cr", good[:len(good)*2/3]), "", 8},
+		{"random file", write("random.cr", random), "not a cr image", 8},
+		{"missing file", filepath.Join(dir, "nope.cr"), "no such image", 3},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			leavesBefore := countLeaves(t)
+			wantFail(t, c.code, c.want, "restore", "--as", "/never", c.file)
+			if _, ok := ls(t)["/never"]; ok || countLeaves(t) != leavesBefore {
+				t.Errorf("a refused restore created something")
+			}
+		})
+	}
+	// A newer format version: a plain-tar image with its header edited.
+	plain := image(t)
+	mustCr(t, "checkpoint", "--leave-running", "--compress", "none", "/fail", "-o", plain)
+	b, _ := os.ReadFile(plain)
+	newer := bytes.Replace(b, []byte(`"version":1}`), []byte(`"version":9}`), 1)
+	if bytes.Equal(newer, b) {
+		t.Fatalf("could not find the format version in the image header")
+	}
+	wantFail(t, 8, "version", "restore", "--as", "/never", write("newer.cr", newer))
+	wantFail(t, 6, "criu", "restore", "--criu", "/nonexistent/criu", "--as", "/never", img)
+	wantFail(t, 4, "exists", "restore", "--as", "/fail", img)
+	wantFail(t, 4, "exists", "checkpoint", "/fail", "-o", img) // never overwrites an image
+
+	// The source still runs after all of that.
+	if !j.progresses(t, j.ask(t).Counter) || ls(t)["/fail"].State != "running" {
+		t.Errorf("source not running after failed operations")
+	}
+}
+
+func TestCheckpointUndumpable(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			defer c.Close()
+		}
+	}()
+	j := startJob(t, "/tcp", "--connect", ln.Addr().String())
+	before := j.ask(t)
+	img := image(t)
+	r := cr(t, "checkpoint", "/tcp", "-o", img)
+	if r.code != 7 || !strings.Contains(r.err, "TCP") || !strings.Contains(r.err, ".log") {
+		t.Errorf("checkpoint of a job with an established TCP connection: want exit 7 with CRIU's reason and its log, got %s", r)
+	}
+	if _, err := os.Stat(img); err == nil {
+		t.Errorf("a failed checkpoint left an image")
+	}
+	if ents, _ := os.ReadDir(filepath.Dir(img)); len(ents) != 0 {
+		t.Errorf("a failed checkpoint left files: %v", ents)
+	}
+	if l := ls(t)["/tcp"]; l.State != "running" {
+		t.Fatalf("source after a failed checkpoint: %+v, want running (thawed)", l)
+	}
+	if !j.progresses(t, before.Counter) {
+		t.Errorf("source makes no progress after a failed checkpoint")
+	}
+	if ents, _ := os.ReadDir(filepath.Join(workDir, "staging")); len(ents) != 0 {
+		t.Errorf("staging area not cleaned: %v", ents)
+	}
+}
