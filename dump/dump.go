@@ -267,7 +267,10 @@ func (c *Checkpoint) dumpOne(ctx context.Context, o Options, m *member) (*images
 		ManageCgroups: proto.Bool(true),
 		FileLocks:     proto.Bool(true),
 	}
-	if _, err := criubin.Swrk(ctx, o.CRIU, rpc.CriuReqType_DUMP, opts, nil); err != nil {
+	// A notify callback lets an interrupt abort at post-dump: CRIU then
+	// resumes the tasks instead of the dump going on to completion.
+	check := func(string, int32) error { return ctx.Err() }
+	if _, err := criubin.Swrk(ctx, o.CRIU, rpc.CriuReqType_DUMP, opts, check); err != nil {
 		return nil, criuError("dump", m.node.Path, filepath.Join(work, "dump.log"), c.Dir, err)
 	}
 	st, err := crit.GetDumpStats(work)

@@ -5,9 +5,11 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"sort"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -306,5 +308,64 @@ func TestCheckpointUndumpable(t *testing.T) {
 	}
 	if ents, _ := os.ReadDir(filepath.Join(workDir, "staging")); len(ents) != 0 {
 		t.Errorf("staging area not cleaned: %v", ents)
+	}
+}
+
+// checkpointctl is the reference reader of single-container checkpoint
+// archives; cr's images of one container follow its conventions.
+func TestCheckpointctlReadsImage(t *testing.T) {
+	bin, err := exec.LookPath("checkpointctl")
+	if err != nil {
+		gobin, _ := exec.Command("go", "env", "GOPATH").Output()
+		bin = filepath.Join(strings.TrimSpace(string(gobin)), "bin", "checkpointctl")
+		if _, err := os.Stat(bin); err != nil {
+			t.Skip("checkpointctl is not installed and scripts/provision.sh could not install it (go install github.com/checkpoint-restore/checkpointctl@v1.6.0)")
+		}
+	}
+	startJob(t, "/ctl", "--children", "1")
+	img := image(t)
+	mustCr(t, "checkpoint", "--leave-running", "/ctl", "-o", img)
+	show, err := exec.Command(bin, "show", img).CombinedOutput()
+	if err != nil || !strings.Contains(string(show), "ctl") {
+		t.Errorf("checkpointctl show: %v\n%s", err, show)
+	}
+	stats, err := exec.Command(bin, "inspect", "--stats", img).CombinedOutput()
+	if err != nil || !strings.Contains(string(stats), "Pages written") && !strings.Contains(strings.ToLower(string(stats)), "pages written") {
+		t.Errorf("checkpointctl inspect --stats: %v\n%s", err, stats)
+	}
+}
+
+// An interrupted checkpoint leaves the job running and no image.
+func TestCheckpointInterrupted(t *testing.T) {
+	j := startJob(t, "/intr", "--mem", "256")
+	before := j.ask(t)
+	img := image(t)
+	c := exec.Command(crBin, "checkpoint", "/intr", "-o", img)
+	c.Env = append(os.Environ(), env...)
+	var stderr bytes.Buffer
+	c.Stderr = &stderr
+	if err := c.Start(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(150 * time.Millisecond) // inside the dump or the write of 256 MiB
+	_ = c.Process.Signal(syscall.SIGTERM)
+	err := c.Wait()
+	if err == nil {
+		t.Skipf("checkpoint finished before the signal arrived; nothing to test")
+	}
+	if _, err := os.Stat(img); err == nil {
+		t.Errorf("an interrupted checkpoint left an image")
+	}
+	if ents, _ := os.ReadDir(filepath.Dir(img)); len(ents) != 0 {
+		t.Errorf("an interrupted checkpoint left files: %v", ents)
+	}
+	if l := ls(t)["/intr"]; l.State != "running" {
+		t.Fatalf("job after an interrupted checkpoint: %+v (%s)", l, stderr.String())
+	}
+	if !j.progresses(t, before.Counter) {
+		t.Errorf("job makes no progress after an interrupted checkpoint")
+	}
+	if r := j.ask(t); r.MemSHA != before.MemSHAAtInit {
+		t.Errorf("job memory changed by an interrupted checkpoint")
 	}
 }
