@@ -24,6 +24,7 @@ import (
 
 	"github.com/checkpoint-restore/go-criu/v7/crit"
 	"github.com/checkpoint-restore/go-criu/v7/rpc"
+	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/cr-dev/cr/criubin"
@@ -60,8 +61,8 @@ type Checkpoint struct {
 	resumed    bool
 }
 
-// Error is a failed checkpoint whose source was left running.
-var ErrFailed = errors.New("checkpoint failed")
+// ErrBusy: another cr is checkpointing the same container.
+var ErrBusy = errors.New("another checkpoint of this container is in progress")
 
 // Run checkpoints the subtree at root. On error the subtree is running
 // exactly as before (or frozen, if the user had frozen it) and nothing is
@@ -70,6 +71,11 @@ func Run(ctx context.Context, t *nstree.Tree, root *nstree.Node, o Options) (*Ch
 	if err := checkAncestors(root); err != nil {
 		return nil, err
 	}
+	unlock, err := lockDump(t, root)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
 	if err := os.MkdirAll(o.StagingDir, 0o700); err != nil {
 		return nil, fmt.Errorf("create staging area: %w", err)
 	}
@@ -414,4 +420,26 @@ func (c *Checkpoint) copyLog(m *member) error {
 	defer out.Close()
 	_, err = io.Copy(out, in)
 	return err
+}
+
+// lockDump makes sure only one cr dumps a container at a time (two
+// snapshots from cron that overlap, say): the second waits a little, then
+// gives up with ErrBusy.
+func lockDump(t *nstree.Tree, n *nstree.Node) (func(), error) {
+	fd, err := unix.Open(filepath.Join(t.StateDir, "c", n.ID, "dump.lock"), unix.O_RDWR|unix.O_CREAT|unix.O_CLOEXEC, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("lock %s: %w", n.Path, err)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		err = unix.Flock(fd, unix.LOCK_EX|unix.LOCK_NB)
+		if err == nil {
+			return func() { unix.Close(fd) }, nil
+		}
+		if err != unix.EWOULDBLOCK || time.Now().After(deadline) {
+			unix.Close(fd)
+			return nil, fmt.Errorf("%s: %w", n.Path, ErrBusy)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }

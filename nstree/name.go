@@ -53,6 +53,9 @@ func ParsePath(p string) ([]string, error) {
 	if strings.ContainsAny(p, "\x00") {
 		return nil, fmt.Errorf("%w: path contains a NUL byte", ErrInvalidName)
 	}
+	if strings.Contains(p, "//") {
+		return nil, fmt.Errorf("%w: path %q has an empty name", ErrInvalidName, p)
+	}
 	s := strings.TrimSuffix(strings.TrimPrefix(p, "/"), "/")
 	if s == "" {
 		return nil, nil

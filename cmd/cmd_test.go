@@ -1,0 +1,90 @@
+package cmd
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+	"syscall"
+	"testing"
+
+	"github.com/cr-dev/cr/criubin"
+	"github.com/cr-dev/cr/images"
+	"github.com/cr-dev/cr/nstree"
+)
+
+func TestSplitRunArgs(t *testing.T) {
+	cases := []struct {
+		args []string
+		dash int
+		path string
+		cmd  string
+	}{
+		{[]string{"/lab/pi", "--", "sleep", "1"}, -1, "/lab/pi", "sleep 1"}, // "--" after PATH arrives as an argument
+		{[]string{"/lab/pi", "sleep", "1"}, 1, "/lab/pi", "sleep 1"},
+		{[]string{"sleep", "1"}, 0, "", "sleep 1"},
+		{[]string{"/bin/sleep", "1"}, -1, "/bin/sleep", "1"}, // ambiguous without "--": first "/" arg is the path
+		{[]string{"sleep", "--", "x"}, -1, "sleep", "x"},
+		{[]string{"echo"}, -1, "", "echo"},
+	}
+	for _, c := range cases {
+		p, cmd := splitRunArgs(append([]string(nil), c.args...), c.dash)
+		if p != c.path || strings.Join(cmd, " ") != c.cmd {
+			t.Errorf("splitRunArgs(%q, %d) = %q, %q; want %q, %q", c.args, c.dash, p, cmd, c.path, c.cmd)
+		}
+	}
+}
+
+func TestParseSignal(t *testing.T) {
+	for in, want := range map[string]syscall.Signal{"TERM": syscall.SIGTERM, "sigkill": syscall.SIGKILL, "HUP": syscall.SIGHUP, "10": syscall.SIGUSR1} {
+		if got, err := parseSignal(in); err != nil || got != want {
+			t.Errorf("parseSignal(%q) = %v, %v", in, got, err)
+		}
+	}
+	for _, in := range []string{"", "NOPE", "0", "65", "-1"} {
+		if _, err := parseSignal(in); err == nil {
+			t.Errorf("parseSignal(%q) accepted", in)
+		}
+	}
+}
+
+func TestExitCodes(t *testing.T) {
+	cases := []struct {
+		err  error
+		code int
+	}{
+		{nil, ExitOK},
+		{errors.New("x"), ExitFailure},
+		{usageError{errors.New("bad")}, ExitUsage},
+		{fmt.Errorf("p: %w", nstree.ErrInvalidName), ExitUsage},
+		{fmt.Errorf("%w: /x", nstree.ErrNotFound), ExitNotFound},
+		{fmt.Errorf("%w: /x", nstree.ErrExists), ExitExists},
+		{nstree.ErrNotRoot, ExitDenied},
+		{nstree.ErrOutside, ExitDenied},
+		{envError{errors.New("no criu")}, ExitEnv},
+		{fmt.Errorf("find: %w", criubin.ErrNotFound), ExitEnv},
+		{&criubin.CRIUError{Op: "dump", Err: errors.New("x")}, ExitCRIU},
+		{fmt.Errorf("read: %w", images.ErrCorrupt), ExitImage},
+		{images.ErrUnsupportedVersion, ExitImage},
+		{errNoImage, ExitNotFound},
+		{fmt.Errorf("%w: frozen", nstree.ErrState), ExitState},
+	}
+	for _, c := range cases {
+		if got := ExitCode(c.err); got != c.code {
+			t.Errorf("ExitCode(%v) = %d, want %d", c.err, got, c.code)
+		}
+	}
+}
+
+func TestEveryCommandDocumentsExitStatus(t *testing.T) {
+	for _, c := range NewRoot().Commands() {
+		if c.Name() == "help" || c.Name() == "completion" {
+			continue
+		}
+		if !strings.Contains(c.Long, "EXIT STATUS") {
+			t.Errorf("cr %s --help lacks EXIT STATUS", c.Name())
+		}
+		if c.Example == "" {
+			t.Errorf("cr %s --help has no example", c.Name())
+		}
+	}
+}
