@@ -16,8 +16,9 @@ import (
 
 // RestoreOptions are the flags of cr restore.
 type RestoreOptions struct {
-	As   string
-	JSON bool
+	As    string
+	Store string
+	JSON  bool
 }
 
 // RestoreReport is what cr restore reports (--json).
@@ -43,12 +44,15 @@ their ids and contents, and the jobs continue where they were. The containers
 resume together once all are restored; if any fails, nothing is left.`,
 		Example: `  cr restore lab.cr
   cr restore --as /lab-copy lab.cr
-  cr restore --json lab.cr | jq .init_pids`,
+  cr restore --json lab.cr | jq .init_pids
+  cr restore --store /var/lib/cr/snapshots /lab     # latest snapshot of /lab
+  cr restore --store /var/lib/cr/snapshots 3fa9c2   # a snapshot by id`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return runRestore(cmd.Context(), cmd.OutOrStdout(), g, o, args[0])
 		},
 	}
+	c.Flags().StringVar(&o.Store, "store", "", "restore a snapshot from this store: IMAGE is then an id, a container path (its latest snapshot) or \"latest\"")
 	c.Flags().StringVar(&o.As, "as", "", "restore the subtree at this path instead of its original one")
 	c.Flags().BoolVar(&o.JSON, "json", false, "print a JSON report")
 	return c
@@ -75,11 +79,17 @@ func runRestore(ctx context.Context, out io.Writer, g *Global, o RestoreOptions,
 	if err != nil {
 		return err
 	}
-	if _, err := os.Stat(image); err != nil {
-		return fmt.Errorf("%w: %v", errNoImage, err)
-	}
 	ropts := restore.Options{CRIU: criu, CRIUVersion: ver.Code(), StagingDir: stagingDir(e.tree)}
-	dir, m, err := restore.Extract(ctx, image, ropts)
+	var dir string
+	var m *images.Manifest
+	if o.Store != "" {
+		dir, m, err = materializeSnapshot(ctx, o.Store, ropts.StagingDir, image)
+	} else {
+		if _, serr := os.Stat(image); serr != nil {
+			return fmt.Errorf("%w: %v", errNoImage, serr)
+		}
+		dir, m, err = restore.Extract(ctx, image, ropts)
+	}
 	if err != nil {
 		return err
 	}

@@ -1,0 +1,278 @@
+package cmd
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/cr-dev/cr/images"
+	"github.com/cr-dev/cr/images/store"
+)
+
+func init() { register(newImagesCommand) }
+
+// SnapshotEntry is a line of cr images ls --json.
+type SnapshotEntry struct {
+	ID         string    `json:"id"`
+	Path       string    `json:"path"`
+	Time       time.Time `json:"time"`
+	AddedBytes int64     `json:"added_bytes"`
+	TotalBytes int64     `json:"total_bytes"`
+	Containers int       `json:"containers"`
+}
+
+func newImagesCommand(g *Global) *cobra.Command {
+	var dir string
+	var asJSON bool
+	c := &cobra.Command{
+		Use:   "images",
+		Short: "Work with a snapshot store",
+		Long: `List, inspect, remove, prune, verify and export the snapshots that
+cr snapshot keeps in a store (--store DIR). A snapshot is named by its id or
+any unique prefix of it. Restore one with cr restore --store DIR ID, or the
+latest of a container with cr restore --store DIR PATH.`,
+		Example: `  cr images ls --store /var/lib/cr/snapshots
+  cr images prune --store /var/lib/cr/snapshots --keep-daily 7 --dry-run
+  cr images verify --store /var/lib/cr/snapshots
+  cr images export --store /var/lib/cr/snapshots 3fa9c2 -o lab.cr`,
+	}
+	c.PersistentFlags().StringVar(&dir, "store", "", "the snapshot store's directory (required)")
+	c.PersistentFlags().BoolVar(&asJSON, "json", false, "print JSON")
+	open := func() (*store.Store, error) {
+		if dir == "" {
+			return nil, usageError{fmt.Errorf("--store DIR is required")}
+		}
+		if _, err := os.Stat(dir); err != nil {
+			return nil, fmt.Errorf("%w: store %s", store.ErrNotFound, dir)
+		}
+		return store.Open(dir)
+	}
+	ls := &cobra.Command{
+		Use:   "ls [PATH]",
+		Short: "List snapshots (of PATH)",
+		Args:  cobra.MaximumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			st, err := open()
+			if err != nil {
+				return err
+			}
+			path := ""
+			if len(args) == 1 {
+				path = args[0]
+			}
+			snaps, err := st.List(path)
+			if err != nil {
+				return err
+			}
+			es := []SnapshotEntry{}
+			for _, s := range snaps {
+				es = append(es, SnapshotEntry{ID: s.ID, Path: s.Path, Time: s.Time, AddedBytes: s.AddedBytes, TotalBytes: s.TotalBytes, Containers: len(s.Manifest.Containers)})
+			}
+			if asJSON {
+				return writeJSON(cmd.OutOrStdout(), es)
+			}
+			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "ID\tPATH\tTIME\tADDED\tTOTAL")
+			for _, e := range es {
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", e.ID, e.Path, e.Time.Local().Format("2006-01-02 15:04:05"), humanBytes(e.AddedBytes), humanBytes(e.TotalBytes))
+			}
+			return tw.Flush()
+		},
+	}
+	inspect := &cobra.Command{
+		Use:   "inspect ID",
+		Short: "Show a snapshot's manifest",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			st, err := open()
+			if err != nil {
+				return err
+			}
+			s, err := st.Get(args[0])
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				return writeJSON(cmd.OutOrStdout(), map[string]any{"id": s.ID, "path": s.Path, "time": s.Time, "added_bytes": s.AddedBytes, "total_bytes": s.TotalBytes, "manifest": s.Manifest})
+			}
+			out := cmd.OutOrStdout()
+			fmt.Fprintf(out, "snapshot %s of %s at %s: %s, %s added\n", s.ID, s.Path, s.Time.Local().Format(time.RFC3339), humanBytes(s.TotalBytes), humanBytes(s.AddedBytes))
+			for _, c := range s.Manifest.Containers {
+				fmt.Fprintf(out, "  %s", c.Path)
+				if len(c.Command) > 0 {
+					fmt.Fprintf(out, "  %v", c.Command)
+				}
+				fmt.Fprintln(out)
+				for _, p := range c.Processes {
+					fmt.Fprintf(out, "    pid %d  %s\n", p.Pid, p.Command)
+				}
+			}
+			return nil
+		},
+	}
+	rm := &cobra.Command{
+		Use:   "rm ID...",
+		Short: "Remove snapshots (their unused chunks go too)",
+		Args:  cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			st, err := open()
+			if err != nil {
+				return err
+			}
+			unlock, err := st.Lock(cmd.Context(), time.Minute)
+			if err != nil {
+				return err
+			}
+			defer unlock()
+			var ids []string
+			for _, a := range args {
+				s, err := st.Get(a)
+				if err != nil {
+					return err
+				}
+				ids = append(ids, s.ID)
+			}
+			if err := st.Remove(ids...); err != nil {
+				return err
+			}
+			_, err = st.Prune(cmd.Context(), false)
+			return err
+		},
+	}
+	var keep RetentionOptions
+	var dryRun bool
+	prune := &cobra.Command{
+		Use:   "prune [PATH] --keep-...",
+		Short: "Apply a retention policy and remove unused chunks",
+		Args:  cobra.MaximumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			pol, err := keep.policy()
+			if err != nil {
+				return err
+			}
+			st, err := open()
+			if err != nil {
+				return err
+			}
+			unlock, err := st.Lock(cmd.Context(), time.Minute)
+			if err != nil {
+				return err
+			}
+			defer unlock()
+			path := ""
+			if len(args) == 1 {
+				path = args[0]
+			}
+			ds, es, err := applyRetention(cmd.Context(), st, pol, path, dryRun)
+			if err != nil {
+				return err
+			}
+			if pol.Empty() && !dryRun {
+				if _, err := st.Prune(cmd.Context(), false); err != nil {
+					return err
+				}
+			}
+			if asJSON {
+				return writeJSON(cmd.OutOrStdout(), es)
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "policy: %s\n", pol)
+			return store.WriteDecisions(cmd.OutOrStdout(), ds, nil)
+		},
+	}
+	keep.AddFlags(prune.Flags())
+	prune.Flags().BoolVar(&dryRun, "dry-run", false, "say what would be removed, remove nothing")
+	verify := &cobra.Command{
+		Use:   "verify",
+		Short: "Re-read every chunk and check every hash",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			st, err := open()
+			if err != nil {
+				return err
+			}
+			rep, err := st.Verify(cmd.Context())
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				if err := writeJSON(cmd.OutOrStdout(), rep); err != nil {
+					return err
+				}
+			} else {
+				out := cmd.OutOrStdout()
+				fmt.Fprintf(out, "%d snapshots, %d chunks checked\n", rep.Snapshots, rep.Chunks)
+				for _, d := range rep.Damaged {
+					fmt.Fprintf(out, "DAMAGED snapshot %s: file %s, chunk %s: %s\n", d.SnapshotID, d.File, d.Chunk, d.Reason)
+				}
+			}
+			if len(rep.Damaged) > 0 {
+				return fmt.Errorf("%w: %d damaged snapshots: %v", store.ErrDamaged, len(rep.DamagedSnapshots()), rep.DamagedSnapshots())
+			}
+			return nil
+		},
+	}
+	var output, compress string
+	export := &cobra.Command{
+		Use:   "export ID -o FILE",
+		Short: "Write a snapshot as an ordinary image file",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if output == "" {
+				return usageError{fmt.Errorf("-o FILE is required")}
+			}
+			st, err := open()
+			if err != nil {
+				return err
+			}
+			s, err := st.Get(args[0])
+			if err != nil {
+				return err
+			}
+			ctx, cancel := interruptible(cmd.Context())
+			defer cancel()
+			return st.Export(ctx, s.ID, output, images.WriteOptions{Compression: compress})
+		},
+	}
+	export.Flags().StringVarP(&output, "output", "o", "", "image file to write")
+	export.Flags().StringVar(&compress, "compress", "zstd", "compression: zstd or none")
+	c.AddCommand(ls, inspect, rm, prune, verify, export)
+	return c
+}
+
+// materializeSnapshot rebuilds a snapshot into a fresh staging directory,
+// verifying every chunk; ref is an id (or prefix) or a container path for
+// its latest snapshot.
+func materializeSnapshot(ctx context.Context, dir, staging, ref string) (string, *images.Manifest, error) {
+	st, err := store.Open(dir)
+	if err != nil {
+		return "", nil, err
+	}
+	var s *store.Snapshot
+	if len(ref) > 0 && ref[0] == '/' {
+		s, err = st.Latest(ref)
+	} else if ref == "latest" {
+		s, err = st.Latest("")
+	} else {
+		s, err = st.Get(ref)
+	}
+	if err != nil {
+		return "", nil, err
+	}
+	if err := os.MkdirAll(staging, 0o700); err != nil {
+		return "", nil, err
+	}
+	tmp, err := os.MkdirTemp(staging, "snap-")
+	if err != nil {
+		return "", nil, err
+	}
+	m, err := st.Materialize(ctx, s.ID, tmp)
+	if err != nil {
+		os.RemoveAll(tmp)
+		return "", nil, err
+	}
+	return tmp, m, nil
+}

@@ -1,0 +1,193 @@
+package cmd
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+
+	"github.com/cr-dev/cr/dump"
+	"github.com/cr-dev/cr/images/store"
+)
+
+// RetentionOptions are the retention flags of cr snapshot and cr images prune.
+type RetentionOptions struct {
+	Last, Hourly, Daily, Weekly int
+}
+
+// AddFlags adds the --keep-* flags.
+func (r *RetentionOptions) AddFlags(f *pflag.FlagSet) {
+	f.IntVar(&r.Last, "keep-last", 0, "keep the last N snapshots of each container path")
+	f.IntVar(&r.Hourly, "keep-hourly", 0, "keep the last snapshot of each of the last N hours")
+	f.IntVar(&r.Daily, "keep-daily", 0, "keep the last snapshot of each of the last N days")
+	f.IntVar(&r.Weekly, "keep-weekly", 0, "keep the last snapshot of each of the last N ISO weeks")
+}
+
+func (r RetentionOptions) policy() (store.Policy, error) {
+	if r.Last < 0 || r.Hourly < 0 || r.Daily < 0 || r.Weekly < 0 {
+		return store.Policy{}, usageError{errors.New("--keep-* take a number >= 0")}
+	}
+	return store.Policy{Last: r.Last, Hourly: r.Hourly, Daily: r.Daily, Weekly: r.Weekly}, nil
+}
+
+// SnapshotOptions are the flags of cr snapshot.
+type SnapshotOptions struct {
+	Store    string
+	Keep     RetentionOptions
+	LockWait time.Duration
+	JSON     bool
+	Verbose  bool
+}
+
+// SnapshotReport is what cr snapshot reports (--json).
+type SnapshotReport struct {
+	ID            string           `json:"id"`
+	Path          string           `json:"path"`
+	Time          time.Time        `json:"time"`
+	FrozenSeconds float64          `json:"frozen_seconds"`
+	AddedBytes    int64            `json:"added_bytes"`
+	TotalBytes    int64            `json:"total_bytes"`
+	Policy        string           `json:"policy"`
+	Retention     []RetentionEntry `json:"retention,omitempty"`
+}
+
+// RetentionEntry is one snapshot's fate under the policy.
+type RetentionEntry struct {
+	ID      string    `json:"id"`
+	Path    string    `json:"path"`
+	Time    time.Time `json:"time"`
+	Keep    bool      `json:"keep"`
+	Reasons []string  `json:"reasons,omitempty"`
+}
+
+func init() {
+	register(newSnapshotCommand)
+	mapError(store.ErrLocked, ExitLocked)
+	mapError(store.ErrNotFound, ExitNotFound)
+	mapError(store.ErrAmbiguous, ExitUsage)
+	mapError(store.ErrDamaged, ExitImage)
+	mapError(dump.ErrBusy, ExitLocked)
+}
+
+func newSnapshotCommand(g *Global) *cobra.Command {
+	var o SnapshotOptions
+	c := &cobra.Command{
+		Use:   "snapshot PATH --store DIR [--keep-...]",
+		Short: "Snapshot a running subtree into a deduplicating store",
+		Long: `Checkpoint the subtree at PATH and leave it running (it is frozen only for
+the dump, never for storing), into the store at DIR (created on first use).
+The store keeps chunks by content, so memory that did not change since the
+last snapshot, and identical pages across containers, are stored once.
+
+Then the retention policy is applied to the snapshots of PATH: --keep-last,
+--keep-hourly, --keep-daily, --keep-weekly (restic's "forget" semantics; a
+snapshot is kept if any rule keeps it; no rule keeps everything). Unused
+chunks are removed.
+
+Made for cron: quiet on success (-v to hear what was kept and why), a lock so
+that overlapping runs wait (up to --lock-wait) or exit 9, and a crash at any
+moment leaves every listed snapshot complete and restorable.`,
+		Example: `  cr snapshot /lab --store /var/lib/cr/snapshots --keep-hourly 24 --keep-daily 7
+  # crontab: every 10 minutes
+  */10 * * * * root cr snapshot /lab --store /var/lib/cr/snapshots --keep-last 6 --keep-daily 7
+  cr restore --store /var/lib/cr/snapshots /lab     # the latest snapshot of /lab`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return runSnapshot(cmd.Context(), cmd.OutOrStdout(), g, o, args[0])
+		},
+	}
+	c.Flags().StringVar(&o.Store, "store", "", "the snapshot store's directory (required)")
+	o.Keep.AddFlags(c.Flags())
+	c.Flags().DurationVar(&o.LockWait, "lock-wait", time.Minute, "how long to wait for another cr using the store")
+	c.Flags().BoolVar(&o.JSON, "json", false, "print a JSON report")
+	c.Flags().BoolVarP(&o.Verbose, "verbose", "v", false, "say what was stored, kept and removed")
+	_ = c.MarkFlagRequired("store")
+	return c
+}
+
+func runSnapshot(ctx context.Context, out io.Writer, g *Global, o SnapshotOptions, path string) error {
+	pol, err := o.Keep.policy()
+	if err != nil {
+		return err
+	}
+	e, err := openEnv()
+	if err != nil {
+		return err
+	}
+	n, err := e.node(path)
+	if err != nil {
+		return err
+	}
+	criu, ver, err := criuEnv(g)
+	if err != nil {
+		return err
+	}
+	st, err := store.Open(o.Store)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := interruptible(ctx)
+	defer cancel()
+	unlock, err := st.Lock(ctx, o.LockWait)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	ck, err := dump.Run(ctx, e.tree, n, dump.Options{
+		CRIU: criu, CRIUVersion: ver.Code(), CRVersion: Version, StagingDir: stagingDir(e.tree), LeaveRunning: true,
+	})
+	if err != nil {
+		return err
+	}
+	defer ck.Cleanup()
+	snap, err := st.Add(ctx, ck.Dir, ck.Manifest, time.Now())
+	if err != nil {
+		return fmt.Errorf("store snapshot: %w", err)
+	}
+	rep := SnapshotReport{ID: snap.ID, Path: e.show(snap.Path), Time: snap.Time, FrozenSeconds: ck.Frozen.Seconds(),
+		AddedBytes: snap.AddedBytes, TotalBytes: snap.TotalBytes, Policy: pol.String()}
+	var decisions []store.Decision
+	if !pol.Empty() {
+		decisions, rep.Retention, err = applyRetention(ctx, st, pol, snap.Path, false)
+		if err != nil {
+			return err
+		}
+	}
+	if o.JSON {
+		return writeJSON(out, rep)
+	}
+	if o.Verbose {
+		fmt.Fprintf(out, "snapshot %s of %s: frozen %s, %s added, %s in all\n", rep.ID, rep.Path, dur(rep.FrozenSeconds),
+			humanBytes(rep.AddedBytes), humanBytes(rep.TotalBytes))
+		if !pol.Empty() {
+			fmt.Fprintf(out, "policy: %s\n", pol)
+			return store.WriteDecisions(out, decisions, nil)
+		}
+	}
+	return nil
+}
+
+// applyRetention applies pol to the snapshots of path (all paths if ""),
+// removes what it does not keep, and the chunks nothing uses any more.
+func applyRetention(ctx context.Context, st *store.Store, pol store.Policy, path string, dryRun bool) ([]store.Decision, []RetentionEntry, error) {
+	ds, err := st.Forget(ctx, path, pol, dryRun)
+	if err != nil {
+		return nil, nil, err
+	}
+	var out []RetentionEntry
+	removed := false
+	for _, d := range ds {
+		out = append(out, RetentionEntry{ID: d.Snapshot.ID, Path: d.Snapshot.Path, Time: d.Snapshot.Time, Keep: d.Keep, Reasons: d.Reasons})
+		removed = removed || !d.Keep
+	}
+	if removed && !dryRun {
+		if _, err := st.Prune(ctx, false); err != nil {
+			return ds, out, err
+		}
+	}
+	return ds, out, nil
+}

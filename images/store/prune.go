@@ -1,0 +1,129 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"time"
+)
+
+// PruneResult says what Prune removed (or, on a dry run, would remove).
+type PruneResult struct {
+	Chunks     int   // unreferenced chunks
+	Bytes      int64 // their size on disk: the space freed
+	KeptChunks int   // chunks some snapshot references
+	KeptBytes  int64
+	TempFiles  int // leftovers of interrupted writes in DIR/tmp
+}
+
+// Prune deletes every chunk that no snapshot references (left by Remove,
+// Forget, or an Add that crashed before writing its record) and the
+// leftovers in DIR/tmp. It refuses to run while a snapshot record is
+// damaged, since it could not know which chunks that snapshot needs: remove
+// the damaged snapshot first. With dryRun it only counts.
+func (s *Store) Prune(ctx context.Context, dryRun bool) (PruneResult, error) {
+	var res PruneResult
+	unlock, err := s.hold(ctx)
+	if err != nil {
+		return res, fmt.Errorf("prune: %w", err)
+	}
+	defer unlock()
+
+	ids, err := s.ids()
+	if err != nil {
+		return res, fmt.Errorf("prune: %w", err)
+	}
+	used := make(map[string]bool)
+	for _, id := range ids {
+		snap, err := s.loadSnapshot(id)
+		if err != nil {
+			return res, fmt.Errorf("prune: %w", err)
+		}
+		for _, f := range snap.Files {
+			for _, c := range f.Chunks {
+				used[c] = true
+			}
+		}
+	}
+
+	if res.TempFiles, err = s.cleanTmp(dryRun); err != nil {
+		return res, fmt.Errorf("prune: %w", err)
+	}
+	shards, err := os.ReadDir(s.path(chunksDir))
+	if err != nil {
+		return res, fmt.Errorf("prune: %w", err)
+	}
+	for _, shard := range shards {
+		if !shard.IsDir() || len(shard.Name()) != 2 || !isLowerHex(shard.Name()) {
+			continue
+		}
+		ents, err := os.ReadDir(s.path(chunksDir, shard.Name()))
+		if err != nil {
+			return res, fmt.Errorf("prune: %w", err)
+		}
+		for _, e := range ents {
+			if err := ctx.Err(); err != nil {
+				return res, fmt.Errorf("prune: %w", err)
+			}
+			name := e.Name()
+			if !isHash(name) || name[:2] != shard.Name() {
+				continue // not ours: leave it alone
+			}
+			fi, err := e.Info()
+			if errors.Is(err, fs.ErrNotExist) {
+				continue
+			}
+			if err != nil {
+				return res, fmt.Errorf("prune: %w", err)
+			}
+			if used[name] {
+				res.KeptChunks++
+				res.KeptBytes += fi.Size()
+				continue
+			}
+			if !dryRun {
+				if err := os.Remove(s.chunkPath(name)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+					return res, fmt.Errorf("prune: %w", err)
+				}
+			}
+			res.Chunks++
+			res.Bytes += fi.Size()
+		}
+	}
+	return res, nil
+}
+
+// Forget applies p to the snapshots of path ("" for every path, each path
+// on its own) with time buckets in the local time zone, removes the
+// snapshots p does not keep (unless dryRun), and returns the decisions. The
+// removed snapshots' chunks stay until Prune.
+func (s *Store) Forget(ctx context.Context, path string, p Policy, dryRun bool) ([]Decision, error) {
+	if err := p.Validate(); err != nil {
+		return nil, fmt.Errorf("forget: %w", err)
+	}
+	unlock, err := s.hold(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("forget: %w", err)
+	}
+	defer unlock()
+	snaps, err := s.List(path)
+	if err != nil {
+		return nil, fmt.Errorf("forget: %w", err)
+	}
+	ds := ApplyPolicyIn(snaps, p, time.Local)
+	if dryRun {
+		return ds, nil
+	}
+	var drop []string
+	for _, d := range ds {
+		if !d.Keep {
+			drop = append(drop, d.Snapshot.ID)
+		}
+	}
+	if err := s.remove(drop); err != nil {
+		return ds, fmt.Errorf("forget: %w", err)
+	}
+	return ds, nil
+}

@@ -1,0 +1,266 @@
+// Package store owns cr's snapshot store: a directory that keeps many
+// checkpoints of long-running jobs content-addressed and deduplicated, and
+// applies a retention policy to them.
+//
+// Every file of a staging directory (the CRIU images of a subtree, as the
+// dump package leaves them) is cut into content-defined chunks; a chunk is
+// stored once, zstd-compressed, under the sha256 of its plaintext, so memory
+// that did not change between two snapshots, and identical pages of two
+// containers, take space once. A snapshot is a small JSON record that lists
+// each file's chunks. Records appear atomically after their chunks are on
+// disk, so a crash at any moment leaves only complete snapshots visible; a
+// lock file keeps two writers (two overlapping cron runs) apart.
+// docs/store-format.md specifies the layout byte by byte.
+package store
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// FormatName and FormatVersion identify the store layout in DIR/config. Open
+// refuses a store whose version it does not know.
+const (
+	FormatName    = "cr-store"
+	FormatVersion = 1
+)
+
+// Names inside the store directory.
+const (
+	configFile   = "config"
+	lockFile     = "lock"
+	chunksDir    = "chunks"
+	snapshotsDir = "snapshots"
+	tmpDir       = "tmp"
+)
+
+// Errors callers branch on; they are returned wrapped, with the detail.
+var (
+	// ErrLocked: another process (or another holder in this one) has the
+	// store's lock and did not release it within the wait.
+	ErrLocked = errors.New("store is locked")
+	// ErrNotFound: no snapshot has that id or id prefix.
+	ErrNotFound = errors.New("snapshot not found")
+	// ErrAmbiguous: an id prefix matches more than one snapshot.
+	ErrAmbiguous = errors.New("ambiguous snapshot id")
+	// ErrDamaged: a chunk or snapshot record does not match its hash, is
+	// missing or cannot be decoded. The error is a Damage naming it.
+	ErrDamaged = errors.New("store damaged")
+	// ErrNotStore: the directory exists but is not a cr store.
+	ErrNotStore = errors.New("not a cr store")
+	// ErrUnsupportedVersion: the store was written by a newer format.
+	ErrUnsupportedVersion = errors.New("unsupported store version")
+)
+
+// Damage names one damaged object: a chunk of a file of a snapshot, or a
+// snapshot's record itself (File and Chunk empty). As an error it wraps
+// ErrDamaged.
+type Damage struct {
+	SnapshotID string
+	File       string
+	Chunk      string
+	Reason     string
+}
+
+func (d Damage) Error() string {
+	var b bytes.Buffer
+	b.WriteString("snapshot " + d.SnapshotID)
+	if d.File != "" {
+		b.WriteString(": file " + d.File)
+	}
+	if d.Chunk != "" {
+		b.WriteString(": chunk " + d.Chunk)
+	}
+	b.WriteString(": " + d.Reason)
+	return b.String()
+}
+
+// Unwrap makes errors.Is(d, ErrDamaged) true.
+func (d Damage) Unwrap() error { return ErrDamaged }
+
+// config is the content of DIR/config.
+type config struct {
+	Format  string    `json:"format"`
+	Version int       `json:"version"`
+	Created time.Time `json:"created"`
+}
+
+// Store is an open snapshot store. Reading methods (List, Get, Latest,
+// Materialize, Export, Verify) need no lock. Methods that change the store
+// (Add, Remove, Forget, Prune) run under the store's lock: taken by the
+// caller with Lock, or, when this Store does not hold it, taken for the
+// call without waiting (ErrLocked if another holder has it).
+type Store struct {
+	dir string
+
+	mu    sync.Mutex
+	locks int // Lock calls of this Store not yet released
+}
+
+// Open opens the store at dir, creating it (mode 0700) when dir does not
+// exist or is empty. It fails with ErrNotStore for a directory that holds
+// something else, and with ErrUnsupportedVersion for a newer store.
+func Open(dir string) (*Store, error) {
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return nil, fmt.Errorf("open store %s: %w", dir, err)
+	}
+	s := &Store{dir: abs}
+	if err := s.open(); err != nil {
+		return nil, fmt.Errorf("open store %s: %w", dir, err)
+	}
+	return s, nil
+}
+
+func (s *Store) open() error {
+	b, err := os.ReadFile(s.path(configFile))
+	if errors.Is(err, fs.ErrNotExist) {
+		return s.create()
+	}
+	if err != nil {
+		return err
+	}
+	var c config
+	if err := json.Unmarshal(b, &c); err != nil || c.Format != FormatName {
+		return fmt.Errorf("%w: bad %s", ErrNotStore, configFile)
+	}
+	if c.Version != FormatVersion {
+		return fmt.Errorf("%w: version %d, this cr reads version %d", ErrUnsupportedVersion, c.Version, FormatVersion)
+	}
+	for _, d := range []string{chunksDir, snapshotsDir, tmpDir} {
+		if err := os.Mkdir(s.path(d), 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
+			return err
+		}
+	}
+	return nil
+}
+
+// create lays out a new store. Two processes creating the same store at
+// once both succeed: every step tolerates the other's.
+func (s *Store) create() error {
+	if err := os.MkdirAll(s.dir, 0o700); err != nil {
+		return err
+	}
+	ents, err := os.ReadDir(s.dir)
+	if err != nil {
+		return err
+	}
+	for _, e := range ents {
+		switch e.Name() {
+		case chunksDir, snapshotsDir, tmpDir, lockFile:
+		default:
+			if !isTemp(e.Name()) {
+				return fmt.Errorf("%w: directory is not empty", ErrNotStore)
+			}
+		}
+	}
+	for _, d := range []string{chunksDir, snapshotsDir, tmpDir} {
+		if err := os.Mkdir(s.path(d), 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
+			return err
+		}
+	}
+	b, err := json.Marshal(config{Format: FormatName, Version: FormatVersion, Created: time.Now().UTC().Truncate(time.Second)})
+	if err != nil {
+		return err
+	}
+	return writeAtomic(s.dir, s.path(configFile), append(b, '\n'), "config")
+}
+
+// Dir returns the store's absolute directory.
+func (s *Store) Dir() string { return s.dir }
+
+func (s *Store) path(elem ...string) string {
+	return filepath.Join(append([]string{s.dir}, elem...)...)
+}
+
+// chunkPath is chunks/<first two hex digits>/<64 hex digits>.
+func (s *Store) chunkPath(name string) string {
+	return filepath.Join(s.dir, chunksDir, name[:2], name)
+}
+
+func (s *Store) recordPath(id string) string {
+	return filepath.Join(s.dir, snapshotsDir, id+".json")
+}
+
+// tempPrefix starts the names of temporary files; a crash can leave them.
+const tempPrefix = ".tmp-"
+
+func isTemp(name string) bool {
+	return len(name) > len(tempPrefix) && name[:len(tempPrefix)] == tempPrefix
+}
+
+// writeAtomic writes b to path through a synced temporary file in tmpDir
+// (on the same file system), renames it into place and syncs path's
+// directory. step names the failpoints around the rename.
+func writeAtomic(tmpDir, path string, b []byte, step string) (err error) {
+	f, err := os.CreateTemp(tmpDir, tempPrefix+"*")
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if err != nil {
+			f.Close()
+			os.Remove(f.Name())
+		}
+	}()
+	if _, err := f.Write(b); err != nil {
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	failpoint(step + "-written")
+	if err := os.Rename(f.Name(), path); err != nil {
+		return err
+	}
+	failpoint(step + "-renamed")
+	return syncDir(filepath.Dir(path))
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("sync %s: %w", dir, err)
+	}
+	return nil
+}
+
+// syncFS flushes the whole file system that holds dir (syncfs(2)): one call
+// makes thousands of freshly written chunk files durable.
+func syncFS(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	if err := unix.Syncfs(int(d.Fd())); err != nil {
+		return fmt.Errorf("syncfs %s: %w", dir, err)
+	}
+	return nil
+}
+
+// failpointHook, when set (by tests only), is called at the named steps of
+// a write so that a test can stop the process exactly there.
+var failpointHook func(name string)
+
+func failpoint(name string) {
+	if failpointHook != nil {
+		failpointHook(name)
+	}
+}

@@ -1,0 +1,153 @@
+package migrate
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"path"
+	"strings"
+	"time"
+	"unicode"
+
+	"github.com/cr-dev/cr/images"
+)
+
+// Request is what the sender asks the receiver for, before it touches the
+// source: restore the subtree checkpointed at Root under the path As (Root
+// when empty).
+type Request struct {
+	Root      string `json:"root"`
+	As        string `json:"as,omitempty"`
+	Lazy      bool   `json:"lazy,omitempty"`
+	CRVersion string `json:"cr_version,omitempty"`
+}
+
+// Target is the path the tree is restored under: As, or Root.
+func (r Request) Target() string {
+	if r.As != "" {
+		return r.As
+	}
+	return r.Root
+}
+
+// validate checks the fields a hostile or broken sender controls.
+func (r Request) validate() error {
+	for _, p := range []struct{ name, val string }{{"root", r.Root}, {"as", r.As}} {
+		if p.val == "" && p.name == "as" {
+			continue
+		}
+		if err := checkTreePath(p.val); err != nil {
+			return fmt.Errorf("%s: %w", p.name, err)
+		}
+	}
+	if len(r.CRVersion) > maxVersionLen || !printable(r.CRVersion) {
+		return errors.New("cr_version: not a short printable string")
+	}
+	return nil
+}
+
+func checkTreePath(p string) error {
+	switch {
+	case len(p) > maxPathLen:
+		return fmt.Errorf("path longer than %d bytes", maxPathLen)
+	case !strings.HasPrefix(p, "/") || path.Clean(p) != p:
+		return fmt.Errorf("%q is not a clean absolute path", p)
+	case !printable(p):
+		return fmt.Errorf("%q holds unprintable characters", p)
+	}
+	return nil
+}
+
+func printable(s string) bool {
+	for _, r := range s {
+		if r == unicode.ReplacementChar || !unicode.IsPrint(r) {
+			return false
+		}
+	}
+	return true
+}
+
+// RestoreInfo describes a restored tree, as the receiver reports it in READY
+// and DONE.
+type RestoreInfo struct {
+	// Paths of the restored containers, in the receiver's tree.
+	Paths []string `json:"paths,omitempty"`
+	// Pids maps a container path to the host pid of its init.
+	Pids map[string]int `json:"pids,omitempty"`
+	// Elapsed is how long the restore took at the receiver.
+	Elapsed time.Duration `json:"elapsed_ns,omitempty"`
+}
+
+// Restorer restores a received image. The receiver calls Restore once per
+// migration, after the image was extracted into dir and verified, with the
+// image's manifest and the path to restore under.
+//
+// Restore must call ready exactly once, after the tree is restored and
+// before its tasks resume (CRIU's pre-resume notification). ready sends
+// READY to the sender and waits for its decision: it returns nil when the
+// sender committed, and then the tasks must resume; it returns an error when
+// the sender aborted, vanished or did not answer in time, and then Restore
+// must kill what it restored and return an error.
+//
+// Restore returns an error only when nothing it restored is left running:
+// the sender then resumes the source. dir is removed when Restore returns.
+// ctx is cancelled when the server shuts down or, before the commit, when
+// the sender's connection is lost.
+type Restorer interface {
+	Restore(ctx context.Context, dir string, m *images.Manifest, as string, ready func(RestoreInfo) error) (RestoreInfo, error)
+}
+
+// RestorerFunc adapts a function to the Restorer interface.
+type RestorerFunc func(ctx context.Context, dir string, m *images.Manifest, as string, ready func(RestoreInfo) error) (RestoreInfo, error)
+
+// Restore calls f.
+func (f RestorerFunc) Restore(ctx context.Context, dir string, m *images.Manifest, as string, ready func(RestoreInfo) error) (RestoreInfo, error) {
+	return f(ctx, dir, m, as, ready)
+}
+
+// Errors returned by Migrate. A *RemoteError carries the receiver's reason
+// and unwraps to ErrAuth, ErrRejected or ErrRemote.
+var (
+	// ErrAuth: the peer failed authentication, or refused ours. Nothing was
+	// sent beyond the handshake.
+	ErrAuth = errors.New("authentication failed")
+	// ErrRejected: the receiver refused the request (target exists, busy,
+	// too large, ...) before any image byte was accepted.
+	ErrRejected = errors.New("migration rejected")
+	// ErrRemote: the receiver failed to receive or restore the image, and
+	// nothing of it runs there.
+	ErrRemote = errors.New("migration failed at destination")
+	// ErrInDoubt: the connection failed after COMMIT was sent and before
+	// DONE arrived. The tree may or may not run at the destination: the
+	// source must stay frozen until someone checks.
+	ErrInDoubt = errors.New("migration outcome unknown: connection lost after commit")
+)
+
+// RemoteError is an error the receiver reported, with its reason.
+type RemoteError struct {
+	Kind   error // ErrAuth, ErrRejected, ErrRemote or ErrInDoubt
+	Reason string
+}
+
+func (e *RemoteError) Error() string { return e.Kind.Error() + ": " + e.Reason }
+func (e *RemoteError) Unwrap() error { return e.Kind }
+
+// ClientStats measure a migration from the sender's side.
+type ClientStats struct {
+	// BytesSent counts the bytes written to the TCP connection: TLS
+	// records, framing and the archive.
+	BytesSent int64
+	// ArchiveBytes counts the bytes of the archive stream (body's output).
+	ArchiveBytes int64
+	// Elapsed is the time from dialing to the end.
+	Elapsed time.Duration
+	// Prepare is the time spent in Migration.Prepare.
+	Prepare time.Duration
+	// Transfer is the time from BEGIN to END (body's streaming).
+	Transfer time.Duration
+	// Restore is the time from END to READY: the receiver's verification
+	// and restore up to the pre-resume point.
+	Restore time.Duration
+	// Commit is the time from COMMIT to DONE.
+	Commit time.Duration
+}
