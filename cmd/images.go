@@ -2,6 +2,7 @@ package cmd
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"text/tabwriter"
@@ -272,6 +273,9 @@ func materializeSnapshot(ctx context.Context, dir, staging, ref string) (string,
 	m, err := st.Materialize(ctx, s.ID, tmp)
 	if err != nil {
 		os.RemoveAll(tmp)
+		if errors.Is(err, store.ErrDamaged) {
+			return "", nil, fmt.Errorf("snapshot %s is damaged; nothing was restored (cr images verify lists what is): %w", s.ID, err)
+		}
 		return "", nil, err
 	}
 	return tmp, m, nil

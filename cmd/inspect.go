@@ -1,0 +1,345 @@
+package cmd
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/cr-dev/cr/images"
+	"github.com/cr-dev/cr/images/criuimg"
+)
+
+// InspectReport is what cr inspect reports (--json): the image as a whole
+// and every container in it.
+type InspectReport struct {
+	Image       string             `json:"image"`        // the file inspected
+	ImageBytes  int64              `json:"image_bytes"`  // its size
+	RawBytes    int64              `json:"raw_bytes"`    // its content, uncompressed
+	Entries     int                `json:"entries"`      // files and directories in it
+	Format      string             `json:"format"`       // "cr-image"
+	Version     int                `json:"version"`      // of the format
+	Created     time.Time          `json:"created"`      // when the checkpoint was taken
+	CRVersion   string             `json:"cr_version"`   // of the cr that wrote it
+	CRIUVersion string             `json:"criu_version"` // "4.1.1"
+	Kernel      string             `json:"kernel"`       // of the dumping host
+	Arch        string             `json:"arch"`         // of the dumping host (GOARCH)
+	Root        string             `json:"root"`         // the checkpointed path in the dumping host's tree
+	Stats       *images.Stats      `json:"stats,omitempty"`
+	Containers  []InspectContainer `json:"containers"` // in tree order, parents first
+}
+
+// InspectContainer is one container of an image.
+type InspectContainer struct {
+	Path       string            `json:"path"`          // relative to the image's root: "/", "/a"
+	Original   string            `json:"original_path"` // where it was in the dumping host's tree
+	Empty      bool              `json:"empty,omitempty"`
+	Command    []string          `json:"command,omitempty"`
+	Cwd        string            `json:"cwd,omitempty"`
+	Env        []string          `json:"env,omitempty"`
+	Namespaces []string          `json:"namespaces,omitempty"`
+	OnEmpty    string            `json:"on_empty,omitempty"`
+	Limits     map[string]string `json:"limits,omitempty"`
+	Created    time.Time         `json:"created"`
+	InitPid    int               `json:"init_pid,omitempty"` // host pid at dump time
+	Dump       *images.DumpStats `json:"dump,omitempty"`     // CRIU's statistics of its dump
+	ImageBytes int64             `json:"image_bytes"`        // its CRIU images, uncompressed
+	Memory     InspectMemory     `json:"memory"`             // summed over its processes
+	Processes  []InspectProcess  `json:"processes"`
+}
+
+// InspectMemory sums the memory of a container's processes.
+type InspectMemory struct {
+	MappedBytes int64 `json:"mapped_bytes"`
+	DumpedPages int64 `json:"dumped_pages"`
+	DumpedBytes int64 `json:"dumped_bytes"`
+}
+
+// InspectProcess is a process as its CRIU images describe it, with its
+// command line at dump time (its task name when the image does not record
+// one).
+type InspectProcess struct {
+	criuimg.Process
+	Command string `json:"command"`
+}
+
+func init() {
+	register(newInspectCommand)
+	mapError(criuimg.ErrBadImage, ExitImage)
+}
+
+func newInspectCommand(g *Global) *cobra.Command {
+	var asJSON bool
+	c := &cobra.Command{
+		Use:   "inspect IMAGE",
+		Short: "Show what an image holds, without restoring it",
+		Long: `Verify the image (every checksum, the manifest, the format version) and
+show what it holds: the subtree of containers, with paths relative to the
+checkpointed root, and for each container its processes (pid, parent,
+command), their memory (size of the mappings, pages in the image), their open
+files and sockets, and CRIU's statistics of the dump; for the image, the
+format version, when and by which cr and CRIU it was written, the dumping
+host's kernel and architecture, and its sizes.
+
+Nothing is restored and no container tree is needed. The image's metadata is
+unpacked into a temporary directory under $CR_STAGING (or the system's
+temporary directory) and removed afterwards; page contents are checked but
+not written.`,
+		Example: `  cr inspect lab.cr
+  cr inspect --json lab.cr | jq '.containers[].processes[].files'`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx, cancel := interruptible(cmd.Context())
+			defer cancel()
+			rep, err := inspectImage(ctx, args[0])
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				return writeJSON(cmd.OutOrStdout(), rep)
+			}
+			return printInspect(cmd.OutOrStdout(), rep)
+		},
+	}
+	c.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	return c
+}
+
+// inspectImage verifies the image file at image, unpacks its metadata into a
+// temporary directory, reads every container's CRIU images, and removes the
+// directory.
+func inspectImage(ctx context.Context, image string) (*InspectReport, error) {
+	fi, err := os.Stat(image)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("%w: %s", errNoImage, image)
+	}
+	if err != nil {
+		return nil, err
+	}
+	if fi.IsDir() {
+		return nil, fmt.Errorf("%w: %s is a directory", images.ErrNotImage, image)
+	}
+	base := os.TempDir()
+	if d := os.Getenv("CR_STAGING"); d != "" {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			return nil, fmt.Errorf("create staging dir: %w", err)
+		}
+		base = d
+	}
+	dir, err := os.MkdirTemp(base, "inspect-")
+	if err != nil {
+		return nil, fmt.Errorf("create temporary dir: %w", err)
+	}
+	defer os.RemoveAll(dir)
+	keep := func(name string) bool { return criuimg.Needs(path.Base(name)) }
+	m, err := images.ExtractSelectedFile(ctx, image, dir, images.Limits{}, keep)
+	if err != nil {
+		return nil, err
+	}
+	rep := &InspectReport{
+		Image:       image,
+		ImageBytes:  fi.Size(),
+		Entries:     len(m.Files),
+		Format:      m.Format,
+		Version:     m.Version,
+		Created:     m.Created,
+		CRVersion:   m.CRVersion,
+		CRIUVersion: fmt.Sprintf("%d.%d.%d", m.CRIUVersion/10000, m.CRIUVersion/100%100, m.CRIUVersion%100),
+		Kernel:      m.Kernel,
+		Arch:        m.Arch,
+		Root:        m.Root,
+		Stats:       m.Stats,
+		Containers:  []InspectContainer{},
+	}
+	sizes := make(map[string]int64, len(m.Files))
+	for _, f := range m.Files {
+		sizes[f.Name] = f.Size
+		rep.RawBytes += f.Size
+	}
+	for _, c := range m.Containers {
+		ic, err := inspectContainer(dir, m, c, sizes)
+		if err != nil {
+			return nil, fmt.Errorf("inspect %s: %w", c.Path, err)
+		}
+		rep.Containers = append(rep.Containers, ic)
+	}
+	return rep, nil
+}
+
+func inspectContainer(dir string, m *images.Manifest, c images.Container, sizes map[string]int64) (InspectContainer, error) {
+	ic := InspectContainer{
+		Path: c.Path, Original: path.Join(m.Root, c.Path), Empty: c.Empty,
+		Command: c.Command, Cwd: c.Cwd, Env: c.Env, Namespaces: c.Namespaces,
+		OnEmpty: c.OnEmpty, Limits: c.Limits, Created: c.Created, InitPid: c.InitPid,
+		Dump: c.Dump, Processes: []InspectProcess{},
+	}
+	if c.Dir == "" {
+		return ic, nil
+	}
+	for name, size := range sizes {
+		if strings.HasPrefix(name, c.Dir+"/") {
+			ic.ImageBytes += size
+		}
+	}
+	t, err := criuimg.Read(dir+"/"+c.Dir, criuimg.Options{FileSize: func(name string) (int64, bool) {
+		s, ok := sizes[c.Dir+"/"+name]
+		return s, ok
+	}})
+	if err != nil {
+		return ic, err
+	}
+	commands := make(map[int]string, len(c.Processes))
+	for _, p := range c.Processes {
+		commands[p.Pid] = p.Command
+	}
+	for _, p := range t.Processes {
+		cmd := commands[p.Pid]
+		if cmd == "" {
+			cmd = p.Comm
+		}
+		ic.Processes = append(ic.Processes, InspectProcess{Process: p, Command: cmd})
+		ic.Memory.MappedBytes += p.Memory.MappedBytes
+		ic.Memory.DumpedPages += p.Memory.DumpedPages
+		ic.Memory.DumpedBytes += p.Memory.DumpedBytes
+	}
+	return ic, nil
+}
+
+const timeLayout = "2006-01-02 15:04:05 MST"
+
+func printInspect(out io.Writer, r *InspectReport) error {
+	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	fmt.Fprintf(tw, "Image:\t%s, %s (%s unpacked, %d entries)\n", r.Image, humanBytes(r.ImageBytes), humanBytes(r.RawBytes), r.Entries)
+	fmt.Fprintf(tw, "Format:\t%s version %d\n", r.Format, r.Version)
+	fmt.Fprintf(tw, "Created:\t%s by cr %s with CRIU %s\n", r.Created.Local().Format(timeLayout), r.CRVersion, r.CRIUVersion)
+	fmt.Fprintf(tw, "Host:\tkernel %s, %s\n", r.Kernel, r.Arch)
+	fmt.Fprintf(tw, "Root:\t%s (%d containers)\n", r.Root, len(r.Containers))
+	if s := r.Stats; s != nil {
+		var parts []string
+		if s.FrozenMicros > 0 {
+			parts = append(parts, "frozen "+micros(s.FrozenMicros))
+		}
+		if s.DumpMicros > 0 {
+			parts = append(parts, "dump "+micros(s.DumpMicros))
+		}
+		if s.WriteMicros > 0 {
+			parts = append(parts, "write "+micros(s.WriteMicros))
+		}
+		parts = append(parts, fmt.Sprintf("pages scanned %d, written %d", s.PagesScanned, s.PagesWritten))
+		fmt.Fprintf(tw, "Dump:\t%s\n", strings.Join(parts, ", "))
+	}
+	fmt.Fprintln(tw)
+	fmt.Fprintln(tw, "CONTAINER\tPROCESSES\tMAPPED\tDUMPED\tCOMMAND")
+	for _, c := range r.Containers {
+		if c.Empty {
+			fmt.Fprintf(tw, "%s\t-\t-\t-\t(empty)\n", c.Path)
+			continue
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\n", c.Path, len(c.Processes),
+			humanBytes(c.Memory.MappedBytes), humanBytes(c.Memory.DumpedBytes), strings.Join(c.Command, " "))
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	for _, c := range r.Containers {
+		if c.Empty {
+			continue
+		}
+		if err := printContainer(out, c); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func printContainer(out io.Writer, c InspectContainer) error {
+	fmt.Fprintf(out, "\n%s (was %s)\n", c.Path, c.Original)
+	fmt.Fprintf(out, "  created %s", c.Created.Local().Format(timeLayout))
+	if len(c.Namespaces) > 0 {
+		fmt.Fprintf(out, ", namespaces %s", strings.Join(c.Namespaces, " "))
+	}
+	fmt.Fprintf(out, ", CRIU images %s\n", humanBytes(c.ImageBytes))
+	if d := c.Dump; d != nil {
+		fmt.Fprintf(out, "  dump: frozen %s (freezing %s, memdump %s, memwrite %s), pages scanned %d, written %d",
+			micros(int64(d.FrozenTime)), micros(int64(d.FreezingTime)), micros(int64(d.MemdumpTime)), micros(int64(d.MemwriteTime)),
+			d.PagesScanned, d.PagesWritten)
+		if d.PagesLazy > 0 {
+			fmt.Fprintf(out, ", lazy %d", d.PagesLazy)
+		}
+		if d.PagesSkippedParent > 0 {
+			fmt.Fprintf(out, ", in parent %d", d.PagesSkippedParent)
+		}
+		fmt.Fprintln(out)
+	}
+	fmt.Fprintln(out)
+	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "  PID\tPPID\tTHREADS\tSTATE\tMAPPED\tDUMPED\tCOMMAND")
+	for _, p := range c.Processes {
+		fmt.Fprintf(tw, "  %d\t%d\t%d\t%s\t%s\t%s\t%s\n", p.Pid, p.PPid, p.Threads, p.State,
+			humanBytes(p.Memory.MappedBytes), humanBytes(p.Memory.DumpedBytes), p.Command)
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	fmt.Fprintln(out)
+	tw = tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "  PID\tFD\tKIND\tMODE\tPATH / PEER")
+	for _, p := range c.Processes {
+		if p.Cwd != "" {
+			fmt.Fprintf(tw, "  %d\tcwd\tdir\t\t%s\n", p.Pid, p.Cwd)
+		}
+		for _, f := range p.Files {
+			fmt.Fprintf(tw, "  %d\t%d\t%s\t%s\t%s\n", p.Pid, f.Fd, f.Kind, f.Access, fileTarget(f))
+		}
+	}
+	return tw.Flush()
+}
+
+// fileTarget is what a descriptor refers to, in one column: a path, or a
+// socket's addresses.
+func fileTarget(f criuimg.File) string {
+	s := f.Socket
+	if s == nil {
+		return f.Path
+	}
+	var b strings.Builder
+	switch s.Family {
+	case "unix":
+		fmt.Fprintf(&b, "unix %s", s.Type)
+		local := s.Local
+		if local == "" {
+			local = fmt.Sprintf("socket:[%d]", s.Inode)
+		}
+		fmt.Fprintf(&b, " %s", local)
+	case "inet", "inet6":
+		proto := s.Protocol
+		if s.Family == "inet6" {
+			proto += "6"
+		}
+		fmt.Fprintf(&b, "%s %s", proto, s.Local)
+	default:
+		fmt.Fprintf(&b, "%s %s", s.Family, s.Type)
+		if s.Protocol != "" {
+			fmt.Fprintf(&b, " protocol %s", s.Protocol)
+		}
+	}
+	if s.Peer != "" {
+		fmt.Fprintf(&b, " -> %s", s.Peer)
+	}
+	if s.State != "" {
+		fmt.Fprintf(&b, " (%s)", s.State)
+	}
+	return b.String()
+}
+
+func micros(us int64) string {
+	return dur(float64(us) / 1e6)
+}

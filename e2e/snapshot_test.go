@@ -1,0 +1,236 @@
+package e2e
+
+import (
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+type snapEntry struct {
+	ID         string    `json:"id"`
+	Path       string    `json:"path"`
+	Time       time.Time `json:"time"`
+	AddedBytes int64     `json:"added_bytes"`
+	TotalBytes int64     `json:"total_bytes"`
+}
+
+func snapshots(t *testing.T, store string) []snapEntry {
+	t.Helper()
+	var es []snapEntry
+	out := mustCr(t, "images", "ls", "--store", store, "--json")
+	if err := json.Unmarshal([]byte(out), &es); err != nil {
+		t.Fatalf("cr images ls --json: %v\n%s", err, out)
+	}
+	return es
+}
+
+type snapReport struct {
+	ID         string `json:"id"`
+	AddedBytes int64  `json:"added_bytes"`
+	TotalBytes int64  `json:"total_bytes"`
+	Retention  []struct {
+		ID      string   `json:"id"`
+		Keep    bool     `json:"keep"`
+		Reasons []string `json:"reasons"`
+	} `json:"retention"`
+}
+
+func snapshot(t *testing.T, args ...string) snapReport {
+	t.Helper()
+	var r snapReport
+	out := mustCr(t, append([]string{"snapshot", "--json"}, args...)...)
+	if err := json.Unmarshal([]byte(out), &r); err != nil {
+		t.Fatalf("cr snapshot --json: %v\n%s", err, out)
+	}
+	return r
+}
+
+func TestSnapshots(t *testing.T) {
+	store := filepath.Join(t.TempDir(), "store")
+	j := startJob(t, "/snap", "--mem", "64")
+	j.ask(t) // its memory is filled once it answers
+	// Quiet on success, for cron.
+	if out := mustCr(t, "snapshot", "/snap", "--store", store); out != "" {
+		t.Errorf("cr snapshot printed %q on success", out)
+	}
+	var reps []snapReport
+	var counters [][2]int64 // the job's counter just before and after each snapshot
+	for i := 0; i < 3; i++ {
+		before := j.ask(t).Counter
+		reps = append(reps, snapshot(t, "/snap", "--store", store))
+		counters = append(counters, [2]int64{before, j.ask(t).Counter})
+	}
+	if ls(t)["/snap"].State != "running" {
+		t.Fatalf("the job does not run on after snapshots")
+	}
+	first := snapshots(t, store)[0]
+	for i, r := range reps {
+		if r.AddedBytes*5 > first.AddedBytes {
+			t.Errorf("snapshot %d added %d bytes, the first %d: no deduplication", i+2, r.AddedBytes, first.AddedBytes)
+		}
+	}
+	if n := len(snapshots(t, store)); n != 4 {
+		t.Fatalf("%d snapshots listed, want 4", n)
+	}
+	// Restore the second of the three: its counter is the one of that time.
+	mustCr(t, "restore", "--store", store, "--as", "/snap-then", reps[1].ID)
+	killAtCleanup(t, "/snap-then")
+	then := (&job{path: "/snap-then", report: j.report}).ask(t)
+	if then.Counter < counters[1][0] || then.Counter > counters[1][1]+100 {
+		t.Errorf("restored snapshot's counter %d, want about %v", then.Counter, counters[1])
+	}
+	if then.MemSHA != then.MemSHAAtInit {
+		t.Errorf("restored snapshot's memory differs")
+	}
+	// The latest of a path.
+	mustCr(t, "restore", "--store", store, "--as", "/snap-latest", "/snap")
+	killAtCleanup(t, "/snap-latest")
+	// Retention: keep the last two; the others go, with reasons printed.
+	r := snapshot(t, "/snap", "--store", store, "--keep-last", "2")
+	kept := 0
+	for _, d := range r.Retention {
+		if d.Keep {
+			kept++
+			if len(d.Reasons) == 0 || !strings.Contains(d.Reasons[0], "last") {
+				t.Errorf("kept %s for %v, want 'last snapshot'", d.ID, d.Reasons)
+			}
+		}
+	}
+	if es := snapshots(t, store); kept != 2 || len(es) != 2 || es[1].ID != r.ID {
+		t.Errorf("after --keep-last 2: kept %d, listed %v", kept, es)
+	}
+	out := mustCr(t, "images", "prune", "--store", store, "--keep-last", "1", "--dry-run")
+	if !strings.Contains(out, "keep") || len(snapshots(t, store)) != 2 {
+		t.Errorf("prune --dry-run removed something or said nothing:\n%s", out)
+	}
+	mustCr(t, "images", "verify", "--store", store)
+	// Export is an ordinary image.
+	img := filepath.Join(t.TempDir(), "exported.cr")
+	mustCr(t, "images", "export", "--store", store, r.ID, "-o", img)
+	mustCr(t, "restore", "--as", "/snap-exported", img)
+	killAtCleanup(t, "/snap-exported")
+	if got := (&job{path: "/snap-exported", report: j.report}).ask(t); got.Pid != then.Pid {
+		t.Errorf("exported snapshot restored with job pid %d, want %d", got.Pid, then.Pid)
+	}
+}
+
+// A snapshot killed at any point leaves the store consistent: every listed
+// snapshot verifies and restores.
+func TestSnapshotCrashSafety(t *testing.T) {
+	store := filepath.Join(t.TempDir(), "store")
+	startJob(t, "/crash", "--mem", "128")
+	snapshot(t, "/crash", "--store", store)
+	for _, delay := range []time.Duration{30 * time.Millisecond, 120 * time.Millisecond, 300 * time.Millisecond, 600 * time.Millisecond, 1200 * time.Millisecond} {
+		c := exec.Command(crBin, "snapshot", "/crash", "--store", store)
+		c.Env = append(os.Environ(), env...)
+		if err := c.Start(); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(delay)
+		_ = c.Process.Kill()
+		_ = c.Wait()
+		// A kill during the dump can leave the job frozen by cr: the user
+		// thaws it; nothing else is lost.
+		if ls(t)["/crash"].State != "running" {
+			mustCr(t, "thaw", "/crash")
+		}
+	}
+	mustCr(t, "images", "verify", "--store", store)
+	es := snapshots(t, store)
+	if len(es) == 0 {
+		t.Fatalf("no snapshot survived")
+	}
+	for i, e := range es {
+		as := "/crash-" + string(rune('a'+i))
+		mustCr(t, "restore", "--store", store, "--as", as, e.ID)
+		killAtCleanup(t, as)
+		mustCr(t, "kill", as)
+	}
+	// The store stays usable.
+	snapshot(t, "/crash", "--store", store)
+	mustCr(t, "images", "prune", "--store", store)
+	mustCr(t, "images", "verify", "--store", store)
+}
+
+// Two snapshots at once on one store: both end well or one is refused
+// with the documented status (9); nothing is corrupted.
+func TestSnapshotConcurrent(t *testing.T) {
+	store := filepath.Join(t.TempDir(), "store")
+	startJob(t, "/conc", "--mem", "64")
+	var wg sync.WaitGroup
+	codes := make([]int, 2)
+	for i := range codes {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			codes[i] = cr(t, "snapshot", "/conc", "--store", store, "--lock-wait", "20s").code
+		}()
+	}
+	wg.Wait()
+	sort.Ints(codes)
+	if !(codes[0] == 0 && (codes[1] == 0 || codes[1] == 9)) {
+		t.Errorf("exit statuses of two concurrent snapshots: %v, want 0 and 0 (or 9)", codes)
+	}
+	if n := len(snapshots(t, store)); n != 1+min(1, codes[1]^9&1) && n < 1 {
+		t.Errorf("%d snapshots", n)
+	}
+	mustCr(t, "images", "verify", "--store", store)
+	// A run that cannot get the lock in time exits 9.
+	lock := exec.Command("flock", filepath.Join(store, "lock"), "sleep", "3")
+	if err := lock.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer lock.Wait()
+	time.Sleep(200 * time.Millisecond)
+	wantFail(t, 9, "lock", "snapshot", "/conc", "--store", store, "--lock-wait", "300ms")
+	if ls(t)["/conc"].State != "running" {
+		t.Errorf("a refused snapshot disturbed the job")
+	}
+}
+
+// A damaged chunk is found by verify, named, and the affected snapshot is
+// refused at restore.
+func TestSnapshotDamage(t *testing.T) {
+	store := filepath.Join(t.TempDir(), "store")
+	startJob(t, "/dmg")
+	r := snapshot(t, "/dmg", "--store", store)
+	var chunks []string
+	_ = filepath.Walk(filepath.Join(store, "chunks"), func(p string, fi os.FileInfo, err error) error {
+		if err == nil && fi.Mode().IsRegular() {
+			chunks = append(chunks, p)
+		}
+		return nil
+	})
+	if len(chunks) == 0 {
+		t.Fatal("no chunks in the store")
+	}
+	// Damage the largest chunk (page data).
+	sort.Slice(chunks, func(i, j int) bool { return size(chunks[i]) > size(chunks[j]) })
+	b, _ := os.ReadFile(chunks[0])
+	b[len(b)/2] ^= 0xff
+	if err := os.WriteFile(chunks[0], b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	res := cr(t, "images", "verify", "--store", store)
+	if res.code != 8 || !strings.Contains(res.out+res.err, r.ID) || !strings.Contains(res.out, filepath.Base(chunks[0])[:12]) {
+		t.Errorf("verify of a damaged store: want exit 8 naming snapshot %s and the chunk, got %s", r.ID, res)
+	}
+	wantFail(t, 8, "damage", "restore", "--store", store, "--as", "/dmg-x", r.ID)
+	if _, ok := ls(t)["/dmg-x"]; ok {
+		t.Errorf("a refused restore created /dmg-x")
+	}
+}
+
+func size(p string) int64 {
+	st, err := os.Stat(p)
+	if err != nil {
+		return 0
+	}
+	return st.Size()
+}
