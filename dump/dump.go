@@ -145,12 +145,23 @@ func (c *Checkpoint) run(ctx context.Context, o Options) (*images.Manifest, erro
 		m.ic = ic
 		members = append(members, m)
 	})
-	// The consistent cut.
+	// The consistent cut. One container left running needs no cut of ours:
+	// CRIU freezes its cgroup, dumps and thaws it by itself, so the job is
+	// frozen exactly as long as CRIU needs, and thawed even if cr dies.
 	start := time.Now()
-	if err := c.freeze(ctx, members); err != nil {
-		return nil, err
+	jobs := 0
+	for _, m := range members {
+		if !m.ic.Empty {
+			jobs++
+		}
 	}
-	c.frozenAt = time.Now()
+	selfFreeze := !(o.LeaveRunning && jobs == 1 && !anyFrozen(c.root))
+	if selfFreeze {
+		if err := c.freeze(ctx, members); err != nil {
+			return nil, err
+		}
+		c.frozenAt = time.Now()
+	}
 	stopProgress := c.progress(o.Progress)
 	defer stopProgress()
 	for _, m := range members {
@@ -168,6 +179,13 @@ func (c *Checkpoint) run(ctx context.Context, o Options) (*images.Manifest, erro
 		}
 	}
 	c.Dump = time.Since(start)
+	if !selfFreeze {
+		for _, m := range members {
+			if m.ic.Dump != nil {
+				c.Frozen = time.Duration(m.ic.Dump.FrozenTime) * time.Microsecond
+			}
+		}
+	}
 	kernel, arch, cpu := images.HostInfo()
 	man := &images.Manifest{
 		Format: images.FormatName, Version: images.FormatVersion, Created: time.Now().UTC(),
@@ -442,4 +460,19 @@ func lockDump(t *nstree.Tree, n *nstree.Node) (func(), error) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// anyFrozen reports whether some cgroup of the subtree is frozen.
+func anyFrozen(root *nstree.Node) bool {
+	frozen := false
+	root.Walk(func(n *nstree.Node) {
+		for _, dir := range []string{n.Cgroup, n.Leaf()} {
+			if f, err := freeze.New(dir); err == nil {
+				if s, _ := f.State(); s != freeze.Thawed {
+					frozen = true
+				}
+			}
+		}
+	})
+	return frozen
 }
