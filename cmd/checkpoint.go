@@ -114,11 +114,7 @@ func runCheckpoint(ctx context.Context, out, errOut io.Writer, g *Global, o Chec
 	if o.Compress != "zstd" && o.Compress != "none" {
 		return usageError{fmt.Errorf("invalid --compress %q: want zstd or none", o.Compress)}
 	}
-	e, err := openEnv()
-	if err != nil {
-		return err
-	}
-	n, err := e.node(path)
+	e, n, err := openNode(path)
 	if err != nil {
 		return err
 	}

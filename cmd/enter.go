@@ -18,11 +18,7 @@ descendant of the container's init, so checkpoint the container after it ends.`,
   cr enter /lab/pi -- ps ax`,
 		Args: cobra.MinimumNArgs(1),
 		RunE: func(_ *cobra.Command, args []string) error {
-			e, err := openEnv()
-			if err != nil {
-				return err
-			}
-			n, err := e.node(args[0])
+			e, n, err := openNode(args[0])
 			if err != nil {
 				return err
 			}

@@ -22,11 +22,7 @@ freeze is undone and cr fails.`,
   cr freeze --timeout 30s /big`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			e, err := openEnv()
-			if err != nil {
-				return err
-			}
-			n, err := e.node(args[0])
+			e, n, err := openNode(args[0])
 			if err != nil {
 				return err
 			}
@@ -47,11 +43,7 @@ func newThawCommand(g *Global) *cobra.Command {
 		Example: `  cr thaw /vserver1`,
 		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			e, err := openEnv()
-			if err != nil {
-				return err
-			}
-			n, err := e.node(args[0])
+			e, n, err := openNode(args[0])
 			if err != nil {
 				return err
 			}

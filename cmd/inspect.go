@@ -1,6 +1,7 @@
 package cmd
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -8,9 +9,12 @@ import (
 	"io/fs"
 	"os"
 	"path"
+	"path/filepath"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
+	"unicode"
 
 	"github.com/spf13/cobra"
 
@@ -67,8 +71,8 @@ type InspectMemory struct {
 // command line at dump time (its task name when the image does not record
 // one).
 type InspectProcess struct {
-	criuimg.Process
 	Command string `json:"command"`
+	criuimg.Process
 }
 
 func init() {
@@ -106,7 +110,9 @@ not written.`,
 			if asJSON {
 				return writeJSON(cmd.OutOrStdout(), rep)
 			}
-			return printInspect(cmd.OutOrStdout(), rep)
+			var b bytes.Buffer
+			printInspect(&b, rep)
+			return writeTrimmed(cmd.OutOrStdout(), b.Bytes())
 		},
 	}
 	c.Flags().BoolVar(&asJSON, "json", false, "print JSON")
@@ -189,7 +195,7 @@ func inspectContainer(dir string, m *images.Manifest, c images.Container, sizes 
 			ic.ImageBytes += size
 		}
 	}
-	t, err := criuimg.Read(dir+"/"+c.Dir, criuimg.Options{FileSize: func(name string) (int64, bool) {
+	t, err := criuimg.Read(filepath.Join(dir, filepath.FromSlash(c.Dir)), criuimg.Options{FileSize: func(name string) (int64, bool) {
 		s, ok := sizes[c.Dir+"/"+name]
 		return s, ok
 	}})
@@ -215,7 +221,25 @@ func inspectContainer(dir string, m *images.Manifest, c images.Container, sizes 
 
 const timeLayout = "2006-01-02 15:04:05 MST"
 
-func printInspect(out io.Writer, r *InspectReport) error {
+// writeTrimmed writes text without the spaces tabwriter leaves at the ends
+// of lines whose last cells are empty.
+func writeTrimmed(out io.Writer, text []byte) error {
+	lines := bytes.SplitAfter(text, []byte("\n"))
+	for _, l := range lines {
+		nl := bytes.HasSuffix(l, []byte("\n"))
+		l = bytes.TrimRight(l, " \n")
+		if nl {
+			l = append(l, '\n')
+		}
+		if _, err := out.Write(l); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// printInspect writes the human form of r to a buffer.
+func printInspect(out *bytes.Buffer, r *InspectReport) {
 	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
 	fmt.Fprintf(tw, "Image:\t%s, %s (%s unpacked, %d entries)\n", r.Image, humanBytes(r.ImageBytes), humanBytes(r.RawBytes), r.Entries)
 	fmt.Fprintf(tw, "Format:\t%s version %d\n", r.Format, r.Version)
@@ -244,23 +268,17 @@ func printInspect(out io.Writer, r *InspectReport) error {
 			continue
 		}
 		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\n", c.Path, len(c.Processes),
-			humanBytes(c.Memory.MappedBytes), humanBytes(c.Memory.DumpedBytes), strings.Join(c.Command, " "))
+			humanBytes(c.Memory.MappedBytes), humanBytes(c.Memory.DumpedBytes), oneLine(strings.Join(c.Command, " ")))
 	}
-	if err := tw.Flush(); err != nil {
-		return err
-	}
+	tw.Flush() // a bytes.Buffer does not fail
 	for _, c := range r.Containers {
-		if c.Empty {
-			continue
-		}
-		if err := printContainer(out, c); err != nil {
-			return err
+		if !c.Empty {
+			printContainer(out, c)
 		}
 	}
-	return nil
 }
 
-func printContainer(out io.Writer, c InspectContainer) error {
+func printContainer(out *bytes.Buffer, c InspectContainer) {
 	fmt.Fprintf(out, "\n%s (was %s)\n", c.Path, c.Original)
 	fmt.Fprintf(out, "  created %s", c.Created.Local().Format(timeLayout))
 	if len(c.Namespaces) > 0 {
@@ -284,23 +302,21 @@ func printContainer(out io.Writer, c InspectContainer) error {
 	fmt.Fprintln(tw, "  PID\tPPID\tTHREADS\tSTATE\tMAPPED\tDUMPED\tCOMMAND")
 	for _, p := range c.Processes {
 		fmt.Fprintf(tw, "  %d\t%d\t%d\t%s\t%s\t%s\t%s\n", p.Pid, p.PPid, p.Threads, p.State,
-			humanBytes(p.Memory.MappedBytes), humanBytes(p.Memory.DumpedBytes), p.Command)
+			humanBytes(p.Memory.MappedBytes), humanBytes(p.Memory.DumpedBytes), oneLine(p.Command))
 	}
-	if err := tw.Flush(); err != nil {
-		return err
-	}
+	tw.Flush()
 	fmt.Fprintln(out)
 	tw = tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "  PID\tFD\tKIND\tMODE\tPATH / PEER")
 	for _, p := range c.Processes {
 		if p.Cwd != "" {
-			fmt.Fprintf(tw, "  %d\tcwd\tdir\t\t%s\n", p.Pid, p.Cwd)
+			fmt.Fprintf(tw, "  %d\tcwd\tdir\t\t%s\n", p.Pid, oneLine(p.Cwd))
 		}
 		for _, f := range p.Files {
-			fmt.Fprintf(tw, "  %d\t%d\t%s\t%s\t%s\n", p.Pid, f.Fd, f.Kind, f.Access, fileTarget(f))
+			fmt.Fprintf(tw, "  %d\t%d\t%s\t%s\t%s\n", p.Pid, f.Fd, f.Kind, f.Access, oneLine(fileTarget(f)))
 		}
 	}
-	return tw.Flush()
+	tw.Flush()
 }
 
 // fileTarget is what a descriptor refers to, in one column: a path, or a
@@ -326,7 +342,10 @@ func fileTarget(f criuimg.File) string {
 		}
 		fmt.Fprintf(&b, "%s %s", proto, s.Local)
 	default:
-		fmt.Fprintf(&b, "%s %s", s.Family, s.Type)
+		b.WriteString(s.Family)
+		if s.Type != "" {
+			fmt.Fprintf(&b, " %s", s.Type)
+		}
 		if s.Protocol != "" {
 			fmt.Fprintf(&b, " protocol %s", s.Protocol)
 		}
@@ -336,6 +355,24 @@ func fileTarget(f criuimg.File) string {
 	}
 	if s.State != "" {
 		fmt.Fprintf(&b, " (%s)", s.State)
+	}
+	return b.String()
+}
+
+// oneLine escapes the control characters of s (a command line or a path
+// may hold newlines and tabs) so that it stays in its table cell.
+func oneLine(s string) string {
+	if !strings.ContainsFunc(s, unicode.IsControl) {
+		return s
+	}
+	var b strings.Builder
+	for _, r := range s {
+		if unicode.IsControl(r) {
+			q := strconv.QuoteRune(r)
+			b.WriteString(q[1 : len(q)-1])
+			continue
+		}
+		b.WriteRune(r)
 	}
 	return b.String()
 }

@@ -40,11 +40,7 @@ the nodes.`,
 				}
 				o.Signal = s
 			}
-			e, err := openEnv()
-			if err != nil {
-				return err
-			}
-			n, err := e.node(args[0])
+			e, n, err := openNode(args[0])
 			if err != nil {
 				return err
 			}

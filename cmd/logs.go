@@ -26,11 +26,7 @@ interrupted.`,
   cr logs -f /lab/pi`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			e, err := openEnv()
-			if err != nil {
-				return err
-			}
-			n, err := e.node(args[0])
+			e, n, err := openNode(args[0])
 			if err != nil {
 				return err
 			}

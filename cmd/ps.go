@@ -29,11 +29,7 @@ host pid, the pid inside the container's pid namespace, and the command.`,
 }
 
 func runPs(out io.Writer, path string, asJSON bool) error {
-	e, err := openEnv()
-	if err != nil {
-		return err
-	}
-	n, err := e.node(path)
+	_, n, err := openNode(path)
 	if err != nil {
 		return err
 	}

@@ -16,11 +16,7 @@ name can change (cr rename /a/b /a/c); a name already taken is refused.`,
 		Example: `  cr rename /unnamed1 /calculate_pi`,
 		Args:    cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			e, err := openEnv()
-			if err != nil {
-				return err
-			}
-			n, err := e.node(args[0])
+			e, n, err := openNode(args[0])
 			if err != nil {
 				return err
 			}

@@ -143,6 +143,19 @@ func (e *env) node(arg string) (*nstree.Node, error) {
 	return n, nil
 }
 
+// openNode opens the tree and resolves the node the user named.
+func openNode(arg string) (*env, *nstree.Node, error) {
+	e, err := openEnv()
+	if err != nil {
+		return nil, nil, err
+	}
+	n, err := e.node(arg)
+	if err != nil {
+		return nil, nil, err
+	}
+	return e, n, nil
+}
+
 // show is how the viewer names abs.
 func (e *env) show(abs string) string {
 	s, _ := e.viewer.Show(abs)

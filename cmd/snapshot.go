@@ -114,11 +114,7 @@ func runSnapshot(ctx context.Context, out io.Writer, g *Global, o SnapshotOption
 	if err != nil {
 		return err
 	}
-	e, err := openEnv()
-	if err != nil {
-		return err
-	}
-	n, err := e.node(path)
+	e, n, err := openNode(path)
 	if err != nil {
 		return err
 	}
