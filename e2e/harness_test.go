@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/cr-dev/cr/criubin"
+	"github.com/cr-dev/cr/e2e/jobreport"
 )
 
 var (
@@ -227,25 +228,8 @@ func ps(t testing.TB, path string) []Proc {
 	return p
 }
 
-// Report is what the test job says of itself (see testjob).
-type Report struct {
-	Pid          int      `json:"pid"`
-	PPid         int      `json:"ppid"`
-	Children     []int    `json:"children"`
-	Counter      int64    `json:"counter"`
-	CounterFile  int64    `json:"counter_file"`
-	MemBytes     int      `json:"mem_bytes"`
-	MemSHA       string   `json:"mem_sha"`
-	MemSHAAtInit string   `json:"mem_sha_at_init"`
-	ShmID        int      `json:"shm_id"`
-	ShmData      string   `json:"shm_data"`
-	SemID        int      `json:"sem_id"`
-	SemValues    []int    `json:"sem_values"`
-	MsgID        int      `json:"msg_id"`
-	Msgs         []string `json:"msgs"`
-	Hostname     string   `json:"hostname"`
-	Reports      int      `json:"reports"`
-}
+// Report is what the test job says of itself.
+type Report = jobreport.Report
 
 // job starts the test workload at path; its reports go to a file.
 type job struct {

@@ -24,28 +24,9 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
-)
 
-// Report is what the job says of itself.
-type Report struct {
-	Pid          int      `json:"pid"`
-	PPid         int      `json:"ppid"`
-	Children     []int    `json:"children"`
-	Counter      int64    `json:"counter"`
-	CounterFile  int64    `json:"counter_file"`
-	MemBytes     int      `json:"mem_bytes"`
-	MemSHA       string   `json:"mem_sha"`
-	MemSHAAtInit string   `json:"mem_sha_at_init"`
-	ShmID        int      `json:"shm_id"`
-	ShmData      string   `json:"shm_data"`
-	SemID        int      `json:"sem_id"`
-	SemValues    []int    `json:"sem_values"`
-	MsgID        int      `json:"msg_id"`
-	Msgs         []string `json:"msgs"`
-	Hostname     string   `json:"hostname"`
-	Reports      int      `json:"reports"`
-	Time         string   `json:"time"`
-}
+	"github.com/cr-dev/cr/e2e/jobreport"
+)
 
 func main() {
 	if len(os.Args) > 1 && os.Args[1] == "child" {
@@ -63,7 +44,7 @@ func main() {
 	tick := flag.Duration("tick", 10*time.Millisecond, "counter period")
 	flag.Parse()
 
-	r := &Report{}
+	r := &jobreport.Report{}
 	var counter atomic.Int64
 	for i := 0; i < *children; i++ {
 		c := exec.Command("/proc/self/exe", "child")
@@ -174,7 +155,7 @@ const (
 	semGetAll = 13
 )
 
-func makeIPC(r *Report) {
+func makeIPC(r *jobreport.Report) {
 	id, err := unix.SysvShmGet(unix.IPC_PRIVATE, 4096, ipcCreat|0o600)
 	if err != nil {
 		die(fmt.Errorf("shmget: %w", err))
@@ -211,7 +192,7 @@ func makeIPC(r *Report) {
 }
 
 // readIPC reads the objects back by id, without consuming any message.
-func readIPC(r *Report) {
+func readIPC(r *jobreport.Report) {
 	seg, err := unix.SysvShmAttach(r.ShmID, 0, unix.SHM_RDONLY)
 	if err == nil {
 		n := 0
