@@ -23,4 +23,3 @@ type Report struct {
 	Reports      int      `json:"reports"`
 	Time         string   `json:"time"`
 }
-
