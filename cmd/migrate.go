@@ -49,7 +49,7 @@ func init() {
 	mapError(migrate.ErrInDoubt, ExitFailure)
 }
 
-var errUnsupported = errors.New("not supported")
+var errUnsupported = errors.New("not implemented")
 
 func newMigrateCommand(g *Global) *cobra.Command {
 	var o MigrateOptions
@@ -113,7 +113,11 @@ func runMigrate(ctx context.Context, out io.Writer, g *Global, o MigrateOptions,
 		case o.Lazy && !f.UserFaultFD:
 			return envError{fmt.Errorf("--lazy needs userfaultfd, which this kernel lacks; use stop-and-copy (no flag)")}
 		}
-		return usageError{fmt.Errorf("%w: --lazy and --pre-copy are not implemented in this version of cr (the kernel could do --lazy); use stop-and-copy (no flag)", errUnsupported)}
+		flag := "--lazy"
+		if o.PreCopy {
+			flag = "--pre-copy"
+		}
+		return usageError{fmt.Errorf("%s: %w in this version of cr (this kernel could do it); use stop-and-copy (no flag)", flag, errUnsupported)}
 	}
 	as := ""
 	if o.As != "" {

@@ -2,12 +2,16 @@ package cmd
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"log"
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
+	"golang.org/x/sys/unix"
 
 	"github.com/cr-dev/cr/images"
 	"github.com/cr-dev/cr/migrate"
@@ -22,7 +26,7 @@ type AuthOptions struct {
 
 // AddFlags adds the authentication flags.
 func (a *AuthOptions) AddFlags(f *pflag.FlagSet) {
-	f.StringVar(&a.TokenFile, "token-file", "", "shared secret (mode 0600, at least 16 bytes; `cr certs token FILE` makes one)")
+	f.StringVar(&a.TokenFile, "token-file", "", "`FILE` holding the shared secret (mode 0600, at least 16 bytes; cr certs token FILE makes one)")
 	f.StringVar(&a.Cert, "cert", "", "mutual TLS: this side's certificate")
 	f.StringVar(&a.Key, "key", "", "mutual TLS: this side's private key")
 	f.StringVar(&a.CA, "ca", "", "mutual TLS: the CA that signs the other side's certificate")
@@ -49,6 +53,7 @@ func init() {
 	register(newServeCommand)
 	mapError(migrate.ErrAuth, ExitDenied)
 	mapError(migrate.ErrNoAuth, ExitUsage)
+	mapError(errServeBusy, ExitLocked)
 }
 
 func newServeCommand(g *Global) *cobra.Command {
@@ -64,7 +69,10 @@ is never sent: each side proves it knows it with an HMAC bound to the TLS
 session) or mutual TLS (--cert, --key and the --ca that signs clients; see
 cr certs). An unauthenticated client is refused before any image byte is
 accepted. Streams are bounded (--max-bytes), confined to the staging area and
-verified; a broken or hostile stream leaves nothing behind.
+verified; a broken or hostile stream leaves nothing behind. After a crash,
+cr serve removes at start what it left: images half received, and the nodes
+of a restore that had not finished (unless processes run in them). One cr
+serve at a time uses a staging area ($CR_STAGING/serve holds its lock).
 
 See docs/cr-serve.service for a systemd unit.`,
 		Example: `  cr certs token /etc/cr/token             # then copy it to the sending host
@@ -100,8 +108,14 @@ func runServe(ctx context.Context, g *Global, o ServeOptions) error {
 	}
 	ctx, cancel := interruptible(ctx)
 	defer cancel()
+	st, err := openServeState(stagingDir(e.tree))
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	st.recover(e.tree, log.New(os.Stderr, "", log.LstdFlags))
 	staging := filepath.Join(stagingDir(e.tree), "incoming")
-	ropts := restore.Options{CRIU: criu, CRIUVersion: ver.Code(), StagingDir: stagingDir(e.tree)}
+	ropts := restore.Options{CRIU: criu, CRIUVersion: ver.Code(), StagingDir: st.workDir()}
 	cfg := migrate.ServerConfig{
 		Listen: o.Listen, Auth: au, StagingDir: staging,
 		Limits: images.Limits{MaxBytes: o.MaxBytes}, MaxConcurrent: o.MaxConcurrent, Log: os.Stderr,
@@ -120,6 +134,11 @@ func runServe(ctx context.Context, g *Global, o ServeOptions) error {
 		},
 		Restorer: migrate.RestorerFunc(func(ctx context.Context, dir string, m *images.Manifest, as string, ready func(migrate.RestoreInfo) error) (migrate.RestoreInfo, error) {
 			target := restore.Target(m, as)
+			done, err := st.begin(target)
+			if err != nil {
+				return migrate.RestoreInfo{}, err
+			}
+			defer done()
 			res, err := restore.FromDir(ctx, e.tree, dir, m, target, ropts, func(r *restore.Result) error {
 				return ready(migrate.RestoreInfo{Paths: r.Containers, Pids: r.Pids})
 			})
@@ -130,4 +149,133 @@ func runServe(ctx context.Context, g *Global, o ServeOptions) error {
 		}),
 	}
 	return migrate.ListenAndServe(ctx, cfg)
+}
+
+// errServeBusy: another cr serve uses the same staging area.
+var errServeBusy = errors.New("another cr serve uses this staging area")
+
+// serveState is cr serve's own part of the staging area, STAGING/serve,
+// held by one cr serve at a time (a lock): the restores' work directories,
+// emptied at start, and a journal of the targets being restored, so that
+// nodes half restored when cr serve crashed are removed when it starts
+// again.
+type serveState struct {
+	dir  string
+	lock *os.File
+}
+
+func openServeState(staging string) (*serveState, error) {
+	dir := filepath.Join(staging, "serve")
+	if err := os.MkdirAll(filepath.Join(dir, "restoring"), 0o700); err != nil {
+		return nil, fmt.Errorf("create staging area: %w", err)
+	}
+	f, err := os.OpenFile(filepath.Join(dir, "lock"), os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("lock staging area: %w", err)
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		f.Close()
+		if errors.Is(err, unix.EWOULDBLOCK) {
+			return nil, fmt.Errorf("%w: %s", errServeBusy, staging)
+		}
+		return nil, fmt.Errorf("lock staging area: %w", err)
+	}
+	s := &serveState{dir: dir, lock: f}
+	work := s.workDir()
+	if err := os.RemoveAll(work); err != nil {
+		s.Close()
+		return nil, fmt.Errorf("clean staging area: %w", err)
+	}
+	if err := os.Mkdir(work, 0o700); err != nil {
+		s.Close()
+		return nil, fmt.Errorf("create staging area: %w", err)
+	}
+	return s, nil
+}
+
+// Close releases the staging area.
+func (s *serveState) Close() { s.lock.Close() }
+
+// workDir is where the restores' work directories go.
+func (s *serveState) workDir() string { return filepath.Join(s.dir, "work") }
+
+// begin records that a tree is being restored at target; done clears the
+// record once the restore is over, whichever way it ended.
+func (s *serveState) begin(target string) (done func(), err error) {
+	f, err := os.CreateTemp(filepath.Join(s.dir, "restoring"), "target-")
+	if err != nil {
+		return nil, fmt.Errorf("record restore: %w", err)
+	}
+	_, err = f.WriteString(target)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		os.Remove(f.Name())
+		return nil, fmt.Errorf("record restore: %w", err)
+	}
+	return func() { os.Remove(f.Name()) }, nil
+}
+
+// recover removes what the restores of a crashed cr serve left: the
+// subtree at each recorded target, if its restore never finished and no
+// process runs in it (CRIU kills what it restored when cr serve
+// dies before the commit; the wait gives it time). A subtree that runs is
+// left alone: the crash may have come after the sender's commit, and the
+// sender then tells its user to check this host.
+func (s *serveState) recover(t *nstree.Tree, lg *log.Logger) {
+	dir := filepath.Join(s.dir, "restoring")
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		lg.Printf("read restore records: %v", err)
+		return
+	}
+	for _, ent := range ents {
+		p := filepath.Join(dir, ent.Name())
+		b, err := os.ReadFile(p)
+		if err != nil {
+			lg.Printf("read restore record: %v", err)
+			continue
+		}
+		if msg := removeHalfRestored(t, string(b)); msg != "" {
+			lg.Print(msg)
+		}
+		os.Remove(p)
+	}
+}
+
+// halfRestoredWait bounds the wait for CRIU to kill what it restored.
+const halfRestoredWait = 10 * time.Second
+
+func removeHalfRestored(t *nstree.Tree, target string) string {
+	f, err := t.Load()
+	if err != nil {
+		return fmt.Sprintf("interrupted migration to %s: %v", target, err)
+	}
+	n, ok := f.ByPath[target]
+	if !ok {
+		return ""
+	}
+	// A restore creates its nodes ("running", then "restoring", no init
+	// pid) and records the pids and the time only when it finished.
+	unfinished := true
+	n.Walk(func(m *nstree.Node) {
+		if !m.Restored.IsZero() || m.InitPid != 0 || m.Status != "restoring" && m.Status != "running" {
+			unfinished = false
+		}
+	})
+	if !unfinished {
+		return "" // the restore finished, or something else is there now
+	}
+	deadline := time.Now().Add(halfRestoredWait)
+	for len(nstree.SubtreeProcs(n)) > 0 {
+		if time.Now().After(deadline) {
+			return fmt.Sprintf("interrupted migration to %s: processes run there; left alone (the sender was told to check)", target)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if err := t.Remove(target); err != nil {
+		return fmt.Sprintf("interrupted migration to %s: %v", target, err)
+	}
+	return fmt.Sprintf("interrupted migration to %s: removed what was restored", target)
 }
