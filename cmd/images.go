@@ -52,6 +52,19 @@ latest of a container with cr restore --store DIR PATH.`,
 		}
 		return store.Open(dir)
 	}
+	// openLocked opens the store and takes its lock, for commands that
+	// change it.
+	openLocked := func(ctx context.Context) (*store.Store, func(), error) {
+		st, err := open()
+		if err != nil {
+			return nil, nil, err
+		}
+		unlock, err := st.Lock(ctx, time.Minute)
+		if err != nil {
+			return nil, nil, err
+		}
+		return st, unlock, nil
+	}
 	ls := &cobra.Command{
 		Use:   "ls [PATH]",
 		Short: "List snapshots (of PATH)",
@@ -120,11 +133,7 @@ latest of a container with cr restore --store DIR PATH.`,
 		Short: "Remove snapshots (their unused chunks go too)",
 		Args:  cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			st, err := open()
-			if err != nil {
-				return err
-			}
-			unlock, err := st.Lock(cmd.Context(), time.Minute)
+			st, unlock, err := openLocked(cmd.Context())
 			if err != nil {
 				return err
 			}
@@ -155,11 +164,7 @@ latest of a container with cr restore --store DIR PATH.`,
 			if err != nil {
 				return err
 			}
-			st, err := open()
-			if err != nil {
-				return err
-			}
-			unlock, err := st.Lock(cmd.Context(), time.Minute)
+			st, unlock, err := openLocked(cmd.Context())
 			if err != nil {
 				return err
 			}
