@@ -37,6 +37,8 @@ e2e:
 
 bench: provision build
 	$(GO) run ./bench -cr $(BIN) -out bench/out
+	# Snapshot store: 10 snapshots of 1 GiB with 5% changed each time, < 2x one.
+	$(GO) test -run '^$$' -bench TenSnapshots1GiB -benchtime 1x ./images/store
 
 clean:
 	rm -rf bin bench/out
