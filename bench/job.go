@@ -42,19 +42,37 @@ const readyTimeout = 3 * time.Minute
 // waits until it has filled its memory and started its children.
 func (e *env) startJob(ctx context.Context, w Workload) (*job, error) {
 	j := &job{w: w, path: "/bench/" + w.Name, report: filepath.Join(e.dir, w.Name+".report.json")}
-	args := append([]string{"run", j.path, "--", e.testjob, "--report", j.report}, w.Args()...)
+	// The node stays when the job ends, so that a job that died can
+	// say why (cr logs).
+	args := append([]string{"run", "--on-empty", "keep", j.path, "--", e.testjob, "--report", j.report}, w.Args()...)
 	if _, _, err := e.crCmd(ctx, e.src, args...); err != nil {
 		return nil, err
 	}
 	r, err := j.ask(ctx, readyTimeout, func() error { return e.signal(ctx, e.src, j.path) })
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("%w%s", err, e.jobDiagnosis(j.path))
 	}
 	if r.MemBytes != w.MemMiB<<20 || len(r.Children) != w.Children {
 		return nil, fmt.Errorf("job reports %d bytes and %d children, want %d and %d", r.MemBytes, len(r.Children), w.MemMiB<<20, w.Children)
 	}
 	j.first = r
 	return j, nil
+}
+
+// jobDiagnosis is what cr knows of a job that failed: its entry in cr ls
+// and the end of its log.
+func (e *env) jobDiagnosis(path string) string {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	var b strings.Builder
+	if out, _, err := e.crCmd(ctx, e.src, "ls", "--json", path); err == nil {
+		fmt.Fprintf(&b, "\n  cr ls: %s", strings.Join(strings.Fields(string(out)), " "))
+	}
+	if out, _, err := e.crCmd(ctx, e.src, "logs", path); err == nil && len(out) > 0 {
+		lines := strings.Split(strings.TrimSpace(string(out)), "\n")
+		fmt.Fprintf(&b, "\n  cr logs: %s", strings.Join(lines[max(0, len(lines)-5):], "\n    "))
+	}
+	return b.String()
 }
 
 // signal sends SIGUSR1 to the job of the container at path (its init

@@ -371,6 +371,9 @@ func writeTables(out io.Writer, res *Results) {
 	tw.Flush()
 
 	for _, w := range res.Workloads {
+		for _, msg := range w.Warnings {
+			fmt.Fprintf(out, "\nWARNING %s: %s\n", w.Name, msg)
+		}
 		for _, e := range w.Errors {
 			fmt.Fprintf(out, "\nFAILED %s: %s\n", w.Name, e)
 		}

@@ -21,6 +21,7 @@ type WorkloadResult struct {
 	Run                // the median of each number over Runs
 	Runs      []*Run   `json:"runs"`
 	Errors    []string `json:"errors,omitempty"`
+	Warnings  []string `json:"warnings,omitempty"` // what went wrong and was retried
 }
 
 // Run is one pass over a workload: a fresh job, raw CRIU and cr on it,
@@ -126,7 +127,11 @@ func (e *env) measure(ctx context.Context, w Workload, runs int) *WorkloadResult
 		}
 		run := &Run{RawFirst: i%2 == 0}
 		logf(" run %d of %d (%s first)", i+1, runs, map[bool]string{true: "raw CRIU", false: "cr"}[run.RawFirst])
-		err := inNetns(netnsPath(e.nsA), func() error { return e.measureIn(ctx, w, run) })
+		warn := func(msg string) {
+			logf("  warning: %s", msg)
+			r.Warnings = append(r.Warnings, fmt.Sprintf("run %d: %s", i+1, msg))
+		}
+		err := inNetns(netnsPath(e.nsA), func() error { return e.measureIn(ctx, w, run, warn) })
 		e.cleanWorkload(w)
 		if err != nil {
 			r.Errors = append(r.Errors, fmt.Sprintf("run %d: %v", i+1, err))
@@ -142,8 +147,15 @@ func (e *env) measure(ctx context.Context, w Workload, runs int) *WorkloadResult
 
 // measureIn is one run on a thread inside namespace A: the job, cr and
 // CRIU all run there, as on the first of two hosts.
-func (e *env) measureIn(ctx context.Context, w Workload, r *Run) error {
+func (e *env) measureIn(ctx context.Context, w Workload, r *Run, warn func(string)) error {
 	j, err := e.startJob(ctx, w)
+	if err != nil && ctx.Err() == nil {
+		// Starting the job is not what is measured: try once more, and
+		// say so.
+		warn(fmt.Sprintf("start the job: %v; starting it again", err))
+		_, _, _ = e.crCmd(ctx, e.src, "kill", "/bench")
+		j, err = e.startJob(ctx, w)
+	}
 	if err != nil {
 		return step("start the job", err)
 	}
