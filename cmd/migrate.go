@@ -5,8 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
-	"path/filepath"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -140,7 +138,7 @@ func runMigrate(ctx context.Context, out io.Writer, g *Global, o MigrateOptions,
 			if err != nil {
 				return 0, err
 			}
-			raw = dirBytes(ck.Dir)
+			raw = ck.Bytes()
 			return raw + 1<<20, nil
 		},
 		Body: func(ctx context.Context, w io.Writer) error {
@@ -187,15 +185,4 @@ func runMigrate(ctx context.Context, out io.Writer, g *Global, o MigrateOptions,
 		dur(rep.TransferSeconds), dur(rep.RestoreSeconds), dur(rep.TotalSeconds))
 	fmt.Fprintf(out, "  %s raw, %s sent (%.1fx), %.0f MB/s\n", humanBytes(raw), humanBytes(rep.BytesSent), rep.CompressionRatio, rep.ThroughputMBps)
 	return nil
-}
-
-func dirBytes(dir string) int64 {
-	var n int64
-	_ = filepath.Walk(dir, func(_ string, fi os.FileInfo, err error) error {
-		if err == nil && fi.Mode().IsRegular() {
-			n += fi.Size()
-		}
-		return nil
-	})
-	return n
 }

@@ -378,6 +378,10 @@ func (c *Checkpoint) progress(f func(int64)) (stop func()) {
 	return func() { close(done) }
 }
 
+// Bytes is the size of the staged images: an upper bound of what the image
+// holds once extracted.
+func (c *Checkpoint) Bytes() int64 { return dirSize(c.Dir) }
+
 func dirSize(dir string) int64 {
 	var n int64
 	_ = filepath.Walk(dir, func(_ string, fi os.FileInfo, err error) error {

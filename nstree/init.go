@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"sync"
 	"syscall"
 	"time"
@@ -254,19 +255,9 @@ func (t *Tree) pruneUp(n *Node) {
 			return
 		}
 		if p := n.Parent; p != nil {
-			p.Children = slicesDelete(p.Children, n)
+			p.Children = slices.DeleteFunc(p.Children, func(c *Node) bool { return c == n })
 		}
 	}
-}
-
-func slicesDelete(s []*Node, n *Node) []*Node {
-	out := s[:0]
-	for _, c := range s {
-		if c != n {
-			out = append(out, c)
-		}
-	}
-	return out
 }
 
 // removeNode removes one node's cgroups and state. Its processes must be

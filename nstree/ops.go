@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"slices"
 	"strconv"
 	"syscall"
 	"time"
@@ -117,7 +118,7 @@ func (t *Tree) Remove(abs string) error {
 		}
 	}
 	if p := n.Parent; p != nil {
-		p.Children = slicesDelete(p.Children, n)
+		p.Children = slices.DeleteFunc(p.Children, func(c *Node) bool { return c == n })
 		t.pruneUp(p)
 	}
 	return nil
