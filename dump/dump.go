@@ -289,7 +289,11 @@ func (c *Checkpoint) dumpOne(ctx context.Context, o Options, m *member) (*images
 		LeaveRunning:  proto.Bool(true),
 		FreezeCgroup:  proto.String(m.node.Leaf()),
 		ManageCgroups: proto.Bool(true),
-		FileLocks:     proto.Bool(true),
+		// Only cr's own hierarchy: in the others the job sits at the root,
+		// and CRIU would record (and a restore recreate) every cgroup of
+		// this host there.
+		CgroupDumpController: []string{c.tree.CRIUController()},
+		FileLocks:            proto.Bool(true),
 	}
 	// A notify callback lets an interrupt abort at post-dump: CRIU then
 	// resumes the tasks instead of the dump going on to completion.

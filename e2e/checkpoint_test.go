@@ -369,3 +369,39 @@ func TestCheckpointInterrupted(t *testing.T) {
 		t.Errorf("job memory changed by an interrupted checkpoint")
 	}
 }
+
+// A restore recreates only cr's own cgroups, never the other cgroups the
+// host had at dump time (CRIU records every cgroup below the job's, and in
+// the hierarchies cr does not use the job sits at the root).
+func TestRestoreLeavesHostCgroupsAlone(t *testing.T) {
+	var probes []string
+	for _, h := range []string{"/sys/fs/cgroup/freezer", "/sys/fs/cgroup/memory", "/sys/fs/cgroup/pids"} {
+		if _, err := os.Stat(filepath.Join(h, "cgroup.procs")); err != nil {
+			continue
+		}
+		p := filepath.Join(h, fmt.Sprintf("cr-e2e-probe-%d", os.Getpid()))
+		if err := os.Mkdir(p, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		probes = append(probes, p)
+		t.Cleanup(func() { _ = syscall.Rmdir(p) })
+	}
+	if len(probes) == 0 {
+		t.Skip("no cgroup v1 hierarchy besides cr's: nothing a restore could recreate")
+	}
+	startJob(t, "/hostcg")
+	img := image(t)
+	mustCr(t, "checkpoint", "/hostcg", "-o", img)
+	for _, p := range probes {
+		if err := syscall.Rmdir(p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mustCr(t, "restore", img)
+	killAtCleanup(t, "/hostcg")
+	for _, p := range probes {
+		if _, err := os.Stat(p); err == nil {
+			t.Errorf("restore recreated %s, a cgroup of the host removed after the dump", p)
+		}
+	}
+}

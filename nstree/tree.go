@@ -86,6 +86,16 @@ func RequireRoot() error {
 	return nil
 }
 
+// CRIUController is how CRIU names the hierarchy cr keeps containers in:
+// "" for cgroup v2 (its /proc/PID/cgroup line is "0::/path"), "freezer" for
+// the v1 freezer.
+func (t *Tree) CRIUController() string {
+	if t.Hier.Version == 1 {
+		return "freezer"
+	}
+	return ""
+}
+
 // CgroupBase is the cgroup directory all containers live under.
 func (t *Tree) CgroupBase() string { return filepath.Join(t.Hier.Mount, t.CgroupParent) }
 

@@ -227,10 +227,6 @@ func restoreOne(ctx context.Context, t *nstree.Tree, o Options, dir string, c im
 		return err
 	}
 	defer workF.Close()
-	ctrl := ""
-	if t.Hier.Version == 1 {
-		ctrl = "freezer"
-	}
 	leaf := strings.TrimPrefix(n.Leaf(), t.Hier.Mount)
 	opts := &rpc.CriuOpts{
 		ImagesDirFd:       proto.Int32(int32(imgF.Fd())),
@@ -239,7 +235,7 @@ func restoreOne(ctx context.Context, t *nstree.Tree, o Options, dir string, c im
 		LogLevel:          proto.Int32(4),
 		ManageCgroups:     proto.Bool(true),
 		ManageCgroupsMode: rpc.CriuCgMode_SOFT.Enum(),
-		CgRoot:            []*rpc.CgroupRoot{{Ctrl: proto.String(ctrl), Path: proto.String(leaf)}},
+		CgRoot:            []*rpc.CgroupRoot{{Ctrl: proto.String(t.CRIUController()), Path: proto.String(leaf)}},
 		FileLocks:         proto.Bool(true),
 	}
 	_, err = criubin.Swrk(ctx, o.CRIU, rpc.CriuReqType_RESTORE, opts, func(script string, pid int32) error {
