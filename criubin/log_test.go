@@ -9,7 +9,9 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 )
 
 // The samples in testdata are real CRIU 4.1.1 logs from this machine (a
@@ -210,18 +212,23 @@ func TestCRIUErrorFormat(t *testing.T) {
 }
 
 // TestLogErrorsRealDump makes CRIU fail for real and reads its log: it
-// refuses to dump a process that is not a session leader.
+// refuses to dump a process that is not a session leader. The process is
+// the child of a shell in a session of its own, so its session leader is
+// always visible: the test's own session leader may sit outside our pid
+// namespace (as under CI), which CRIU reports differently.
 func TestLogErrorsRealDump(t *testing.T) {
 	criu := realCRIU(t)
-	sleep := exec.Command("sleep", "60")
-	if err := sleep.Start(); err != nil {
+	sh := exec.Command("sh", "-c", "sleep 60 & wait")
+	sh.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := sh.Start(); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { sleep.Process.Kill(); sleep.Wait() })
-	pid := fmt.Sprint(sleep.Process.Pid)
+	t.Cleanup(func() { sh.Process.Kill(); sh.Wait() })
+	pid := childOf(t, sh.Process.Pid)
+	t.Cleanup(func() { syscall.Kill(pid, syscall.SIGKILL) })
 
 	dir := t.TempDir()
-	out, err := exec.Command(criu, "dump", "-t", pid, "-D", dir, "-o", "dump.log", "-v4").CombinedOutput()
+	out, err := exec.Command(criu, "dump", "-t", fmt.Sprint(pid), "-D", dir, "-o", "dump.log", "-v4").CombinedOutput()
 	if err == nil {
 		t.Fatalf("criu dump of a non-session-leader succeeded: %s", out)
 	}
@@ -230,8 +237,8 @@ func TestLogErrorsRealDump(t *testing.T) {
 	if lerr != nil {
 		t.Fatal(lerr)
 	}
-	if !strings.Contains(reason, "is not a session leader") || !strings.Contains(reason, pid) {
-		t.Errorf("reason = %q, want CRIU's session leader complaint about %s", reason, pid)
+	if !strings.Contains(reason, "is not a session leader") || !strings.Contains(reason, fmt.Sprint(pid)) {
+		t.Errorf("reason = %q, want CRIU's session leader complaint about %d", reason, pid)
 	}
 	if strings.Contains(reason, "Error (") || strings.HasPrefix(reason, "(") {
 		t.Errorf("reason %q keeps CRIU's prefix", reason)
@@ -246,4 +253,19 @@ func TestLogErrorsRealDump(t *testing.T) {
 	if !errors.As(e, &exit) {
 		t.Errorf("CRIUError does not unwrap to the exec error")
 	}
+}
+
+// childOf waits for the only child of pid and returns its pid.
+func childOf(t *testing.T, pid int) int {
+	t.Helper()
+	for range 200 {
+		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", pid, pid))
+		var child int
+		if _, err := fmt.Sscan(string(b), &child); err == nil {
+			return child
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Fatalf("process %d started no child", pid)
+	return 0
 }
