@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -17,9 +18,10 @@ import (
 
 // MigrateOptions are the flags of cr migrate.
 type MigrateOptions struct {
-	As      string
-	Lazy    bool
-	PreCopy bool
+	As       string
+	Lazy     bool
+	Fallback bool
+	PreCopy  bool
 	Auth    AuthOptions
 	JSON    bool
 }
@@ -30,15 +32,20 @@ type MigrateReport struct {
 	Host             string         `json:"host"`
 	Target           string         `json:"target"`
 	Pids             map[string]int `json:"init_pids"`
+	Lazy             bool           `json:"lazy"`
 	DowntimeSeconds  float64        `json:"downtime_seconds"`
 	TotalSeconds     float64        `json:"total_seconds"`
 	DumpSeconds      float64        `json:"dump_seconds"`
 	TransferSeconds  float64        `json:"transfer_seconds"`
 	RestoreSeconds   float64        `json:"restore_seconds"`
 	RawBytes         int64          `json:"raw_bytes"`
-	BytesSent        int64          `json:"bytes_sent"`
+	BytesSent        int64          `json:"bytes_sent"`    // all bytes on the wire
+	ArchiveBytes     int64          `json:"archive_bytes"` // the compressed image stream
 	CompressionRatio float64        `json:"compression_ratio"`
 	ThroughputMBps   float64        `json:"throughput_mb_per_s"`
+	// Lazy only: the memory that followed the running job.
+	PagesSeconds float64 `json:"pages_seconds,omitempty"`
+	PageBytes    int64   `json:"page_bytes,omitempty"`
 }
 
 func init() {
@@ -66,9 +73,22 @@ leaves the source frozen and says so (never two copies running).
 
 Authentication: the same --token-file as the receiver's, or mutual TLS.
 
---lazy (post-copy with CRIU lazy pages) and --pre-copy (iterative, needs
-soft-dirty memory tracking) are detected and refused with the reason.`,
+--lazy is post-copy migration with CRIU's lazy pages: only the job's state
+without its private memory is sent before the job resumes at the
+destination, so the downtime does not grow with its memory; the pages
+follow on demand and in the background through the same authenticated
+connection (CRIU's page server never listens on the network). The source
+stays frozen until the destination has every page, and is removed then. If
+the destination cannot restore lazily (no userfaultfd), cr migrate refuses
+before touching the job, or with --fallback migrates stop-and-copy. If the
+connection breaks after the job resumed at the destination, the destination
+kills its copy (its memory cannot arrive) and the source stays frozen: check
+the destination, then thaw or kill it here.
+
+--pre-copy (iterative, needs soft-dirty memory tracking) is detected and
+refused with the reason.`,
 		Example: `  cr migrate /lab otherhost --token-file /etc/cr/token
+  cr migrate --lazy --fallback /lab otherhost --token-file /etc/cr/token
   cr migrate /lab 10.0.0.2:7400 --as /lab-moved --cert client.crt --key client.key --ca ca.crt
   cr migrate --json /lab otherhost --token-file /etc/cr/token | jq .downtime_seconds`,
 		Args: cobra.ExactArgs(2),
@@ -78,6 +98,7 @@ soft-dirty memory tracking) are detected and refused with the reason.`,
 	}
 	c.Flags().StringVar(&o.As, "as", "", "restore at this path on the destination")
 	c.Flags().BoolVar(&o.Lazy, "lazy", false, "post-copy: resume at the destination before the memory arrives")
+	c.Flags().BoolVar(&o.Fallback, "fallback", false, "with --lazy: migrate stop-and-copy if the destination cannot restore lazily")
 	c.Flags().BoolVar(&o.PreCopy, "pre-copy", false, "iterative pre-copy of memory while the job runs")
 	o.Auth.AddFlags(c.Flags())
 	c.Flags().BoolVar(&o.JSON, "json", false, "print a JSON report")
@@ -101,21 +122,24 @@ func runMigrate(ctx context.Context, out io.Writer, g *Global, o MigrateOptions,
 	if err != nil {
 		return err
 	}
-	if o.Lazy || o.PreCopy {
+	if o.Fallback && !o.Lazy {
+		return usageError{errors.New("--fallback goes with --lazy")}
+	}
+	if o.PreCopy {
 		f, ferr := criubin.ProbeFeatures(ctx, criu)
 		switch {
 		case ferr != nil:
 			return envError{ferr}
-		case o.PreCopy && !f.MemDirtyTrack:
-			return envError{fmt.Errorf("--pre-copy needs soft-dirty memory tracking, which this kernel lacks (CONFIG_MEM_SOFT_DIRTY); use stop-and-copy (no flag)")}
-		case o.Lazy && !f.UserFaultFD:
-			return envError{fmt.Errorf("--lazy needs userfaultfd, which this kernel lacks; use stop-and-copy (no flag)")}
+		case !f.MemDirtyTrack:
+			return envError{fmt.Errorf("--pre-copy needs soft-dirty memory tracking, which this kernel lacks (CONFIG_MEM_SOFT_DIRTY); use stop-and-copy (no flag) or --lazy")}
 		}
-		flag := "--lazy"
-		if o.PreCopy {
-			flag = "--pre-copy"
+		return usageError{fmt.Errorf("--pre-copy: %w in this version of cr (this kernel could do it); use stop-and-copy (no flag) or --lazy", errUnsupported)}
+	}
+	if o.Lazy {
+		// The source's CRIU keeps the pages in pipes it must grow.
+		if err := criubin.CheckLazyPipes(); err != nil {
+			return envError{err}
 		}
-		return usageError{fmt.Errorf("%s: %w in this version of cr (this kernel could do it); use stop-and-copy (no flag)", flag, errUnsupported)}
 	}
 	as := ""
 	if o.As != "" {
@@ -127,14 +151,15 @@ func runMigrate(ctx context.Context, out io.Writer, g *Global, o MigrateOptions,
 	ctx, cancel := interruptible(ctx)
 	defer cancel()
 	var ck *dump.Checkpoint
-	var frozenAt time.Time
+	var frozenAt, resumedAt time.Time
 	var raw int64
 	mig := migrate.Migration{
-		Request: migrate.Request{Root: n.Path, As: as, CRVersion: Version},
+		Request: migrate.Request{Root: n.Path, As: as, CRVersion: Version, Lazy: o.Lazy},
 		Prepare: func(ctx context.Context) (int64, error) {
 			frozenAt = time.Now()
 			var err error
-			ck, err = dump.Run(ctx, e.tree, n, dump.Options{CRIU: criu, CRIUVersion: ver.Code(), CRVersion: Version, StagingDir: stagingDir(e.tree)})
+			ck, err = dump.Run(ctx, e.tree, n, dump.Options{CRIU: criu, CRIUVersion: ver.Code(), CRVersion: Version,
+				StagingDir: stagingDir(e.tree), Lazy: o.Lazy})
 			if err != nil {
 				return 0, err
 			}
@@ -145,9 +170,25 @@ func runMigrate(ctx context.Context, out io.Writer, g *Global, o MigrateOptions,
 			_, err := images.WriteArchive(ctx, w, ck.Dir, ck.Manifest, images.WriteOptions{})
 			return err
 		},
+		Pages: func() map[int]*os.File {
+			links := map[int]*os.File{}
+			for _, pl := range ck.Pages() {
+				links[pl.Container] = pl.Proc.Conn
+			}
+			return links
+		},
+		OnResumed: func(migrate.RestoreInfo) { resumedAt = time.Now() },
 	}
 	info, stats, err := migrate.Migrate(ctx, host, au, mig)
+	if errors.Is(err, migrate.ErrNoLazy) && o.Fallback {
+		fmt.Fprintf(os.Stderr, "cr migrate: %v; migrating stop-and-copy (--fallback)\n", err)
+		o.Lazy, mig.Request.Lazy = false, false
+		info, stats, err = migrate.Migrate(ctx, host, au, mig)
+	}
 	downtime := time.Since(frozenAt)
+	if !resumedAt.IsZero() {
+		downtime = resumedAt.Sub(frozenAt)
+	}
 	if ck != nil {
 		defer ck.Cleanup()
 	}
@@ -165,14 +206,15 @@ func runMigrate(ctx context.Context, out io.Writer, g *Global, o MigrateOptions,
 		}
 		return err
 	}
-	rep := MigrateReport{Path: e.show(n.Path), Host: host, Target: as, Pids: info.Pids, DowntimeSeconds: downtime.Seconds(),
+	rep := MigrateReport{Path: e.show(n.Path), Host: host, Target: as, Pids: info.Pids, Lazy: o.Lazy, DowntimeSeconds: downtime.Seconds(),
 		TotalSeconds: stats.Elapsed.Seconds(), DumpSeconds: stats.Prepare.Seconds(), TransferSeconds: stats.Transfer.Seconds(),
-		RestoreSeconds: stats.Restore.Seconds(), RawBytes: raw, BytesSent: stats.BytesSent}
+		RestoreSeconds: stats.Restore.Seconds(), RawBytes: raw, BytesSent: stats.BytesSent, ArchiveBytes: stats.ArchiveBytes,
+		PagesSeconds: stats.Pages.Seconds(), PageBytes: stats.PageBytes}
 	if rep.Target == "" {
 		rep.Target = n.Path
 	}
-	if stats.BytesSent > 0 {
-		rep.CompressionRatio = float64(raw) / float64(stats.BytesSent)
+	if stats.ArchiveBytes > 0 {
+		rep.CompressionRatio = float64(raw) / float64(stats.ArchiveBytes)
 	}
 	if s := stats.Transfer.Seconds(); s > 0 {
 		rep.ThroughputMBps = float64(raw) / 1e6 / s
@@ -183,6 +225,9 @@ func runMigrate(ctx context.Context, out io.Writer, g *Global, o MigrateOptions,
 	fmt.Fprintf(out, "migrated %s to %s:%s\n", rep.Path, host, rep.Target)
 	fmt.Fprintf(out, "  downtime %s (dump %s, transfer %s, restore %s), total %s\n", dur(rep.DowntimeSeconds), dur(rep.DumpSeconds),
 		dur(rep.TransferSeconds), dur(rep.RestoreSeconds), dur(rep.TotalSeconds))
-	fmt.Fprintf(out, "  %s raw, %s sent (%.1fx), %.0f MB/s\n", humanBytes(raw), humanBytes(rep.BytesSent), rep.CompressionRatio, rep.ThroughputMBps)
+	fmt.Fprintf(out, "  image: %s raw, %s sent (%.1fx), %.0f MB/s\n", humanBytes(raw), humanBytes(rep.ArchiveBytes), rep.CompressionRatio, rep.ThroughputMBps)
+	if o.Lazy {
+		fmt.Fprintf(out, "  lazy: %s of memory followed in %s after the job resumed\n", humanBytes(rep.PageBytes), dur(rep.PagesSeconds))
+	}
 	return nil
 }

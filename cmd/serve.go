@@ -13,6 +13,7 @@ import (
 	"github.com/spf13/pflag"
 	"golang.org/x/sys/unix"
 
+	"github.com/cr-dev/cr/criubin"
 	"github.com/cr-dev/cr/images"
 	"github.com/cr-dev/cr/migrate"
 	"github.com/cr-dev/cr/nstree"
@@ -115,6 +116,7 @@ func runServe(ctx context.Context, g *Global, o ServeOptions) error {
 	defer st.Close()
 	st.recover(e.tree, log.New(os.Stderr, "", log.LstdFlags))
 	staging := filepath.Join(stagingDir(e.tree), "incoming")
+	lazyErr := lazyRestorable(ctx, criu)
 	ropts := restore.Options{CRIU: criu, CRIUVersion: ver.Code(), StagingDir: st.workDir()}
 	cfg := migrate.ServerConfig{
 		Listen: o.Listen, Auth: au, StagingDir: staging,
@@ -127,28 +129,55 @@ func runServe(ctx context.Context, g *Global, o ServeOptions) error {
 			if _, ok := f.ByPath[req.Target()]; ok {
 				return fmt.Errorf("%s exists here", req.Target())
 			}
-			if req.Lazy {
-				return fmt.Errorf("lazy migration is not supported by this receiver")
-			}
 			return nil
 		},
-		Restorer: migrate.RestorerFunc(func(ctx context.Context, dir string, m *images.Manifest, as string, ready func(migrate.RestoreInfo) error) (migrate.RestoreInfo, error) {
-			target := restore.Target(m, as)
+		Lazy: func() error { return lazyErr },
+		Restorer: migrate.RestorerFunc(func(ctx context.Context, job *migrate.Job) (migrate.RestoreInfo, error) {
+			target := restore.Target(job.Manifest, job.As)
 			done, err := st.begin(target)
 			if err != nil {
 				return migrate.RestoreInfo{}, err
 			}
 			defer done()
-			res, err := restore.FromDir(ctx, e.tree, dir, m, target, ropts, func(r *restore.Result) error {
-				return ready(migrate.RestoreInfo{Paths: r.Containers, Pids: r.Pids})
+			o := ropts
+			if job.Lazy {
+				o.Pages = job.Pages
+			}
+			res, err := restore.FromDir(ctx, e.tree, job.Dir, job.Manifest, target, o, func(r *restore.Result) error {
+				return job.Ready(migrate.RestoreInfo{Paths: r.Containers, Pids: r.Pids})
 			})
 			if err != nil {
 				return migrate.RestoreInfo{}, err
 			}
-			return migrate.RestoreInfo{Paths: res.Containers, Pids: res.Pids, Elapsed: res.Elapsed}, nil
+			info := migrate.RestoreInfo{Paths: res.Containers, Pids: res.Pids, Elapsed: res.Elapsed}
+			if job.Lazy {
+				job.Resumed(info)
+				if err := res.WaitPages(ctx); err != nil {
+					return migrate.RestoreInfo{}, err
+				}
+			}
+			return info, nil
 		}),
 	}
+	if lazyErr != nil {
+		log.Printf("lazy migrations refused: %v", lazyErr)
+	}
 	return migrate.ListenAndServe(ctx, cfg)
+}
+
+// lazyRestorable says why this host cannot restore lazily, or nil: CRIU's
+// lazy-pages daemon needs userfaultfd with the non-cooperative events.
+func lazyRestorable(ctx context.Context, criu string) error {
+	f, err := criubin.ProbeFeatures(ctx, criu)
+	switch {
+	case err != nil:
+		return err
+	case !f.UserFaultFD:
+		return errors.New("this kernel lacks userfaultfd")
+	case !f.UffdNoncoop:
+		return errors.New("this kernel's userfaultfd lacks non-cooperative events (fork, remap)")
+	}
+	return nil
 }
 
 // errServeBusy: another cr serve uses the same staging area.

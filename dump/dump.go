@@ -40,6 +40,12 @@ type Options struct {
 	CRVersion    string
 	StagingDir   string // parent of the staging directory
 	LeaveRunning bool   // thaw the subtree after the dump
+	// Lazy dumps for post-copy migration: CRIU keeps the processes'
+	// private memory back, and after the images are written serves it
+	// on demand through Checkpoint.Pages until the destination has it
+	// all. The source stays frozen meanwhile; Finish waits for the pages
+	// to be served, Resume ends the serving.
+	Lazy bool
 	// Progress, if set, is called about every 200 ms with the bytes of
 	// images written so far.
 	Progress func(written int64)
@@ -59,7 +65,21 @@ type Checkpoint struct {
 	leaves     []freeze.Freezer // frozen by us
 	userFrozen []freeze.Freezer // subtree cgroups the user had frozen
 	resumed    bool
+	pages      []PageLink // lazy dumps serving their pages
 }
+
+// PageLink is a lazy dump's page server: CRIU, still running, holding the
+// memory of one container back, reached through Proc.Conn.
+type PageLink struct {
+	// Container is the container's index in the manifest.
+	Container int
+	Path      string
+	Proc      *criubin.PageProc
+}
+
+// Pages returns the page servers of a lazy checkpoint, one per container
+// with a job.
+func (c *Checkpoint) Pages() []PageLink { return c.pages }
 
 // ErrBusy: another cr is checkpointing the same container.
 var ErrBusy = errors.New("another checkpoint of this container is in progress")
@@ -164,11 +184,20 @@ func (c *Checkpoint) run(ctx context.Context, o Options) (*images.Manifest, erro
 	}
 	stopProgress := c.progress(o.Progress)
 	defer stopProgress()
-	for _, m := range members {
+	for i, m := range members {
 		if m.ic.Empty {
 			continue
 		}
 		m.ic.Processes = processes(m.node)
+		if o.Lazy {
+			if err := c.dumpLazy(o, i, m); err != nil {
+				return nil, err
+			}
+			if err := c.copyLog(m); err != nil {
+				return nil, err
+			}
+			continue
+		}
 		st, err := c.dumpOne(ctx, o, m)
 		if err != nil {
 			return nil, err
@@ -312,6 +341,49 @@ func (c *Checkpoint) dumpOne(ctx context.Context, o Options, m *member) (*images
 	}, nil
 }
 
+// dumpLazy dumps a container with CRIU's lazy pages. It runs CRIU on the
+// command line, because its RPC interface cannot keep the page server off
+// the network (it listens on every address there): here the page server
+// talks over a socket pair, and returns once CRIU wrote the images and
+// waits to serve the memory. CRIU's log goes beside the staging dir, as
+// CRIU writes it until the pages are served, after the image is sent.
+func (c *Checkpoint) dumpLazy(o Options, index int, m *member) error {
+	work := filepath.Join(c.Dir, m.dir)
+	imgDir := filepath.Join(c.Dir, m.ic.Dir)
+	if err := os.MkdirAll(imgDir, 0o700); err != nil {
+		return err
+	}
+	if err := os.MkdirAll(c.logDir(), 0o700); err != nil {
+		return err
+	}
+	log := filepath.Join(c.logDir(), fmt.Sprintf("dump-%d.log", index))
+	args := []string{"dump", "-t", strconv.Itoa(m.node.InitPid), "-D", imgDir, "-W", work,
+		"-o", log, "-v4", "--leave-running", "--freeze-cgroup", m.node.Leaf(), "--manage-cgroups",
+		"--cgroup-dump-controller", c.tree.CRIUController(), "--file-locks", "--lazy-pages"}
+	p, err := criubin.StartPageProc(o.CRIU, "dump", args, log)
+	if err != nil {
+		return criuError("dump", m.node.Path, log, c.Dir, err)
+	}
+	c.pages = append(c.pages, PageLink{Container: index, Path: m.node.Path, Proc: p})
+	return nil
+}
+
+// logDir holds the logs of lazy dumps.
+func (c *Checkpoint) logDir() string { return c.Dir + ".logs" }
+
+// endPages ends the page servers of a lazy dump: each CRIU sees its
+// socket close, lets go of its tasks (leaving them frozen) and exits.
+func (c *Checkpoint) endPages() error {
+	var first error
+	for _, pl := range c.pages {
+		if err := pl.Proc.Close(); err != nil && first == nil {
+			first = fmt.Errorf("%s: %w", pl.Path, err)
+		}
+	}
+	c.pages = nil
+	return first
+}
+
 // criuError builds the error a user sees: CRIU's own reason and lines, and
 // where the full log was kept (copied out of the staging area, which goes).
 func criuError(op, path, log, staging string, err error) error {
@@ -404,6 +476,8 @@ func (c *Checkpoint) Resume() {
 		return
 	}
 	c.resumed = true
+	// Lazy: CRIU must let go of the tasks before they can run.
+	_ = c.endPages()
 	ctx, cancel := context.WithTimeout(context.Background(), freeze.DefaultTimeout)
 	defer cancel()
 	for _, f := range c.userFrozen {
@@ -417,16 +491,23 @@ func (c *Checkpoint) Resume() {
 	}
 }
 
-// Finish ends the source after its image is safely written: every process
-// is killed (while still frozen, so it never runs again here) and the nodes
-// are removed.
+// Finish ends the source after its image is safely written (for a lazy
+// dump: after the destination has every page): every process is killed
+// (while still frozen, so it never runs again here) and the nodes are
+// removed.
 func (c *Checkpoint) Finish(ctx context.Context) error {
 	c.resumed = true
+	// The destination has every page: a page server that fails to end
+	// cleanly changes nothing.
+	_ = c.endPages()
 	return c.tree.Kill(ctx, c.root, nstree.KillOptions{})
 }
 
 // Cleanup removes the staging directory.
-func (c *Checkpoint) Cleanup() { _ = os.RemoveAll(c.Dir) }
+func (c *Checkpoint) Cleanup() {
+	_ = os.RemoveAll(c.Dir)
+	_ = os.RemoveAll(c.logDir())
+}
 
 // copyLog keeps the container's output so far beside its images, so that
 // its log continues after a restore.

@@ -32,6 +32,7 @@ type migrateReport struct {
 	Host             string         `json:"host"`
 	Target           string         `json:"target"`
 	Pids             map[string]int `json:"init_pids"`
+	Lazy             bool           `json:"lazy"`
 	DowntimeSeconds  float64        `json:"downtime_seconds"`
 	TotalSeconds     float64        `json:"total_seconds"`
 	DumpSeconds      float64        `json:"dump_seconds"`
@@ -39,7 +40,10 @@ type migrateReport struct {
 	RestoreSeconds   float64        `json:"restore_seconds"`
 	RawBytes         int64          `json:"raw_bytes"`
 	BytesSent        int64          `json:"bytes_sent"`
+	ArchiveBytes     int64          `json:"archive_bytes"`
 	CompressionRatio float64        `json:"compression_ratio"`
+	PagesSeconds     float64        `json:"pages_seconds"`
+	PageBytes        int64          `json:"page_bytes"`
 }
 
 // migrateArgs is a cr migrate command line to h with h's credentials.
@@ -124,10 +128,72 @@ func TestMigrateRunningJob(t *testing.T) {
 	if rep.RawBytes < 256<<20 || rep.BytesSent <= 0 || rep.BytesSent >= rep.RawBytes {
 		t.Errorf("report sizes: %d raw, %d sent (256 MiB of memory, a quarter zeros: want compression)", rep.RawBytes, rep.BytesSent)
 	}
-	if want := float64(rep.RawBytes) / float64(rep.BytesSent); rep.CompressionRatio < 0.99*want || rep.CompressionRatio > 1.01*want {
-		t.Errorf("compression ratio %.3f, want raw/sent = %.3f", rep.CompressionRatio, want)
+	if want := float64(rep.RawBytes) / float64(rep.ArchiveBytes); rep.CompressionRatio < 0.99*want || rep.CompressionRatio > 1.01*want ||
+		rep.BytesSent < rep.ArchiveBytes || rep.BytesSent > rep.ArchiveBytes*101/100 {
+		t.Errorf("compression ratio %.3f, want raw/archive = %.3f (%d archive bytes, %d on the wire)", rep.CompressionRatio, want, rep.ArchiveBytes, rep.BytesSent)
 	}
 
+	checkMigrated(t, h, j, before, pidsBefore, rep, t0, leaves)
+}
+
+// A job with 256 MiB of memory migrates lazily: only its state without its
+// memory is sent before it resumes at the destination, the memory follows
+// through cr's connection, and the job has it all there.
+func TestMigrateLazy(t *testing.T) {
+	h := newHost(t, "token")
+	leaves := countLeaves(t)
+	cf := filepath.Join(t.TempDir(), "counter")
+	j := startJob(t, "/mig/job", "--mem", "256", "--ipc", "--children", "2", "--counter-file", cf)
+	before := j.ask(t)
+	if before.MemSHA != before.MemSHAAtInit || before.ShmData == "" || len(before.Children) != 2 {
+		t.Fatalf("job not set up: %+v", before)
+	}
+	pidsBefore := sortedPids(ps(t, "/mig/job"))
+	t0 := time.Now()
+	out := mustCr(t, append(migrateArgs(h, "/mig", "--lazy"), "--json")...)
+	var rep migrateReport
+	if err := json.Unmarshal([]byte(out), &rep); err != nil {
+		t.Fatalf("cr migrate --json: %v\n%s", err, out)
+	}
+	if !rep.Lazy || rep.Path != "/mig" || rep.Target != "/mig" {
+		t.Errorf("report: %+v", rep)
+	}
+	// The image sent before the resume lacks the memory, which followed.
+	if rep.RawBytes > 64<<20 || rep.ArchiveBytes > 64<<20 || rep.BytesSent < rep.ArchiveBytes+rep.PageBytes {
+		t.Errorf("%d bytes staged, %d in the image stream, %d on the wire: the memory was not kept back", rep.RawBytes, rep.ArchiveBytes, rep.BytesSent)
+	}
+	if rep.PageBytes < 200<<20 || rep.PagesSeconds <= 0 {
+		t.Errorf("%d bytes of memory followed in %.3fs, want the job's 256 MiB", rep.PageBytes, rep.PagesSeconds)
+	}
+	if rep.DowntimeSeconds <= 0 || rep.DowntimeSeconds > rep.TotalSeconds {
+		t.Errorf("downtime %.3fs of %.3fs in all", rep.DowntimeSeconds, rep.TotalSeconds)
+	}
+	if !strings.Contains(h.log.String(), "/mig: done (lazy)") {
+		t.Errorf("cr serve did not log a lazy migration:\n%s", h.log)
+	}
+	if s := sourceLazyLogs(t); len(s) != 0 {
+		t.Errorf("lazy dump logs left at the source: %v", s)
+	}
+	checkMigrated(t, h, j, before, pidsBefore, rep, t0, leaves)
+}
+
+// sourceLazyLogs lists the lazy dumps' log directories left in the source's
+// staging area.
+func sourceLazyLogs(t *testing.T) []string {
+	var out []string
+	for _, n := range sourceStaging(t) {
+		if strings.HasSuffix(n, ".logs") {
+			out = append(out, n)
+		}
+	}
+	return out
+}
+
+// checkMigrated checks that the job j, whose state was before (pids inside
+// pidsBefore) when the migration started at t0, went to h with everything
+// intact, and that the source has nothing left of it.
+func checkMigrated(t *testing.T, h *host, j *job, before Report, pidsBefore string, rep migrateReport, t0 time.Time, leaves int) {
+	t.Helper()
 	// Nothing is left at the source.
 	if got := filterPrefix(ls(t), "/mig"); len(got) != 0 {
 		t.Errorf("source still has %v", got)
@@ -185,6 +251,9 @@ func TestMigrateRunningJob(t *testing.T) {
 	}
 	if !strings.Contains(h.log.String(), "/mig: done") {
 		t.Errorf("cr serve did not log the migration:\n%s", h.log)
+	}
+	if strings.Contains(h.log.String(), "lazy migrations refused") {
+		t.Errorf("cr serve refuses lazy migrations here:\n%s", h.log)
 	}
 	if s := h.incoming(t); len(s) != 0 {
 		t.Errorf("destination staging area not cleaned: %v", s)
@@ -647,9 +716,9 @@ func readFrame(r io.Reader) (byte, []byte, error) {
 	return hdr[0], p, err
 }
 
-// --lazy and --pre-copy are refused with their reason before anything is
-// sent; the source is untouched.
-func TestMigrateLazyPreCopyRefused(t *testing.T) {
+// --pre-copy is refused with its reason before anything is sent, and so
+// are flags that make no sense; the source is untouched.
+func TestMigratePreCopyRefused(t *testing.T) {
 	h := newHost(t, "token")
 	j := startJob(t, "/lazy")
 	before := j.ask(t)
@@ -666,7 +735,6 @@ func TestMigrateLazyPreCopyRefused(t *testing.T) {
 		has   bool
 		needs string
 	}{
-		{"--lazy", f.UserFaultFD, "userfaultfd"},
 		{"--pre-copy", f.MemDirtyTrack, "soft-dirty"},
 	}
 	for _, c := range cases {
@@ -684,5 +752,6 @@ func TestMigrateLazyPreCopyRefused(t *testing.T) {
 			h.waitClean(t)
 		})
 	}
+	wantFail(t, 2, "--fallback goes with --lazy", migrateArgs(h, "/lazy", "--fallback")...)
 	sourceRunsOn(t, j, before)
 }

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"strings"
 	"sync"
 	"time"
@@ -31,6 +32,14 @@ type Migration struct {
 	// its tasks not yet resumed. An error aborts the migration (the
 	// receiver kills what it restored); nil lets Migrate send COMMIT.
 	OnReady func(info RestoreInfo) error
+	// Pages (lazy migrations, required then) returns, once Prepare is
+	// done, the sockets of the dump's page servers by manifest container
+	// index. Migrate carries them to the receiver's lazy-pages daemons
+	// until it returns, then closes them.
+	Pages func() map[int]*os.File
+	// OnResumed (lazy), if set, runs when the receiver reports the tree
+	// running (DONE), while its memory still follows.
+	OnResumed func(info RestoreInfo)
 	// HandshakeTimeout bounds connecting, TLS, authentication and the
 	// answer to the request (default 30s).
 	HandshakeTimeout time.Duration
@@ -68,11 +77,15 @@ func Migrate(ctx context.Context, addr string, auth Auth, mig Migration) (Restor
 	if cl.counter != nil {
 		cl.stats.BytesSent = cl.counter.bytesWritten()
 	}
+	if cl.mux != nil {
+		cl.stats.PageBytes = cl.mux.out.Load()
+	}
 	return info, cl.stats, err
 }
 
 type client struct {
 	mig     Migration
+	mux     *pageMux // lazy
 	fc      *frameConn
 	tc      *tls.Conn
 	counter *countConn
@@ -92,6 +105,9 @@ func (cl *client) run(ctx context.Context, addr string, auth Auth) (RestoreInfo,
 	mig := cl.mig
 	if mig.Prepare == nil || mig.Body == nil {
 		return RestoreInfo{}, errors.New("migrate: Prepare and Body are required")
+	}
+	if mig.Request.Lazy && mig.Pages == nil {
+		return RestoreInfo{}, errors.New("migrate: a lazy migration needs Pages")
 	}
 	creds, err := auth.load()
 	if err != nil {
@@ -157,6 +173,13 @@ func (cl *client) run(ctx context.Context, addr string, auth Auth) (RestoreInfo,
 	if err := cl.expectAccept(ctx, time.Now().Add(cl.idle), &acc); err != nil {
 		return RestoreInfo{}, err
 	}
+	if mig.Request.Lazy {
+		cl.mux = newPageMux(cl.fc)
+		defer cl.mux.close()
+		for i, conn := range mig.Pages() {
+			cl.mux.attach(uint16(i), conn)
+		}
+	}
 
 	// Stream the archive while a goroutine watches for the receiver's
 	// frames: an ERROR stops the stream at once.
@@ -207,9 +230,14 @@ func (cl *client) run(ctx context.Context, addr string, auth Auth) (RestoreInfo,
 			return RestoreInfo{}, err
 		}
 	}
-	stopPing()
+	if cl.mux == nil {
+		// Lazy: the page conversation goes on until COMPLETE, and
+		// the receiver reads PINGs meanwhile.
+		stopPing()
+	}
 
-	// COMMIT: from here on, only DONE tells where the tree runs.
+	// COMMIT: from here on, only DONE (lazy: COMPLETE) tells where the
+	// tree runs.
 	t0 = time.Now()
 	// A failed write may still have delivered COMMIT, and the receiver
 	// may have reported its outcome already: only its answer decides.
@@ -219,6 +247,21 @@ func (cl *client) run(ctx context.Context, addr string, auth Auth) (RestoreInfo,
 		return RestoreInfo{}, err
 	}
 	cl.stats.Commit = time.Since(t0)
+	if cl.mux == nil {
+		return info, nil
+	}
+	// Lazy: the tree runs at the receiver, its memory follows. An ERROR
+	// now means the receiver killed the tree (ErrRemote): the source
+	// may run again.
+	if mig.OnResumed != nil {
+		mig.OnResumed(info)
+	}
+	t0 = time.Now()
+	var comp completeMsg
+	if err := cl.await(ctx, frames, msgComplete, &comp, true); err != nil {
+		return RestoreInfo{}, err
+	}
+	cl.stats.Pages = time.Since(t0)
 	return info, nil
 }
 
@@ -334,7 +377,7 @@ func (cl *client) expectAccept(ctx context.Context, deadline time.Time, acc *acc
 			if err := decode(t, p, &m); err != nil {
 				return err
 			}
-			return &RemoteError{Kind: ErrRejected, Reason: sanitize(m.Reason)}
+			return &RemoteError{Kind: ErrRejected, Reason: sanitize(m.Reason), Code: m.Code}
 		case msgError:
 			return cl.remoteError(p, false)
 		default:
@@ -370,14 +413,23 @@ func (cl *client) abort(err error) {
 func (cl *client) startReader() (<-chan frame, func()) {
 	frames := make(chan frame, 4)
 	quit := make(chan struct{})
+	limit, last := uint32(maxControl), msgDone
+	if cl.mux != nil {
+		limit, last = maxData, msgComplete
+	}
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
 		for {
-			t, p, err := cl.fc.recv(maxControl, time.Now().Add(cl.idle))
+			t, p, err := cl.fc.recv(limit, time.Now().Add(cl.idle))
 			if err == nil && t == msgPing {
 				if err = expectEmpty(t, p); err == nil {
+					continue
+				}
+			}
+			if err == nil && t == msgPages && cl.mux != nil {
+				if err = cl.mux.deliver(p); err == nil {
 					continue
 				}
 			}
@@ -386,7 +438,7 @@ func (cl *client) startReader() (<-chan frame, func()) {
 			case <-quit:
 				return
 			}
-			if err != nil || t == msgDone || t == msgError {
+			if err != nil || t == last || t == msgError {
 				if t == msgError {
 					cl.fc.killWrites()
 				}

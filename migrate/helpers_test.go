@@ -19,6 +19,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -135,6 +136,9 @@ type fakeRestorer struct {
 	started    chan struct{} // closed (once) when Restore is entered, if set
 	block      chan struct{} // Restore waits for it before ready, if set
 	afterReady func()        // called after ready returned nil
+	// lazy, for lazy jobs, plays the lazy-pages daemons after the
+	// resume: Restore returns its error.
+	lazy func(ctx context.Context, job *Job, daemons []*os.File) error
 
 	mu       sync.Mutex
 	calls    int
@@ -147,7 +151,8 @@ type fakeRestorer struct {
 	once     sync.Once
 }
 
-func (f *fakeRestorer) Restore(ctx context.Context, dir string, m *images.Manifest, as string, ready func(RestoreInfo) error) (RestoreInfo, error) {
+func (f *fakeRestorer) Restore(ctx context.Context, job *Job) (RestoreInfo, error) {
+	dir, m, as, ready := job.Dir, job.Manifest, job.As, job.Ready
 	files, err := hashTree(dir)
 	f.mu.Lock()
 	f.calls++
@@ -169,6 +174,16 @@ func (f *fakeRestorer) Restore(ctx context.Context, dir string, m *images.Manife
 	}
 	if f.failBefore != nil {
 		return RestoreInfo{}, f.failBefore
+	}
+	// Lazy: a daemon per container, its socket carried to the sender.
+	var daemons []*os.File
+	if job.Lazy {
+		for i := range m.Containers {
+			ours, theirs := socketPair()
+			defer theirs.Close()
+			job.Pages(i, ours)
+			daemons = append(daemons, theirs)
+		}
 	}
 	info := RestoreInfo{Paths: []string{as}, Pids: map[string]int{as: 4242}}
 	if f.skipReady {
@@ -192,7 +207,27 @@ func (f *fakeRestorer) Restore(ctx context.Context, dir string, m *images.Manife
 		return RestoreInfo{}, f.failAfter
 	}
 	info.Elapsed = 5 * time.Millisecond
+	if job.Lazy {
+		job.Resumed(info)
+		if f.lazy != nil {
+			if err := f.lazy(ctx, job, daemons); err != nil {
+				f.setKilled()
+				return RestoreInfo{}, err
+			}
+		}
+	}
 	return info, nil
+}
+
+// socketPair returns the two ends of a unix stream socket pair; the first
+// is non-blocking, as CRIU's sockets are on cr's side.
+func socketPair() (*os.File, *os.File) {
+	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		panic(err)
+	}
+	syscall.SetNonblock(fds[0], true)
+	return os.NewFile(uintptr(fds[0]), "ours"), os.NewFile(uintptr(fds[1]), "theirs")
 }
 
 func (f *fakeRestorer) setKilled() {
@@ -360,6 +395,7 @@ func (s *source) migration(req Request, hooks *hookCounts) Migration {
 			hooks.ready.Add(1)
 			return nil
 		},
+		Pages:            func() map[int]*os.File { return nil },
 		HandshakeTimeout: 5 * time.Second,
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"path"
 	"strings"
 	"time"
@@ -78,31 +79,55 @@ type RestoreInfo struct {
 	Elapsed time.Duration `json:"elapsed_ns,omitempty"`
 }
 
+// Job is one received image for the Restorer.
+type Job struct {
+	// Dir holds the extracted, verified image; it is removed when Restore
+	// returns.
+	Dir      string
+	Manifest *images.Manifest
+	// As is the path to restore under ("": the image's own root).
+	As string
+
+	// Ready must be called exactly once, after the tree is restored and
+	// before its tasks resume (CRIU's pre-resume notification). It sends
+	// READY to the sender and waits for its decision: it returns nil when
+	// the sender committed, and then the tasks must resume; it returns an
+	// error when the sender aborted, vanished or did not answer in time,
+	// and then Restore must kill what it restored and return an error.
+	Ready func(RestoreInfo) error
+
+	// Lazy: the image's memory was kept back at the sender, and comes
+	// through Pages while the restored tree runs.
+	Lazy bool
+	// Pages (lazy) carries the socket of manifest container i's CRIU
+	// lazy-pages daemon to the sender's page server. Call it before the
+	// daemon expects an answer.
+	Pages func(i int, conn *os.File)
+	// Resumed (lazy) must be called once the tree runs again, after the
+	// commit: the sender learns (DONE) that its downtime is over. Restore
+	// then returns once every page arrived, or, if they cannot all arrive
+	// (the sender is lost: ctx is cancelled), kills the tree and returns
+	// an error.
+	Resumed func(RestoreInfo)
+}
+
 // Restorer restores a received image. The receiver calls Restore once per
-// migration, after the image was extracted into dir and verified, with the
-// image's manifest and the path to restore under.
-//
-// Restore must call ready exactly once, after the tree is restored and
-// before its tasks resume (CRIU's pre-resume notification). ready sends
-// READY to the sender and waits for its decision: it returns nil when the
-// sender committed, and then the tasks must resume; it returns an error when
-// the sender aborted, vanished or did not answer in time, and then Restore
-// must kill what it restored and return an error.
+// migration, after the image was extracted and verified.
 //
 // Restore returns an error only when nothing it restored is left running:
-// the sender then resumes the source. dir is removed when Restore returns.
-// ctx is cancelled when the server shuts down or, before the commit, when
-// the sender's connection is lost.
+// the sender then resumes the source. ctx is cancelled when the server
+// shuts down or when the sender's connection is lost before the commit
+// (lazy: before the last page).
 type Restorer interface {
-	Restore(ctx context.Context, dir string, m *images.Manifest, as string, ready func(RestoreInfo) error) (RestoreInfo, error)
+	Restore(ctx context.Context, job *Job) (RestoreInfo, error)
 }
 
 // RestorerFunc adapts a function to the Restorer interface.
-type RestorerFunc func(ctx context.Context, dir string, m *images.Manifest, as string, ready func(RestoreInfo) error) (RestoreInfo, error)
+type RestorerFunc func(ctx context.Context, job *Job) (RestoreInfo, error)
 
 // Restore calls f.
-func (f RestorerFunc) Restore(ctx context.Context, dir string, m *images.Manifest, as string, ready func(RestoreInfo) error) (RestoreInfo, error) {
-	return f(ctx, dir, m, as, ready)
+func (f RestorerFunc) Restore(ctx context.Context, job *Job) (RestoreInfo, error) {
+	return f(ctx, job)
 }
 
 // Errors returned by Migrate. A *RemoteError carries the receiver's reason
@@ -121,16 +146,27 @@ var (
 	// DONE arrived. The tree may or may not run at the destination: the
 	// source must stay frozen until someone checks.
 	ErrInDoubt = errors.New("migration outcome unknown: connection lost after commit")
+	// ErrNoLazy: the receiver cannot restore lazily (no userfaultfd, or
+	// not enabled); it comes with ErrRejected, before the source is
+	// touched, so a stop-and-copy migration may follow.
+	ErrNoLazy = errors.New("receiver cannot do lazy migration")
 )
+
+// codeNoLazy is the REJECT code of ErrNoLazy.
+const codeNoLazy = "no-lazy"
 
 // RemoteError is an error the receiver reported, with its reason.
 type RemoteError struct {
 	Kind   error // ErrAuth, ErrRejected, ErrRemote or ErrInDoubt
 	Reason string
+	Code   string // the receiver's code, if any (REJECT)
 }
 
 func (e *RemoteError) Error() string { return e.Kind.Error() + ": " + e.Reason }
 func (e *RemoteError) Unwrap() error { return e.Kind }
+
+// Is makes a rejection with code "no-lazy" match ErrNoLazy.
+func (e *RemoteError) Is(target error) bool { return target == ErrNoLazy && e.Code == codeNoLazy }
 
 // ClientStats measure a migration from the sender's side.
 type ClientStats struct {
@@ -150,4 +186,9 @@ type ClientStats struct {
 	Restore time.Duration
 	// Commit is the time from COMMIT to DONE.
 	Commit time.Duration
+	// Lazy only: Pages is the time from DONE to COMPLETE, while the
+	// memory followed the running tree; PageBytes counts the page-server
+	// bytes carried to the receiver.
+	Pages     time.Duration
+	PageBytes int64
 }

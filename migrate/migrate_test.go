@@ -345,7 +345,7 @@ func TestCheckRejects(t *testing.T) {
 		want string
 	}{
 		{Request{Root: "/a", As: "/exists"}, "target /exists exists"},
-		{Request{Root: "/a", Lazy: true}, "lazy migration is not supported"},
+		{Request{Root: "/a", Lazy: true}, "lazy migration is not enabled"},
 		{Request{Root: "a/../b"}, "invalid request"},
 		{Request{Root: "/a\n/b"}, "invalid request"},
 	} {
@@ -820,8 +820,8 @@ func BenchmarkMigrate(b *testing.B) {
 	done := make(chan error, 1)
 	go func() {
 		done <- Serve(ctx, ln, ServerConfig{Auth: auth, StagingDir: b.TempDir(), Restorer: RestorerFunc(
-			func(_ context.Context, _ string, _ *images.Manifest, as string, ready func(RestoreInfo) error) (RestoreInfo, error) {
-				return RestoreInfo{Paths: []string{as}}, ready(RestoreInfo{})
+			func(_ context.Context, job *Job) (RestoreInfo, error) {
+				return RestoreInfo{Paths: []string{job.As}}, job.Ready(RestoreInfo{})
 			})})
 	}()
 	defer func() { cancel(); <-done }()

@@ -54,6 +54,10 @@ type ServerConfig struct {
 	// (for example: the target path exists). Its error's text is sent to
 	// the sender as the reason.
 	Check func(req Request) error
+	// Lazy, if set, enables lazy migrations: it returns why this host
+	// cannot do one now (no userfaultfd), or nil. Without it, or on its
+	// error, a lazy request is rejected with ErrNoLazy's code.
+	Lazy func() error
 }
 
 // Server defaults.
@@ -402,9 +406,11 @@ func (c *conn) readAbort(p []byte) error {
 }
 
 // reject refuses the request and returns the log line.
-func (c *conn) reject(reason string) string {
+func (c *conn) reject(reason string) string { return c.rejectCode(reason, "") }
+
+func (c *conn) rejectCode(reason, code string) string {
 	c.release()
-	c.fc.sendJSON(msgReject, reasonMsg{Reason: reason})
+	c.fc.sendJSON(msgReject, reasonMsg{Reason: reason, Code: code})
 	c.linger = true
 	return "rejected: " + reason
 }
@@ -456,7 +462,17 @@ func (c *conn) migrate(ctx context.Context) string {
 	}
 	c.req = req
 	if req.Lazy {
-		return c.reject("lazy migration is not supported by this server")
+		reason := "lazy migration is not enabled on this receiver"
+		if c.s.cfg.Lazy != nil {
+			if err := c.s.cfg.Lazy(); err != nil {
+				reason = "lazy migration impossible here: " + sanitize(err.Error())
+			} else {
+				reason = ""
+			}
+		}
+		if reason != "" {
+			return c.rejectCode(reason, codeNoLazy)
+		}
 	}
 	if c.s.cfg.Check != nil {
 		if err := c.s.cfg.Check(req); err != nil {
@@ -522,23 +538,37 @@ func (c *conn) migrate(ctx context.Context) string {
 	}
 	received := time.Since(t0)
 
-	info, committed, err := c.restore(ctx, dir, m, target)
+	r, err := c.restore(ctx, dir, m, target)
 	stopPing()
 	switch {
+	case err != nil && r.doneSent:
+		// Lazy, after DONE: the memory did not all arrive, and the
+		// restorer killed the tree; the sender may resume the source.
+		return c.fail(fmt.Errorf("after resuming: %w", err), false)
 	case err != nil:
 		return c.fail(fmt.Errorf("restore: %w", err), false)
-	case !committed:
+	case !r.committed:
 		// The restorer returned without asking for the commit: the
 		// tree may run here while the sender still holds the source.
 		return c.fail(errors.New("restore: restorer finished without asking for commit"), true)
+	case c.req.Lazy && !r.doneSent:
+		return c.fail(errors.New("restore: restorer finished without saying the tree resumed"), true)
 	}
 	c.release()
-	if err := c.fc.sendJSON(msgDone, info); err != nil {
+	summary := fmt.Sprintf("%s received in %s, restored %d containers in %s",
+		formatBytes(n), received.Round(time.Millisecond), len(r.info.Paths), r.info.Elapsed.Round(time.Millisecond))
+	if c.req.Lazy {
+		if err := c.fc.sendJSON(msgComplete, completeMsg{Elapsed: r.pages}); err != nil {
+			return fmt.Sprintf("done, but COMPLETE not delivered (%v): the sender is in doubt", err)
+		}
+		c.linger = true
+		return fmt.Sprintf("done (lazy): %s, %s of pages in %s after resuming", summary, formatBytes(r.pageBytes), r.pages.Round(time.Millisecond))
+	}
+	if err := c.fc.sendJSON(msgDone, r.info); err != nil {
 		return fmt.Sprintf("done, but DONE not delivered (%v): the sender is in doubt", err)
 	}
 	c.linger = true
-	return fmt.Sprintf("done: %s received in %s, restored %d containers in %s",
-		formatBytes(n), received.Round(time.Millisecond), len(info.Paths), info.Elapsed.Round(time.Millisecond))
+	return "done: " + summary
 }
 
 // reserve marks target as being received; false if it already is.
@@ -696,13 +726,31 @@ type frame struct {
 	err error
 }
 
+// restored is how a Restorer's run ended.
+type restored struct {
+	info      RestoreInfo
+	committed bool
+	doneSent  bool          // lazy: DONE was sent when the tree resumed
+	pages     time.Duration // lazy: from DONE to the last page
+	pageBytes int64
+}
+
 // restore runs the Restorer. A goroutine reads the sender's frames
 // meanwhile: before the commit, losing the sender cancels the restore; the
-// ready callback takes COMMIT or ABORT from it.
-func (c *conn) restore(ctx context.Context, dir string, m *images.Manifest, target string) (RestoreInfo, bool, error) {
+// ready callback takes COMMIT or ABORT from it. In a lazy migration it
+// also hands PAGES to the page channels, and losing the sender before the
+// last page cancels the restore too.
+func (c *conn) restore(ctx context.Context, dir string, m *images.Manifest, target string) (restored, error) {
 	rctx, rcancel := context.WithCancelCause(ctx)
 	defer rcancel(nil)
 	var readySent, committed atomic.Bool
+	var mux *pageMux
+	limit := uint32(maxControl)
+	if c.req.Lazy {
+		mux = newPageMux(c.fc)
+		defer mux.close()
+		limit = maxData
+	}
 	frames := make(chan frame, 1)
 	quit := make(chan struct{})
 	var wg sync.WaitGroup
@@ -710,8 +758,17 @@ func (c *conn) restore(ctx context.Context, dir string, m *images.Manifest, targ
 	go func() {
 		defer wg.Done()
 		for {
-			t, p, err := c.next(maxControl)
+			t, p, err := c.next(limit)
+			if err == nil && t == msgPages && mux != nil {
+				if err = mux.deliver(p); err == nil {
+					continue
+				}
+			}
 			switch {
+			case committed.Load() && mux != nil && err != nil:
+				// Lazy: the pages can no longer arrive.
+				rcancel(fmt.Errorf("sender lost before the last page: %w", err))
+				return
 			case committed.Load():
 				// After the commit the restore goes on whatever the
 				// sender does.
@@ -776,12 +833,31 @@ func (c *conn) restore(ctx context.Context, dir string, m *images.Manifest, targ
 			}
 		}
 	}
+	var r restored
+	var resumedAt time.Time
+	job := &Job{Dir: dir, Manifest: m, As: target, Ready: ready, Lazy: c.req.Lazy}
+	if mux != nil {
+		job.Pages = func(i int, conn *os.File) { mux.attach(uint16(i), conn) }
+		job.Resumed = func(info RestoreInfo) {
+			if !committed.Load() || r.doneSent {
+				return
+			}
+			r.doneSent = true
+			resumedAt = time.Now()
+			c.fc.sendJSON(msgDone, info)
+		}
+	}
 	start := time.Now()
-	info, err := c.s.cfg.Restorer.Restore(rctx, dir, m, target, ready)
+	info, err := c.s.cfg.Restorer.Restore(rctx, job)
 	if info.Elapsed == 0 {
 		info.Elapsed = time.Since(start)
 	}
-	return info, committed.Load(), err
+	r.info, r.committed = info, committed.Load()
+	if mux != nil && r.doneSent {
+		r.pages = time.Since(resumedAt)
+		r.pageBytes = mux.in.Load()
+	}
+	return r, err
 }
 
 func formatBytes(n int64) string {

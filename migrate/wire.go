@@ -34,10 +34,11 @@ const (
 	msgBegin     msgType = 0x13 // C→S {size}
 	msgData      msgType = 0x20 // C→S raw archive bytes
 	msgEnd       msgType = 0x21 // C→S {bytes}
-	msgPages     msgType = 0x22 // reserved: CRIU page-server stream for lazy migration
+	msgPages     msgType = 0x22 // either way: {channel, bytes} of CRIU's page server (lazy)
 	msgReady     msgType = 0x30 // S→C RestoreInfo
 	msgCommit    msgType = 0x31 // C→S empty
 	msgDone      msgType = 0x32 // S→C RestoreInfo
+	msgComplete  msgType = 0x33 // S→C {elapsed_ns} (lazy: every page arrived)
 	msgPing      msgType = 0x40 // either way, empty
 	msgAbort     msgType = 0x41 // C→S {reason}
 	msgError     msgType = 0x42 // S→C {reason, in_doubt}
@@ -47,7 +48,7 @@ var msgNames = map[msgType]string{
 	msgHello: "HELLO", msgChallenge: "CHALLENGE", msgAuth: "AUTH", msgAuthOK: "AUTH_OK",
 	msgRequest: "REQUEST", msgAccept: "ACCEPT", msgReject: "REJECT", msgBegin: "BEGIN",
 	msgData: "DATA", msgEnd: "END", msgPages: "PAGES",
-	msgReady: "READY", msgCommit: "COMMIT", msgDone: "DONE",
+	msgReady: "READY", msgCommit: "COMMIT", msgDone: "DONE", msgComplete: "COMPLETE",
 	msgPing: "PING", msgAbort: "ABORT", msgError: "ERROR",
 }
 
@@ -115,6 +116,13 @@ type (
 	reasonMsg struct {
 		Reason  string `json:"reason"`
 		InDoubt bool   `json:"in_doubt,omitempty"`
+		// Code, in REJECT, says what a sender may act on: codeNoLazy.
+		Code string `json:"code,omitempty"`
+	}
+	completeMsg struct {
+		// Elapsed is the time from the tree's resumption to the last
+		// page.
+		Elapsed time.Duration `json:"elapsed_ns"`
 	}
 )
 

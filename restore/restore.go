@@ -35,6 +35,12 @@ type Options struct {
 	CRIUVersion int
 	StagingDir  string
 	Limits      images.Limits
+	// Pages, set for a lazy migration, receives cr's end of the socket
+	// through which the lazy-pages daemon of manifest container i reaches
+	// the page server that holds its memory (see dump.PageLink), before
+	// the daemon says a word. The restored tasks resume before their
+	// memory is here; Result.WaitPages follows the rest of it.
+	Pages func(i int, conn *os.File)
 }
 
 // Result is a restored subtree.
@@ -44,6 +50,23 @@ type Result struct {
 	Containers []string       // absolute paths, parents first
 	Elapsed    time.Duration
 	Manifest   *images.Manifest
+
+	tree    *nstree.Tree
+	nodes   []*nstree.Node
+	daemons []*lazyDaemon
+}
+
+// lazyDaemon is the `criu lazy-pages` of one container of a lazy restore.
+type lazyDaemon struct {
+	path string
+	proc *criubin.PageProc
+	work string
+}
+
+// stop kills the daemon and removes its work directory.
+func (d *lazyDaemon) stop() {
+	d.proc.Kill()
+	os.RemoveAll(d.work)
 }
 
 // ErrIncompatible: the image cannot be restored on this host.
@@ -103,13 +126,16 @@ func FromDir(ctx context.Context, t *nstree.Tree, dir string, m *images.Manifest
 	if err != nil {
 		return nil, err
 	}
-	res := &Result{Root: target, Pids: map[string]int{}, Manifest: m}
+	res := &Result{Root: target, Pids: map[string]int{}, Manifest: m, tree: t, nodes: nodes}
 	for _, n := range nodes {
 		res.Containers = append(res.Containers, n.Path)
 	}
 	ok := false
 	defer func() {
 		if !ok {
+			for _, d := range res.daemons {
+				d.stop()
+			}
 			t.RemoveRestored(nodes)
 		}
 	}()
@@ -142,11 +168,22 @@ func FromDir(ctx context.Context, t *nstree.Tree, dir string, m *images.Manifest
 		if c.Empty {
 			continue
 		}
+		n := nodes[i]
+		work := ""
+		if o.Pages != nil {
+			d, err := startLazyDaemon(o, dir, c, n)
+			if err != nil {
+				abortAll(err)
+				return nil, err
+			}
+			res.daemons = append(res.daemons, d)
+			o.Pages(i, d.proc.Conn)
+			work = d.work
+		}
 		h := &held{restored: make(chan int32, 1), decide: make(chan error, 1), done: make(chan error, 1)}
 		hs = append(hs, h)
-		n := nodes[i]
 		go func() {
-			h.done <- restoreOne(ctx, t, o, dir, c, n, func(pid int32) error {
+			h.done <- restoreOne(ctx, t, o, dir, work, c, n, func(pid int32) error {
 				h.restored <- pid
 				return <-h.decide
 			})
@@ -211,17 +248,80 @@ func toSpecs(m *images.Manifest) []nstree.RestoreSpec {
 	return specs
 }
 
-func restoreOne(ctx context.Context, t *nstree.Tree, o Options, dir string, c images.Container, n *nstree.Node, onRestored func(int32) error) error {
+// startLazyDaemon starts the lazy-pages daemon of container c, in the
+// work directory its restore will use (where the daemon's socket is).
+func startLazyDaemon(o Options, dir string, c images.Container, n *nstree.Node) (*lazyDaemon, error) {
+	work, err := os.MkdirTemp(o.StagingDir, "rstwork-")
+	if err != nil {
+		return nil, err
+	}
+	log := filepath.Join(work, "lazy-pages.log")
+	args := []string{"lazy-pages", "--page-server", "-D", filepath.Join(dir, c.Dir), "-W", work, "-o", log, "-v4"}
+	p, err := criubin.StartPageProc(o.CRIU, "lazy-pages", args, log)
+	if err != nil {
+		err = criuError(n.Path, log, err)
+		os.RemoveAll(work)
+		return nil, err
+	}
+	return &lazyDaemon{path: n.Path, proc: p, work: work}, nil
+}
+
+// WaitPages follows a lazy restore until every page of every container has
+// arrived, and returns nil then. If a lazy-pages daemon fails, or ctx ends
+// first (the sender is lost), the restored tree cannot go on without its
+// memory: it is killed, its nodes removed, and the error says why.
+func (r *Result) WaitPages(ctx context.Context) error {
+	if len(r.daemons) == 0 {
+		return nil
+	}
+	errs := make(chan error, len(r.daemons))
+	for _, d := range r.daemons {
+		go func() {
+			if err := d.proc.Wait(); err != nil {
+				errs <- fmt.Errorf("%s: memory transfer failed: %w", d.path, err)
+				return
+			}
+			errs <- nil
+		}()
+	}
+	var err error
+	for range r.daemons {
+		select {
+		case err = <-errs:
+		case <-ctx.Done():
+			err = fmt.Errorf("memory transfer interrupted: %w", context.Cause(ctx))
+		}
+		if err != nil {
+			break
+		}
+	}
+	if err != nil {
+		// Kill before the daemons go: a daemon that goes leaves its pages
+		// unmapped, and the job would read zeros there.
+		r.tree.RemoveRestored(r.nodes)
+	}
+	for _, d := range r.daemons {
+		d.stop()
+	}
+	if err != nil {
+		return fmt.Errorf("%w; the restored tree was killed", err)
+	}
+	return nil
+}
+
+func restoreOne(ctx context.Context, t *nstree.Tree, o Options, dir, work string, c images.Container, n *nstree.Node, onRestored func(int32) error) error {
 	imgF, err := os.Open(filepath.Join(dir, c.Dir))
 	if err != nil {
 		return fmt.Errorf("restore %s: %w", n.Path, err)
 	}
 	defer imgF.Close()
-	work, err := os.MkdirTemp(o.StagingDir, "rstwork-")
-	if err != nil {
-		return err
+	lazy := work != ""
+	if !lazy {
+		if work, err = os.MkdirTemp(o.StagingDir, "rstwork-"); err != nil {
+			return err
+		}
+		defer os.RemoveAll(work)
 	}
-	defer os.RemoveAll(work)
 	workF, err := os.Open(work)
 	if err != nil {
 		return err
@@ -237,6 +337,7 @@ func restoreOne(ctx context.Context, t *nstree.Tree, o Options, dir string, c im
 		ManageCgroupsMode: rpc.CriuCgMode_SOFT.Enum(),
 		CgRoot:            []*rpc.CgroupRoot{{Ctrl: proto.String(t.CRIUController()), Path: proto.String(leaf)}},
 		FileLocks:         proto.Bool(true),
+		LazyPages:         proto.Bool(lazy),
 	}
 	_, err = criubin.Swrk(ctx, o.CRIU, rpc.CriuReqType_RESTORE, opts, func(script string, pid int32) error {
 		if script == "post-restore" {
