@@ -7,6 +7,7 @@ import (
 	"log"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -134,7 +135,7 @@ func runServe(ctx context.Context, g *Global, o ServeOptions) error {
 		Lazy: func() error { return lazyErr },
 		Restorer: migrate.RestorerFunc(func(ctx context.Context, job *migrate.Job) (migrate.RestoreInfo, error) {
 			target := restore.Target(job.Manifest, job.As)
-			done, err := st.begin(target)
+			done, err := st.begin(target, job.Lazy)
 			if err != nil {
 				return migrate.RestoreInfo{}, err
 			}
@@ -229,13 +230,18 @@ func (s *serveState) Close() { s.lock.Close() }
 func (s *serveState) workDir() string { return filepath.Join(s.dir, "work") }
 
 // begin records that a tree is being restored at target; done clears the
-// record once the restore is over, whichever way it ended.
-func (s *serveState) begin(target string) (done func(), err error) {
+// record once the restore is over, whichever way it ended (for a lazy
+// restore: once every page arrived, or the tree was killed).
+func (s *serveState) begin(target string, lazy bool) (done func(), err error) {
 	f, err := os.CreateTemp(filepath.Join(s.dir, "restoring"), "target-")
 	if err != nil {
 		return nil, fmt.Errorf("record restore: %w", err)
 	}
-	_, err = f.WriteString(target)
+	rec := target
+	if lazy {
+		rec += "\n" + lazyRecord
+	}
+	_, err = f.WriteString(rec)
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
@@ -266,11 +272,43 @@ func (s *serveState) recover(t *nstree.Tree, lg *log.Logger) {
 			lg.Printf("read restore record: %v", err)
 			continue
 		}
-		if msg := removeHalfRestored(t, string(b)); msg != "" {
+		target, kind, _ := strings.Cut(string(b), "\n")
+		msg := ""
+		if kind == lazyRecord {
+			msg = removeLazyRestored(t, target)
+		} else {
+			msg = removeHalfRestored(t, target)
+		}
+		if msg != "" {
 			lg.Print(msg)
 		}
 		os.Remove(p)
 	}
+}
+
+// lazyRecord marks the record of a lazy restore.
+const lazyRecord = "lazy"
+
+// removeLazyRestored removes the tree of a lazy restore whose memory had
+// not all arrived when cr serve died: CRIU's lazy-pages daemon went with
+// it, and the job finds zeros where pages were missing, so it cannot be
+// trusted. The sender, told nothing, keeps its source frozen and its user
+// to check here: this host then has nothing, and the source can be thawed.
+func removeLazyRestored(t *nstree.Tree, target string) string {
+	f, err := t.Load()
+	if err != nil {
+		return fmt.Sprintf("interrupted lazy migration to %s: %v", target, err)
+	}
+	n, ok := f.ByPath[target]
+	if !ok {
+		return ""
+	}
+	// Frozen first, so that it is killed at once, without running on.
+	_ = t.Freeze(context.Background(), n)
+	if err := t.Kill(context.Background(), n, nstree.KillOptions{}); err != nil {
+		return fmt.Sprintf("interrupted lazy migration to %s: %v", target, err)
+	}
+	return fmt.Sprintf("interrupted lazy migration to %s: its memory had not all arrived; killed and removed", target)
 }
 
 // halfRestoredWait bounds the wait for CRIU to kill what it restored.

@@ -182,6 +182,27 @@ func (h *host) running() bool {
 	}
 }
 
+// resumed reports whether a container named name was restored here and
+// runs: the restore records its time once the tasks resumed.
+func (h *host) resumed(t testing.TB, name string) bool {
+	t.Helper()
+	cfgs, _ := filepath.Glob(filepath.Join(h.dir, "state", "c", "*", "config.json"))
+	for _, p := range cfgs {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			continue
+		}
+		var c struct {
+			Name     string    `json:"name"`
+			Restored time.Time `json:"restored"`
+		}
+		if json.Unmarshal(b, &c) == nil && c.Name == name && !c.Restored.IsZero() {
+			return true
+		}
+	}
+	return false
+}
+
 // kill ends cr serve with SIGKILL, as a crash would.
 func (h *host) kill(t *testing.T) {
 	t.Helper()

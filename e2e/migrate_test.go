@@ -755,3 +755,50 @@ func TestMigratePreCopyRefused(t *testing.T) {
 	wantFail(t, 2, "--fallback goes with --lazy", migrateArgs(h, "/lazy", "--fallback")...)
 	sourceRunsOn(t, j, before)
 }
+
+// The receiver dies while a lazily migrated job runs there and its memory
+// still arrives. The sender cannot know what the receiver had: it keeps the
+// source frozen and says so. The receiver's CRIU daemon went with it, so
+// the job there lacks memory: the restarted receiver kills and removes it,
+// and the source, thawed, goes on with its memory intact.
+func TestMigrateLazyReceiverKilled(t *testing.T) {
+	h := newHost(t, "token")
+	// Slow the link, so that the memory takes seconds to follow.
+	if out, err := exec.Command("tc", "qdisc", "add", "dev", h.veth, "root", "tbf", "rate", "40mbit", "burst", "64kb", "latency", "2s").CombinedOutput(); err != nil {
+		t.Fatalf("tc: %v\n%s", err, out)
+	}
+	j := startJob(t, "/lk", "--mem", "64")
+	before := j.ask(t)
+	c, stderr, done := runMigrate(t, migrateArgs(h, "/lk", "--lazy")...)
+	waitFor(t, 60*time.Second, "the job to run at the destination", func() bool {
+		select {
+		case <-done:
+			t.Fatalf("cr migrate ended before the job ran at the destination: %s", stderr)
+		default:
+		}
+		return h.resumed(t, "lk")
+	})
+	h.kill(t)
+	<-done
+	if code := c.ProcessState.ExitCode(); code == 0 || !strings.Contains(stderr.String(), "/lk is left frozen here") {
+		t.Fatalf("cr migrate to a receiver killed before the last page: exit %d, %s", code, stderr)
+	}
+	if l := ls(t)["/lk"]; l.State != "frozen" {
+		t.Fatalf("source after a lazy migration in doubt: %+v, want frozen", l)
+	}
+	if s := sourceLazyLogs(t); len(s) != 0 {
+		t.Errorf("lazy dump logs left at the source: %v", s)
+	}
+	h.start(t)
+	waitFor(t, 10*time.Second, "the restarted receiver to remove the job", func() bool {
+		return strings.Contains(h.log.String(), "interrupted lazy migration to /lk: its memory had not all arrived; killed and removed")
+	})
+	if got := h.ls(t); len(got) != 0 {
+		t.Errorf("destination has %v after its restart", got)
+	}
+	if got := cgroupsUnder(h.cg); len(got) != 0 {
+		t.Errorf("destination has cgroups %v", got)
+	}
+	mustCr(t, "thaw", "/lk")
+	sourceRunsOn(t, j, before)
+}
