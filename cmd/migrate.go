@@ -22,8 +22,8 @@ type MigrateOptions struct {
 	Lazy     bool
 	Fallback bool
 	PreCopy  bool
-	Auth    AuthOptions
-	JSON    bool
+	Auth     AuthOptions
+	JSON     bool
 }
 
 // MigrateReport is what cr migrate reports (--json).
