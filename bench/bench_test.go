@@ -309,6 +309,11 @@ func TestServeTimes(t *testing.T) {
 	if r, s := serveTimes(log, "/bench/x"); r != 0 || s != 0 {
 		t.Errorf("unknown path: %v %v", r, s)
 	}
+	// A lazy migration's line.
+	log += "2026/11/23 11:58:23 192.0.2.1:60248 /bench/t: done (lazy): 430.1 KiB received in 12ms, restored 1 containers in 95ms, 1.0 GiB of pages in 2.1s after resuming\n"
+	if r, s := serveTimes(log, "/bench/t"); !near(r, 0.012) || !near(s, 0.095) {
+		t.Errorf("lazy line: got %v %v", r, s)
+	}
 }
 
 func TestMeasureZstd(t *testing.T) {

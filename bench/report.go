@@ -342,7 +342,7 @@ func writeTables(out io.Writer, res *Results) {
 		if w.Lazy != nil {
 			lazy = "not available"
 			if w.Lazy.Available {
-				lazy = "downtime " + secs(w.Lazy.CR.DowntimeSeconds)
+				lazy = fmt.Sprintf("downtime %s, then %s of memory in %s", secs(w.Lazy.CR.DowntimeSeconds), human(w.Lazy.CR.PageBytes), secs(w.Lazy.CR.PagesSeconds))
 			}
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t|\t%s\t%s\t|\t%s\t%.0f\t%.0f\t%s\t\n", w.Name, secs(m.CR.DowntimeSeconds), secs(m.WallSeconds),

@@ -65,8 +65,12 @@ type crMigrate struct {
 	RestoreSeconds   float64 `json:"restore_seconds"`
 	RawBytes         int64   `json:"raw_bytes"`
 	BytesSent        int64   `json:"bytes_sent"`
+	ArchiveBytes     int64   `json:"archive_bytes"`
 	CompressionRatio float64 `json:"compression_ratio"`
 	ThroughputMBps   float64 `json:"throughput_mb_per_s"`
+	// --lazy: the memory that followed the running job.
+	PagesSeconds float64 `json:"pages_seconds,omitempty"`
+	PageBytes    int64   `json:"page_bytes,omitempty"`
 }
 
 // CheckpointResult is one cr checkpoint: the wall time around the command
@@ -228,8 +232,8 @@ func (e *env) measureCR(ctx context.Context, j *job, r *Run) error {
 	return nil
 }
 
-// measureMigrate tries --lazy (refused so far: the job stays), then
-// migrates stop-and-copy.
+// measureMigrate migrates with --lazy (if refused, the job stays), then
+// stop-and-copy.
 func (e *env) measureMigrate(ctx context.Context, j *job, r *Run) error {
 	var err error
 	if r.Lazy, err = e.migrate(ctx, j, true); err != nil {
@@ -330,8 +334,8 @@ func (e *env) migrate(ctx context.Context, j *job, lazy bool) (*MigrateResult, e
 	return res, nil
 }
 
-// serveDone matches cr serve's line for a finished migration.
-var serveDone = regexp.MustCompile(` (\S+): done: .* received in (\S+), restored \d+ containers in (\S+)$`)
+// serveDone matches cr serve's line for a finished migration, lazy or not.
+var serveDone = regexp.MustCompile(` (\S+): done(?: \(lazy\))?: .* received in (\S+), restored \d+ containers in ([^\s,]+)(?:,|$)`)
 
 // serveTimes reads the receive and restore times of the last migration of
 // path from cr serve's log.
