@@ -143,14 +143,14 @@ func TestMigrateLazy(t *testing.T) {
 	h := newHost(t, "token")
 	leaves := countLeaves(t)
 	cf := filepath.Join(t.TempDir(), "counter")
+	// A second container: its memory comes through a channel of its own.
+	j2 := startJob(t, "/mig/two", "--mem", "32")
+	before2 := j2.ask(t)
 	j := startJob(t, "/mig/job", "--mem", "256", "--ipc", "--children", "2", "--counter-file", cf)
 	before := j.ask(t)
 	if before.MemSHA != before.MemSHAAtInit || before.ShmData == "" || len(before.Children) != 2 {
 		t.Fatalf("job not set up: %+v", before)
 	}
-	// A second container: its memory comes through a channel of its own.
-	j2 := startJob(t, "/mig/two", "--mem", "32")
-	before2 := j2.ask(t)
 	pidsBefore := sortedPids(ps(t, "/mig/job"))
 	t0 := time.Now()
 	out := mustCr(t, append(migrateArgs(h, "/mig", "--lazy"), "--json")...)
