@@ -14,6 +14,7 @@ import (
 	"os"
 	"path"
 	"strings"
+	"sync"
 
 	"github.com/klauspost/compress/zstd"
 )
@@ -482,41 +483,118 @@ func entryType(hdr *tar.Header) error {
 // copyFile reads size bytes of the current entry, writes them to the sink,
 // and returns their sha256.
 func (rd *reader) copyFile(name string, size int64, mode os.FileMode) (string, error) {
-	var w *os.File
+	var w *fileWriter
 	if rd.out != nil {
-		var err error
-		if w, err = rd.out.create(name); err != nil {
+		f, err := rd.out.create(name)
+		if err != nil {
 			return "", err
 		}
-		defer w.Close()
+		if f != nil { // nil: hashed, not kept
+			defer f.Close()
+			w = startFileWriter(f)
+			defer w.stop()
+		}
 	}
 	h := sha256.New()
 	for left := size; left > 0; {
 		if err := rd.ctx.Err(); err != nil {
 			return "", err
 		}
-		chunk := rd.buf[:min(left, int64(len(rd.buf)))]
+		buf := rd.buf
+		if w != nil {
+			var err error
+			if buf, err = w.buffer(); err != nil {
+				return "", err
+			}
+		}
+		chunk := buf[:min(left, int64(len(buf)))]
 		n, err := io.ReadFull(rd.tr, chunk)
 		if err != nil {
 			return "", rd.fail(name, err)
 		}
 		h.Write(chunk[:n])
 		if w != nil {
-			if _, err := w.Write(chunk[:n]); err != nil {
-				return "", err
-			}
+			w.write(chunk[:n])
 		}
 		left -= int64(n)
 	}
 	if w != nil {
-		if err := w.Chmod(mode); err != nil {
+		if err := w.stop(); err != nil {
 			return "", err
 		}
-		if err := w.Close(); err != nil {
+		if err := w.f.Chmod(mode); err != nil {
+			return "", err
+		}
+		if err := w.f.Close(); err != nil {
 			return "", err
 		}
 	}
 	return hex.EncodeToString(h.Sum(nil)), nil
+}
+
+// fileWriter writes a file's chunks on a goroutine of its own, so that
+// writing (first touch of new memory, for a tmpfs staging area) overlaps
+// with decompressing and hashing the next chunk.
+type fileWriter struct {
+	f       *os.File
+	todo    chan []byte
+	free    chan []byte
+	done    chan struct{}
+	stopped bool
+
+	mu  sync.Mutex
+	err error // the first write error
+}
+
+const writeBuffers = 3
+
+func startFileWriter(f *os.File) *fileWriter {
+	w := &fileWriter{f: f, todo: make(chan []byte, writeBuffers), free: make(chan []byte, writeBuffers), done: make(chan struct{})}
+	for range writeBuffers {
+		w.free <- make([]byte, 1<<20)
+	}
+	go func() {
+		defer close(w.done)
+		for b := range w.todo {
+			if w.failed() == nil {
+				if _, err := f.Write(b); err != nil {
+					w.mu.Lock()
+					w.err = err
+					w.mu.Unlock()
+				}
+			}
+			w.free <- b[:cap(b)]
+		}
+	}()
+	return w
+}
+
+func (w *fileWriter) failed() error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.err
+}
+
+// buffer returns a free buffer, or the error a write met.
+func (w *fileWriter) buffer() ([]byte, error) {
+	if err := w.failed(); err != nil {
+		return nil, err
+	}
+	return <-w.free, nil
+}
+
+// write queues b, a buffer from buffer, to be written.
+func (w *fileWriter) write(b []byte) { w.todo <- b }
+
+// stop waits until everything queued is written and returns the first
+// write error. It may be called more than once.
+func (w *fileWriter) stop() error {
+	if !w.stopped {
+		w.stopped = true
+		close(w.todo)
+		<-w.done
+	}
+	return w.failed()
 }
 
 // readManifest reads manifest.json and manifest.sha256, compares the
