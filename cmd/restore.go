@@ -79,6 +79,8 @@ func runRestore(ctx context.Context, out io.Writer, g *Global, o RestoreOptions,
 	if err != nil {
 		return err
 	}
+	ctx, cancel := interruptible(ctx)
+	defer cancel()
 	ropts := restore.Options{CRIU: criu, CRIUVersion: ver.Code(), StagingDir: stagingDir(e.tree)}
 	var dir string
 	var m *images.Manifest
@@ -90,11 +92,14 @@ func runRestore(ctx context.Context, out io.Writer, g *Global, o RestoreOptions,
 		}
 		dir, m, err = restore.Extract(ctx, image, ropts)
 	}
-	if err != nil {
-		return err
+	if err == nil {
+		defer os.RemoveAll(dir)
+		err = restoreExtracted(ctx, out, e, dir, m, as, ropts, o.JSON)
 	}
-	defer os.RemoveAll(dir)
-	return restoreExtracted(ctx, out, e, dir, m, as, ropts, o.JSON)
+	if err != nil && ctx.Err() != nil {
+		return fmt.Errorf("restore interrupted; nothing was restored (%w)", context.Cause(ctx))
+	}
+	return err
 }
 
 // restoreExtracted restores a verified, extracted image and reports it.

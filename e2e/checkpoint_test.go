@@ -405,3 +405,51 @@ func TestRestoreLeavesHostCgroupsAlone(t *testing.T) {
 		}
 	}
 }
+
+// An interrupted restore leaves nothing: no node, no process, no staging.
+func TestRestoreInterrupted(t *testing.T) {
+	j := startJob(t, "/rintr", "--mem", "256")
+	img := image(t)
+	mustCr(t, "checkpoint", "/rintr", "-o", img)
+	_ = j
+	leaves := countLeaves(t)
+	interrupted := 0
+	for _, delay := range []time.Duration{5 * time.Millisecond, 25 * time.Millisecond, 60 * time.Millisecond} {
+		c := exec.Command(crBin, "restore", img)
+		c.Env = append(os.Environ(), env...)
+		var stderr bytes.Buffer
+		c.Stderr = &stderr
+		if err := c.Start(); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(delay) // extracting 256 MiB, or restoring it
+		_ = c.Process.Signal(syscall.SIGTERM)
+		if err := c.Wait(); err == nil {
+			t.Logf("restore finished before the signal (%s); removing it", delay)
+			mustCr(t, "kill", "/rintr")
+			continue
+		}
+		// A signal before cr handles it kills cr at once (nothing begun);
+		// after, cr says it was interrupted.
+		killed := c.ProcessState.Sys().(syscall.WaitStatus).Signaled()
+		if !killed {
+			interrupted++
+		}
+		t.Logf("after %s: killed by the signal %v: %s", delay, killed, strings.TrimSpace(stderr.String()))
+		if !killed && !strings.Contains(stderr.String(), "restore interrupted; nothing was restored") {
+			t.Errorf("interrupted restore says %q", stderr.String())
+		}
+		if _, ok := ls(t)["/rintr"]; ok {
+			t.Errorf("an interrupted restore left /rintr")
+		}
+		if n := countLeaves(t); n != leaves {
+			t.Errorf("%d container cgroups after an interrupted restore, %d before", n, leaves)
+		}
+		if s := sourceStaging(t); len(s) != 0 {
+			t.Errorf("an interrupted restore left staging: %v", s)
+		}
+	}
+	if interrupted == 0 {
+		t.Skip("no restore was interrupted while cr handled signals; nothing was tested")
+	}
+}
