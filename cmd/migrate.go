@@ -50,6 +50,7 @@ type MigrateReport struct {
 
 func init() {
 	register(newMigrateCommand)
+	mapError(migrate.ErrTargetExists, ExitExists)
 	mapError(migrate.ErrRejected, ExitFailure)
 	mapError(migrate.ErrInDoubt, ExitFailure)
 }

@@ -128,7 +128,7 @@ func runServe(ctx context.Context, g *Global, o ServeOptions) error {
 				return err
 			}
 			if _, ok := f.ByPath[req.Target()]; ok {
-				return fmt.Errorf("%s exists here", req.Target())
+				return fmt.Errorf("%w: %s exists here", migrate.ErrTargetExists, req.Target())
 			}
 			return nil
 		},

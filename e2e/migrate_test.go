@@ -510,8 +510,8 @@ func TestMigrateRestoreFails(t *testing.T) {
 	// The target path exists at the destination.
 	h.mustCr(t, "run", "/rf", "--", "sleep", "1000")
 	r := cr(t, migrateArgs(h, "/rf")...)
-	if r.code != 1 || !strings.Contains(r.err, "migration rejected") || !strings.Contains(r.err, "/rf exists") {
-		t.Errorf("migration to an existing path: want exit 1 and a rejection naming /rf, got %s", r)
+	if r.code != 4 || !strings.Contains(r.err, "migration rejected") || !strings.Contains(r.err, "/rf exists") {
+		t.Errorf("migration to an existing path: want exit 4 and a rejection naming /rf, got %s", r)
 	}
 	if dl := h.ls(t); dl["/rf"].State != "running" || fmt.Sprint(dl["/rf"].Command) != "[sleep 1000]" {
 		t.Errorf("the destination's own /rf was touched: %+v", dl["/rf"])

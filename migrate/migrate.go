@@ -150,10 +150,17 @@ var (
 	// not enabled); it comes with ErrRejected, before the source is
 	// touched, so a stop-and-copy migration may follow.
 	ErrNoLazy = errors.New("receiver cannot do lazy migration")
+	// ErrTargetExists: the receiver already has the target path; it comes
+	// with ErrRejected, before the source is touched. A ServerConfig.Check
+	// error that wraps it is sent with its code.
+	ErrTargetExists = errors.New("target exists")
 )
 
-// codeNoLazy is the REJECT code of ErrNoLazy.
-const codeNoLazy = "no-lazy"
+// REJECT codes: what a sender may act on.
+const (
+	codeNoLazy = "no-lazy" // ErrNoLazy
+	codeExists = "exists"  // ErrTargetExists
+)
 
 // RemoteError is an error the receiver reported, with its reason.
 type RemoteError struct {
@@ -165,8 +172,11 @@ type RemoteError struct {
 func (e *RemoteError) Error() string { return e.Kind.Error() + ": " + e.Reason }
 func (e *RemoteError) Unwrap() error { return e.Kind }
 
-// Is makes a rejection with code "no-lazy" match ErrNoLazy.
-func (e *RemoteError) Is(target error) bool { return target == ErrNoLazy && e.Code == codeNoLazy }
+// Is makes a rejection with a code match its error: ErrNoLazy,
+// ErrTargetExists.
+func (e *RemoteError) Is(target error) bool {
+	return target == ErrNoLazy && e.Code == codeNoLazy || target == ErrTargetExists && e.Code == codeExists
+}
 
 // ClientStats measure a migration from the sender's side.
 type ClientStats struct {

@@ -3,6 +3,7 @@ package migrate
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"os"
@@ -335,7 +336,7 @@ func TestCheckRejects(t *testing.T) {
 	r := &fakeRestorer{}
 	ts := startServer(t, ServerConfig{Auth: auth, Check: func(req Request) error {
 		if req.Target() == "/exists" {
-			return errors.New("target /exists exists")
+			return fmt.Errorf("%w: /exists is there", ErrTargetExists)
 		}
 		return nil
 	}}, r)
@@ -344,7 +345,7 @@ func TestCheckRejects(t *testing.T) {
 		req  Request
 		want string
 	}{
-		{Request{Root: "/a", As: "/exists"}, "target /exists exists"},
+		{Request{Root: "/a", As: "/exists"}, "target exists: /exists is there"},
 		{Request{Root: "/a", Lazy: true}, "lazy migration is not enabled"},
 		{Request{Root: "a/../b"}, "invalid request"},
 		{Request{Root: "/a\n/b"}, "invalid request"},
@@ -357,6 +358,10 @@ func TestCheckRejects(t *testing.T) {
 		}
 		if hooks.prepare.Load() != 0 {
 			t.Errorf("%+v: source touched", tc.req)
+		}
+		// Only the existing target carries ErrTargetExists's code.
+		if exists := tc.req.As == "/exists"; errors.Is(err, ErrTargetExists) != exists {
+			t.Errorf("%+v: errors.Is(err, ErrTargetExists) = %v", tc.req, !exists)
 		}
 	}
 	if calls, _, _, _ := r.snapshot(); calls != 0 {

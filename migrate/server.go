@@ -476,7 +476,11 @@ func (c *conn) migrate(ctx context.Context) string {
 	}
 	if c.s.cfg.Check != nil {
 		if err := c.s.cfg.Check(req); err != nil {
-			return c.reject(sanitize(err.Error()))
+			code := ""
+			if errors.Is(err, ErrTargetExists) {
+				code = codeExists
+			}
+			return c.rejectCode(sanitize(err.Error()), code)
 		}
 	}
 	target := req.Target()
