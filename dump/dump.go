@@ -18,6 +18,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -91,6 +92,9 @@ func Run(ctx context.Context, t *nstree.Tree, root *nstree.Node, o Options) (*Ch
 	if err := checkAncestors(root); err != nil {
 		return nil, err
 	}
+	if err := checkNetns(root); err != nil {
+		return nil, err
+	}
 	unlock, err := lockDump(t, root)
 	if err != nil {
 		return nil, err
@@ -128,6 +132,30 @@ func checkAncestors(root *nstree.Node) error {
 		if s, _ := f.State(); s != freeze.Thawed {
 			return fmt.Errorf("%w: %s is frozen; thaw it, or checkpoint it instead", nstree.ErrState, p.Path)
 		}
+	}
+	return nil
+}
+
+// checkNetns refuses containers that share a network namespace other
+// than cr's: CRIU would take it for one of the job's own, try to lock it
+// with iptables-restore and fail obscurely (or, if it dumped it, a restore
+// would make a copy of a namespace the container never owned).
+func checkNetns(root *nstree.Node) error {
+	self, err := os.Readlink("/proc/self/ns/net")
+	if err != nil {
+		return nil
+	}
+	var bad *nstree.Node
+	root.Walk(func(n *nstree.Node) {
+		if bad != nil || n.InitPid == 0 || slices.Contains(n.Namespaces, "net") {
+			return
+		}
+		if ns, err := os.Readlink(fmt.Sprintf("/proc/%d/ns/net", n.InitPid)); err == nil && ns != self {
+			bad = n
+		}
+	})
+	if bad != nil {
+		return fmt.Errorf("%w: %s shares the network namespace it was started in, and cr runs in another one; run cr from that namespace (nsenter --net=/proc/%d/ns/net cr ...)", nstree.ErrState, bad.Path, bad.InitPid)
 	}
 	return nil
 }

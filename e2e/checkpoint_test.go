@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -451,5 +452,27 @@ func TestRestoreInterrupted(t *testing.T) {
 	}
 	if interrupted == 0 {
 		t.Skip("no restore was interrupted while cr handled signals; nothing was tested")
+	}
+}
+
+// cr checkpoint from another network namespace than the job's (which shares the
+// namespace it was started in) is refused with the way out, before CRIU
+// fails on locking a namespace that is not the job's own.
+func TestCheckpointFromOtherNetns(t *testing.T) {
+	j := startJob(t, "/netns")
+	before := j.ask(t)
+	img := image(t)
+	c := exec.Command("unshare", "--net", crBin, "checkpoint", "/netns", "-o", img)
+	c.Env = append(os.Environ(), env...)
+	out, err := c.CombinedOutput()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 10 || !strings.Contains(string(out), "shares the network namespace it was started in") {
+		t.Errorf("checkpoint from another netns: %v, %s; want exit 10 and the reason", err, out)
+	}
+	if _, err := os.Stat(img); err == nil {
+		t.Error("an image was written")
+	}
+	if !j.progresses(t, before.Counter) {
+		t.Error("the job does not run on")
 	}
 }
