@@ -76,6 +76,12 @@ cr serve removes at start what it left: images half received, and the nodes
 of a restore that had not finished (unless processes run in them). One cr
 serve at a time uses a staging area ($CR_STAGING/serve holds its lock).
 
+Lazy migrations (cr migrate --lazy) are accepted when this host's kernel
+has userfaultfd with non-cooperative events (cr serve says at start if it
+has not): the job resumes here before its memory arrives, the memory follows
+through the same connection, and if it cannot all arrive the job is killed
+here, also at the next start after a crash.
+
 See docs/cr-serve.service for a systemd unit.`,
 		Example: `  cr certs token /etc/cr/token             # then copy it to the sending host
   cr serve --listen :7400 --token-file /etc/cr/token
