@@ -66,6 +66,7 @@ func newEnv(ctx context.Context, o options) (_ *env, err error) {
 	if fi, err := os.Stat(e.cr); err != nil || fi.Mode()&0o111 == 0 {
 		return nil, fmt.Errorf("no cr binary at %s (run make build)", o.CR)
 	}
+	_ = criubin.PrepareCache() // as cr does: raw CRIU gets the same kernel-feature cache
 	if e.criu, err = criubin.Find(o.CRIU); err != nil {
 		return nil, err
 	}

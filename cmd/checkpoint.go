@@ -80,6 +80,8 @@ shown with the path of its full log.`,
 
 // criuEnv finds a working CRIU and its version.
 func criuEnv(g *Global) (string, criubin.Version, error) {
+	// Without its cache CRIU only runs slower.
+	_ = criubin.PrepareCache()
 	path, err := criubin.Find(g.CRIU)
 	if err != nil {
 		return "", criubin.Version{}, envError{err}

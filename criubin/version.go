@@ -45,6 +45,10 @@ type versionKey struct {
 	size  int64
 }
 
+// versionCacheDir holds the versions learnt by earlier cr commands
+// (CacheDir; a test's own directory in tests).
+var versionCacheDir = CacheDir
+
 var versionCache struct {
 	sync.Mutex
 	m map[versionKey]Version
@@ -52,7 +56,7 @@ var versionCache struct {
 
 // GetVersion runs `criu --version` and parses it. The result is cached per
 // binary (path, size and modification time, so a rebuilt CRIU is asked
-// again). When the version is below MinVersion it returns the version and
+// again), in memory and in CacheDir when that is ready (PrepareCache). When the version is below MinVersion it returns the version and
 // an error wrapping ErrTooOld.
 func GetVersion(path string) (Version, error) {
 	fi, err := os.Stat(path)
@@ -64,13 +68,21 @@ func GetVersion(path string) (Version, error) {
 	v, ok := versionCache.m[key]
 	versionCache.Unlock()
 	if !ok {
-		ctx, cancel := context.WithTimeout(context.Background(), versionTimeout)
-		defer cancel()
-		out, err := exec.CommandContext(ctx, path, "--version").Output()
-		if err != nil {
-			return Version{}, fmt.Errorf("get criu version: %s --version: %w", path, err)
+		dkey := versionKeyString(path, fi)
+		out, cached := cachedVersion(versionCacheDir, dkey)
+		if !cached {
+			ctx, cancel := context.WithTimeout(context.Background(), versionTimeout)
+			defer cancel()
+			b, err := exec.CommandContext(ctx, path, "--version").Output()
+			if err != nil {
+				return Version{}, fmt.Errorf("get criu version: %s --version: %w", path, err)
+			}
+			out = string(b)
 		}
-		v, err = ParseVersion(string(out))
+		v, err = ParseVersion(out)
+		if err == nil && !cached {
+			saveVersion(versionCacheDir, dkey, out)
+		}
 		if err != nil {
 			return Version{}, fmt.Errorf("get criu version of %s: %w", path, err)
 		}

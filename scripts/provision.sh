@@ -17,6 +17,13 @@ CRIU_VERSION=4.1.1
 CRIU_DEB_VERSION=4.1.1-1
 CRIU_SHA256=f80a66cb3726bb2116266d4759ce3bcbfab7abdb6b6d430bf20dd41911717afe
 PREFIX=${CR_CRIU_PREFIX:-/usr/local/libexec/cr}
+# CRIU caches what it probed of the kernel (criu.kdat, ~30 ms a run) only on
+# tmpfs, under the RUNDIR it was built with: /run is not tmpfs here, so the
+# CRIU built here keeps it in cr's directory on /dev/shm, which cr prepares
+# (root's, 0700; criubin.CacheDir). The build records that in criu.build;
+# a CRIU of ours built without it is built again.
+KDAT_DIR=/dev/shm/cr-criu
+BUILD_ID="criu $CRIU_VERSION rundir=$KDAT_DIR"
 CACHE=${CR_CACHE:-/var/cache/cr}
 here=$(cd "$(dirname "$0")/.." && pwd)
 
@@ -48,7 +55,12 @@ criu_ok() {
 
 find_criu() {
 	for c in "${CR_CRIU:-}" "$PREFIX/criu" "$(command -v criu 2>/dev/null || true)"; do
-		[ -n "$c" ] && criu_ok "$c" && { echo "$c"; return 0; }
+		[ -n "$c" ] || continue
+		if [ "$c" = "$PREFIX/criu" ] && [ -x "$c" ] && [ "$(cat "$PREFIX/criu.build" 2>/dev/null)" != "$BUILD_ID" ]; then
+			say "$c was built without its kernel-feature cache on tmpfs; building it again"
+			continue
+		fi
+		criu_ok "$c" && { echo "$c"; return 0; }
 	done
 	return 1
 }
@@ -89,9 +101,10 @@ EOT
 	rm -rf "$build"; mkdir -p "$build"
 	tar -xJf "$tarball" -C "$build"
 	say "building CRIU $CRIU_VERSION (about a minute)"
-	(cd "$build/criu-$CRIU_VERSION" && make -j"$(nproc)" criu >"$CACHE/build.log" 2>&1) ||
+	(cd "$build/criu-$CRIU_VERSION" && make -j"$(nproc)" criu RUNDIR="$KDAT_DIR" >"$CACHE/build.log" 2>&1) ||
 		{ tail -n 30 "$CACHE/build.log" >&2; die "CRIU build failed (full log: $CACHE/build.log)"; }
 	install -D -m 0755 "$build/criu-$CRIU_VERSION/criu/criu" "$PREFIX/criu"
+	echo "$BUILD_ID" >"$PREFIX/criu.build"
 	rm -rf "$build"
 	criu_ok "$PREFIX/criu" || die "the CRIU just built at $PREFIX/criu fails criu check"
 	say "installed CRIU $CRIU_VERSION at $PREFIX/criu"
@@ -101,6 +114,9 @@ apt_install iproute2 util-linux
 command -v go >/dev/null || die "go is not installed (expected Go >= 1.25 at /usr/local/go)"
 [ -f "$here/go.mod" ] && { (cd "$here" && go mod download) || die "go mod download failed"; }
 
+# CRIU's cache directory, as cr prepares it (cr makes it again if it goes).
+[ -d "$KDAT_DIR" ] && [ ! -L "$KDAT_DIR" ] && [ "$(stat -c %u:%a "$KDAT_DIR")" = "0:700" ] ||
+	{ rm -rf "$KDAT_DIR"; install -d -m 0700 "$KDAT_DIR" 2>/dev/null || true; }
 if c=$(find_criu); then
 	say "CRIU ok: $c ($("$c" --version | sed -n 's/^Version: *//p'))"
 else
