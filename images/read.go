@@ -261,6 +261,7 @@ type reader struct {
 	tr     *tar.Reader
 	out    sink
 	buf    []byte
+	wbufs  [][]byte // the asynchronous writers' buffers
 
 	seen  map[string]File
 	order []File
@@ -491,7 +492,12 @@ func (rd *reader) copyFile(name string, size int64, mode os.FileMode) (string, e
 		}
 		if f != nil { // nil: hashed, not kept
 			defer f.Close()
-			w = startFileWriter(f)
+			if rd.wbufs == nil && size > int64(len(rd.buf)) {
+				for range writeBuffers {
+					rd.wbufs = append(rd.wbufs, make([]byte, len(rd.buf)))
+				}
+			}
+			w = startFileWriter(f, rd.wbufs, size > int64(len(rd.buf)))
 			defer w.stop()
 		}
 	}
@@ -501,7 +507,7 @@ func (rd *reader) copyFile(name string, size int64, mode os.FileMode) (string, e
 			return "", err
 		}
 		buf := rd.buf
-		if w != nil {
+		if w != nil && w.async {
 			var err error
 			if buf, err = w.buffer(); err != nil {
 				return "", err
@@ -514,7 +520,9 @@ func (rd *reader) copyFile(name string, size int64, mode os.FileMode) (string, e
 		}
 		h.Write(chunk[:n])
 		if w != nil {
-			w.write(chunk[:n])
+			if err := w.write(chunk[:n]); err != nil {
+				return "", err
+			}
 		}
 		left -= int64(n)
 	}
@@ -532,11 +540,14 @@ func (rd *reader) copyFile(name string, size int64, mode os.FileMode) (string, e
 	return hex.EncodeToString(h.Sum(nil)), nil
 }
 
-// fileWriter writes a file's chunks on a goroutine of its own, so that
-// writing (first touch of new memory, for a tmpfs staging area) overlaps
-// with decompressing and hashing the next chunk.
+// fileWriter writes a file. A file larger than one chunk is written on a
+// goroutine of its own (async), so that writing (first touch of new memory,
+// for a tmpfs staging area) overlaps with decompressing and hashing the next
+// chunk; a small one is written in place, as starting a goroutine would
+// cost more than it saves.
 type fileWriter struct {
 	f       *os.File
+	async   bool
 	todo    chan []byte
 	free    chan []byte
 	done    chan struct{}
@@ -548,10 +559,16 @@ type fileWriter struct {
 
 const writeBuffers = 3
 
-func startFileWriter(f *os.File) *fileWriter {
-	w := &fileWriter{f: f, todo: make(chan []byte, writeBuffers), free: make(chan []byte, writeBuffers), done: make(chan struct{})}
-	for range writeBuffers {
-		w.free <- make([]byte, 1<<20)
+// startFileWriter writes f, asynchronously with bufs (the reader's, reused
+// from file to file) if async.
+func startFileWriter(f *os.File, bufs [][]byte, async bool) *fileWriter {
+	w := &fileWriter{f: f, async: async}
+	if !async {
+		return w
+	}
+	w.todo, w.free, w.done = make(chan []byte, len(bufs)), make(chan []byte, len(bufs)), make(chan struct{})
+	for _, b := range bufs {
+		w.free <- b
 	}
 	go func() {
 		defer close(w.done)
@@ -583,12 +600,22 @@ func (w *fileWriter) buffer() ([]byte, error) {
 	return <-w.free, nil
 }
 
-// write queues b, a buffer from buffer, to be written.
-func (w *fileWriter) write(b []byte) { w.todo <- b }
+// write writes b, or (async) queues it: b is then a buffer from buffer.
+func (w *fileWriter) write(b []byte) error {
+	if !w.async {
+		_, err := w.f.Write(b)
+		return err
+	}
+	w.todo <- b
+	return nil
+}
 
 // stop waits until everything queued is written and returns the first
 // write error. It may be called more than once.
 func (w *fileWriter) stop() error {
+	if !w.async {
+		return nil
+	}
 	if !w.stopped {
 		w.stopped = true
 		close(w.todo)
