@@ -56,10 +56,7 @@ criu_ok() {
 find_criu() {
 	for c in "${CR_CRIU:-}" "$PREFIX/criu" "$(command -v criu 2>/dev/null || true)"; do
 		[ -n "$c" ] || continue
-		if [ "$c" = "$PREFIX/criu" ] && [ -x "$c" ] && [ "$(cat "$PREFIX/criu.build" 2>/dev/null)" != "$BUILD_ID" ]; then
-			say "$c was built without its kernel-feature cache on tmpfs; building it again"
-			continue
-		fi
+		[ "$c" = "$stale" ] && continue
 		criu_ok "$c" && { echo "$c"; return 0; }
 	done
 	return 1
@@ -117,8 +114,17 @@ command -v go >/dev/null || die "go is not installed (expected Go >= 1.25 at /us
 # CRIU's cache directory, as cr prepares it (cr makes it again if it goes).
 [ -d "$KDAT_DIR" ] && [ ! -L "$KDAT_DIR" ] && [ "$(stat -c %u:%a "$KDAT_DIR")" = "0:700" ] ||
 	{ rm -rf "$KDAT_DIR"; install -d -m 0700 "$KDAT_DIR" 2>/dev/null || true; }
+# A CRIU of ours from before criu.build existed works, but without its cache.
+stale=
+if [ -x "$PREFIX/criu" ] && [ "$(cat "$PREFIX/criu.build" 2>/dev/null)" != "$BUILD_ID" ]; then
+	stale=$PREFIX/criu
+fi
 if c=$(find_criu); then
 	say "CRIU ok: $c ($("$c" --version | sed -n 's/^Version: *//p'))"
+elif [ -n "$stale" ] && criu_ok "$stale"; then
+	say "$stale was built without its kernel-feature cache on tmpfs; building it again"
+	# A failed rebuild keeps the working CRIU (it only runs slower).
+	(build_criu) || say "warning: the rebuild failed; keeping $stale, which probes the kernel on every run"
 else
 	build_criu
 fi
