@@ -113,48 +113,21 @@ func writeArchive(ctx context.Context, out io.Writer, src string, m *Manifest, o
 	if err := aw.writeBytes(HeaderFile, headerBytes); err != nil {
 		return res, err
 	}
-	err := filepath.WalkDir(src, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
+	entries, err := StagingEntries(src)
+	for i := 0; err == nil && i < len(entries); i++ {
+		if err = ctx.Err(); err != nil {
+			break
 		}
-		if err := ctx.Err(); err != nil {
-			return err
+		var f File
+		if e := entries[i]; e.Dir {
+			f, err = aw.writeDir(e)
+		} else {
+			f, err = aw.writeFile(e.Path, e.Name)
 		}
-		if p == src {
-			if !d.IsDir() {
-				return fmt.Errorf("staging dir %s is not a directory", src)
-			}
-			return nil
-		}
-		rel, err := filepath.Rel(src, p)
-		if err != nil {
-			return err
-		}
-		name := filepath.ToSlash(rel)
-		if err := checkName(name); err != nil {
-			return fmt.Errorf("staging entry %q: %w", name, err)
-		}
-		if reserved(name) {
-			return fmt.Errorf("staging dir holds reserved name %q", name)
-		}
-		switch {
-		case d.IsDir():
-			f, err := aw.writeDir(p, name)
-			if err != nil {
-				return err
-			}
+		if err == nil {
 			m.Files = append(m.Files, f)
-		case d.Type().IsRegular():
-			f, err := aw.writeFile(p, name)
-			if err != nil {
-				return err
-			}
-			m.Files = append(m.Files, f)
-		default:
-			return fmt.Errorf("staging entry %q is not a regular file or directory (%s)", name, d.Type())
 		}
-		return nil
-	})
+	}
 	res.RawBytes = aw.raw
 	if err != nil {
 		return res, err
@@ -221,15 +194,11 @@ func (a *archiveWriter) writeBytes(name string, b []byte) error {
 	return nil
 }
 
-func (a *archiveWriter) writeDir(p, name string) (File, error) {
-	fi, err := os.Lstat(p)
-	if err != nil {
-		return File{}, err
+func (a *archiveWriter) writeDir(e StagedEntry) (File, error) {
+	if err := a.tw.WriteHeader(a.header(e.Name+"/", tar.TypeDir, fs.FileMode(e.Mode), 0)); err != nil {
+		return File{}, fmt.Errorf("write %s: %w", e.Name, err)
 	}
-	if err := a.tw.WriteHeader(a.header(name+"/", tar.TypeDir, fi.Mode(), 0)); err != nil {
-		return File{}, fmt.Errorf("write %s: %w", name, err)
-	}
-	return File{Name: name, Mode: uint32(fi.Mode().Perm()), Dir: true}, nil
+	return File{Name: e.Name, Mode: e.Mode, Dir: true}, nil
 }
 
 func (a *archiveWriter) writeFile(p, name string) (File, error) {

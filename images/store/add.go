@@ -11,12 +11,10 @@ import (
 	"io"
 	"io/fs"
 	"os"
-	"path/filepath"
 	"runtime"
 	"sync"
 	"syscall"
 	"time"
-	"unicode/utf8"
 
 	"github.com/cr-dev/cr/images"
 	"github.com/klauspost/compress/zstd"
@@ -79,14 +77,6 @@ func (s *Store) Add(ctx context.Context, stagingDir string, m *images.Manifest, 
 // system's journal far longer than compressing a chunk takes.
 func addWorkers() int { return max(4*runtime.GOMAXPROCS(0), 8) }
 
-// stagedEntry is a file or directory found in the staging dir.
-type stagedEntry struct {
-	name string // slash-separated, relative
-	path string
-	dir  bool
-	mode uint32
-}
-
 // chunkJob carries one chunk from the reader to a worker and its name back.
 type chunkJob struct {
 	data []byte
@@ -121,9 +111,10 @@ func (s *Store) add(ctx context.Context, stagingDir string, m *images.Manifest, 
 	if _, err := s.cleanTmp(false); err != nil {
 		return nil, err
 	}
-	entries, err := walkStaging(stagingDir)
+	// The entries as images.WriteArchive writes them, in its order.
+	entries, err := images.StagingEntries(stagingDir)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("walk staging dir: %w", err)
 	}
 
 	ctx, cancel := context.WithCancelCause(ctx)
@@ -160,8 +151,8 @@ func (s *Store) add(ctx context.Context, stagingDir string, m *images.Manifest, 
 	buf := make([]byte, 4*MaxChunk)
 	var readErr error
 	for i, e := range entries {
-		work[i].ref = FileRef{Name: e.name, Mode: e.mode, Dir: e.dir}
-		if e.dir {
+		work[i].ref = FileRef{Name: e.Name, Mode: e.Mode, Dir: e.Dir}
+		if e.Dir {
 			continue
 		}
 		var sum string
@@ -242,52 +233,10 @@ func (s *Store) add(ctx context.Context, stagingDir string, m *images.Manifest, 
 	}, nil
 }
 
-// walkStaging lists the staging dir in lexical order, as images.WriteArchive
-// does: directories and regular files only.
-func walkStaging(dir string) ([]stagedEntry, error) {
-	var entries []stagedEntry
-	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		if p == dir {
-			if !d.IsDir() {
-				return fmt.Errorf("staging dir %s is not a directory", dir)
-			}
-			return nil
-		}
-		rel, err := filepath.Rel(dir, p)
-		if err != nil {
-			return err
-		}
-		name := filepath.ToSlash(rel)
-		if !fs.ValidPath(name) || !utf8.ValidString(name) {
-			return fmt.Errorf("staging entry %q: bad name", name)
-		}
-		switch name {
-		case images.HeaderFile, images.ManifestFile, images.TrailerFile:
-			return fmt.Errorf("staging dir holds reserved name %q", name)
-		}
-		if !d.IsDir() && !d.Type().IsRegular() {
-			return fmt.Errorf("staging entry %q is not a regular file or directory (%s)", name, d.Type())
-		}
-		fi, err := d.Info()
-		if err != nil {
-			return err
-		}
-		entries = append(entries, stagedEntry{name: name, path: p, dir: d.IsDir(), mode: uint32(fi.Mode().Perm())})
-		return nil
-	})
-	if err != nil {
-		return nil, fmt.Errorf("walk staging dir: %w", err)
-	}
-	return entries, nil
-}
-
 // chunkFile cuts one file into chunks, hands each to the workers, and
 // returns the jobs in file order with the file's size and sha256.
-func (a *adder) chunkFile(e stagedEntry, buf []byte) (jobs []*chunkJob, size int64, sum string, err error) {
-	f, err := os.OpenFile(e.path, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
+func (a *adder) chunkFile(e images.StagedEntry, buf []byte) (jobs []*chunkJob, size int64, sum string, err error) {
+	f, err := os.OpenFile(e.Path, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
 	if err != nil {
 		return nil, 0, "", err
 	}
@@ -297,7 +246,7 @@ func (a *adder) chunkFile(e stagedEntry, buf []byte) (jobs []*chunkJob, size int
 		return nil, 0, "", err
 	}
 	if !fi.Mode().IsRegular() {
-		return nil, 0, "", fmt.Errorf("staging entry %q is not a regular file", e.name)
+		return nil, 0, "", fmt.Errorf("staging entry %q is not a regular file", e.Name)
 	}
 	var h hash.Hash = sha256.New()
 	c := newChunker(f, buf)
@@ -307,7 +256,7 @@ func (a *adder) chunkFile(e stagedEntry, buf []byte) (jobs []*chunkJob, size int
 			break
 		}
 		if err != nil {
-			return nil, 0, "", fmt.Errorf("read %s: %w", e.name, err)
+			return nil, 0, "", fmt.Errorf("read %s: %w", e.Name, err)
 		}
 		h.Write(chunk)
 		size += int64(len(chunk))
@@ -326,7 +275,7 @@ func (a *adder) chunkFile(e stagedEntry, buf []byte) (jobs []*chunkJob, size int
 		jobs = append(jobs, j)
 	}
 	if size != fi.Size() {
-		return nil, 0, "", fmt.Errorf("read %s: file changed size while it was stored", e.name)
+		return nil, 0, "", fmt.Errorf("read %s: file changed size while it was stored", e.Name)
 	}
 	return jobs, size, hex.EncodeToString(h.Sum(nil)), nil
 }
