@@ -3,6 +3,7 @@ package criubin
 import (
 	"encoding/json"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"syscall"
@@ -53,34 +54,33 @@ func cacheUsable(dir string) bool {
 // its `criu --version`, so that a cr command does not run CRIU just to ask.
 const versionsFile = "versions.json"
 
-func cachedVersion(dir, key string) (string, bool) {
+// readVersions returns the versions file of dir, or nil if dir is not a
+// usable cache or holds none.
+func readVersions(dir string) map[string]string {
 	if !cacheUsable(dir) {
-		return "", false
+		return nil
 	}
 	b, err := os.ReadFile(filepath.Join(dir, versionsFile))
 	if err != nil {
-		return "", false
+		return nil
 	}
 	var m map[string]string
 	if json.Unmarshal(b, &m) != nil {
-		return "", false
+		return nil
 	}
-	v, ok := m[key]
-	return v, ok
+	return m
 }
 
-// saveVersion records out for key, best effort, replacing the file
-// atomically (only the last binaries asked are kept).
-func saveVersion(dir, key, out string) {
+// saveVersion records out for key beside known (as readVersions returned
+// it), best effort, replacing the file atomically (past 16 binaries it
+// starts afresh).
+func saveVersion(dir string, known map[string]string, key, out string) {
 	if !cacheUsable(dir) {
 		return
 	}
 	m := map[string]string{}
-	if b, err := os.ReadFile(filepath.Join(dir, versionsFile)); err == nil {
-		_ = json.Unmarshal(b, &m)
-	}
-	if len(m) > 16 {
-		m = map[string]string{}
+	if len(known) <= 16 {
+		maps.Copy(m, known)
 	}
 	m[key] = out
 	b, err := json.Marshal(m)

@@ -104,9 +104,6 @@ func (p *PageProc) failure(werr error) error {
 	return &CRIUError{Op: p.op, LogPath: p.Log, Err: werr}
 }
 
-// Done is closed when CRIU exited.
-func (p *PageProc) Done() <-chan struct{} { return p.done }
-
 // Wait waits for CRIU to exit and returns its failure, if any.
 func (p *PageProc) Wait() error {
 	<-p.done

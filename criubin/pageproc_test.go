@@ -37,7 +37,7 @@ func TestPageProcReady(t *testing.T) {
 		t.Fatalf("read %q, %v", buf, err)
 	}
 	select {
-	case <-p.Done():
+	case <-p.done:
 		t.Fatal("exited while its socket was open")
 	default:
 	}

@@ -56,8 +56,9 @@ var versionCache struct {
 
 // GetVersion runs `criu --version` and parses it. The result is cached per
 // binary (path, size and modification time, so a rebuilt CRIU is asked
-// again), in memory and in CacheDir when that is ready (PrepareCache). When the version is below MinVersion it returns the version and
-// an error wrapping ErrTooOld.
+// again), in memory and in CacheDir when that is ready (PrepareCache).
+// When the version is below MinVersion it returns the version and an error
+// wrapping ErrTooOld.
 func GetVersion(path string) (Version, error) {
 	fi, err := os.Stat(path)
 	if err != nil {
@@ -69,7 +70,8 @@ func GetVersion(path string) (Version, error) {
 	versionCache.Unlock()
 	if !ok {
 		dkey := versionKeyString(path, fi)
-		out, cached := cachedVersion(versionCacheDir, dkey)
+		known := readVersions(versionCacheDir)
+		out, cached := known[dkey]
 		if !cached {
 			ctx, cancel := context.WithTimeout(context.Background(), versionTimeout)
 			defer cancel()
@@ -81,7 +83,7 @@ func GetVersion(path string) (Version, error) {
 		}
 		v, err = ParseVersion(out)
 		if err == nil && !cached {
-			saveVersion(versionCacheDir, dkey, out)
+			saveVersion(versionCacheDir, known, dkey, out)
 		}
 		if err != nil {
 			return Version{}, fmt.Errorf("get criu version of %s: %w", path, err)

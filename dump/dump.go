@@ -217,20 +217,16 @@ func (c *Checkpoint) run(ctx context.Context, o Options) (*images.Manifest, erro
 			continue
 		}
 		m.ic.Processes = processes(m.node)
+		var err error
 		if o.Lazy {
-			if err := c.dumpLazy(o, i, m); err != nil {
-				return nil, err
-			}
-			if err := c.copyLog(m); err != nil {
-				return nil, err
-			}
-			continue
+			// No stats: CRIU writes them once the pages are served.
+			err = c.dumpLazy(o, i, m)
+		} else {
+			m.ic.Dump, err = c.dumpOne(ctx, o, m)
 		}
-		st, err := c.dumpOne(ctx, o, m)
 		if err != nil {
 			return nil, err
 		}
-		m.ic.Dump = st
 		if err := c.copyLog(m); err != nil {
 			return nil, err
 		}

@@ -315,7 +315,7 @@ func restoreOne(ctx context.Context, t *nstree.Tree, o Options, dir, work string
 		return fmt.Errorf("restore %s: %w", n.Path, err)
 	}
 	defer imgF.Close()
-	lazy := work != ""
+	lazy := o.Pages != nil // work is then the lazy-pages daemon's
 	if !lazy {
 		if work, err = os.MkdirTemp(o.StagingDir, "rstwork-"); err != nil {
 			return err
