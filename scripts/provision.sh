@@ -2,10 +2,12 @@
 # provision.sh: install what cr needs on a fresh Debian machine of this kind.
 #
 #   - Go modules (go mod download)
-#   - CRIU >= 4.1: if no working CRIU is found (CR_CRIU, the project-installed
+#   - CRIU >= 4.2: if no working CRIU is found (CR_CRIU, the project-installed
 #     one at $CR_CRIU_PREFIX/criu, or criu on PATH, each judged by `criu check`),
-#     build CRIU 4.1.1 from Debian's source tarball, checksum verified, and
+#     build CRIU 4.2.1 from Debian's source tarball, checksum verified, and
 #     install it at $CR_CRIU_PREFIX/criu (default /usr/local/libexec/cr).
+#     CRIU 4.1 cannot dump any IPv4/IPv6 socket on kernels >= 6.16 (they refuse
+#     SO_PASSCRED on inet sockets), so 4.1 no longer counts as working.
 #   - checkpointctl v1.6.0 (go install), to test image compatibility
 #   - iproute2 and util-linux (nsenter) for namespaces, used by cr and its tests.
 #
@@ -13,9 +15,11 @@
 # with a message saying what failed.
 set -euo pipefail
 
-CRIU_VERSION=4.1.1
-CRIU_DEB_VERSION=4.1.1-1
-CRIU_SHA256=f80a66cb3726bb2116266d4759ce3bcbfab7abdb6b6d430bf20dd41911717afe
+CRIU_VERSION=4.2.1
+CRIU_DEB_VERSION=4.2.1-1
+CRIU_SHA256=29ec0ee09e296479fe7048c80980e8ef1d0684d0b0204c2b101dfea19f6725b9
+# Debian's suite that has that version's source.
+CRIU_SUITE=sid
 PREFIX=${CR_CRIU_PREFIX:-/usr/local/libexec/cr}
 # CRIU caches what it probed of the kernel (criu.kdat, ~30 ms a run) only on
 # tmpfs, under the RUNDIR it was built with: /run is not tmpfs here, so the
@@ -42,13 +46,13 @@ apt_install() {
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null || die "apt-get install ${missing[*]} failed"
 }
 
-# version_ok BIN: BIN is CRIU >= 4.1 and `criu check` passes.
+# criu_ok BIN: BIN is CRIU >= 4.2 and `criu check` passes.
 criu_ok() {
 	local bin=$1 v
 	[ -x "$bin" ] || return 1
 	v=$("$bin" --version 2>/dev/null | sed -n 's/^Version: *//p')
 	[ -n "$v" ] || return 1
-	case "$v" in 0.*|1.*|2.*|3.*|4.0|4.0.*) say "$bin is CRIU $v, older than 4.1"; return 1 ;; esac
+	case "$v" in 0.*|1.*|2.*|3.*|4.0|4.0.*|4.1|4.1.*) say "$bin is CRIU $v, older than 4.2 (cannot dump inet sockets here)"; return 1 ;; esac
 	"$bin" check >/dev/null 2>&1 || { say "$bin (CRIU $v): criu check fails"; return 1; }
 	return 0
 }
@@ -70,22 +74,22 @@ build_criu() {
 	local tarball="$CACHE/criu_${CRIU_VERSION}.orig.tar.xz"
 	if [ ! -f "$tarball" ] || ! echo "$CRIU_SHA256  $tarball" | sha256sum -c --status; then
 		rm -f "$tarball"
-		# Debian 12 ships CRIU 3.17, which fails on this kernel; take 4.1.1's source
-		# from the trixie suite of the machine's own Debian mirror.
+		# Debian 12 ships CRIU 3.17, which fails on this kernel; take the source
+		# from the $CRIU_SUITE suite of the machine's own Debian mirror.
 		local uri
 		uri=$(sed -n 's/^URIs: *//p' /etc/apt/sources.list.d/debian.sources 2>/dev/null | head -n1)
 		[ -n "$uri" ] || uri=$(sed -n 's/^deb \(http[^ ]*\) .*/\1/p' /etc/apt/sources.list 2>/dev/null | head -n1)
 		[ -n "$uri" ] || die "cannot find the Debian mirror in /etc/apt/sources.list.d/debian.sources"
-		local src=/etc/apt/sources.list.d/cr-trixie-src.sources
+		local src=/etc/apt/sources.list.d/cr-$CRIU_SUITE-src.sources
 		cat >"$src" <<EOT
 Types: deb-src
 URIs: $uri
-Suites: trixie
+Suites: $CRIU_SUITE
 Components: main
 Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
 EOT
 		say "fetching Debian's criu_${CRIU_VERSION} source"
-		apt-get update -qq >/dev/null || { rm -f "$src"; die "apt-get update (with the trixie deb-src entry) failed"; }
+		apt-get update -qq >/dev/null || { rm -f "$src"; die "apt-get update (with the $CRIU_SUITE deb-src entry) failed"; }
 		# apt-get source exits non-zero when the .debian.tar.xz part is missing on
 		# the mirror; the orig tarball, all we need, arrives anyway.
 		(cd "$CACHE" && apt-get source --download-only "criu=$CRIU_DEB_VERSION" >/dev/null 2>&1) || true
