@@ -1,6 +1,6 @@
 # cr: checkpoint, restore and migrate trees of Linux containers.
 #
-#   make demo    install what is missing (Go modules, CRIU >= 4.1) and show cr at work
+#   make demo    install what is missing (Go modules, CRIU >= 4.2) and show cr at work
 #   make test    all tests: vet, unit tests, end-to-end tests against real CRIU (root)
 #   make bench   speed, size and downtime, side by side with raw CRIU
 

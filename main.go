@@ -6,12 +6,17 @@ import (
 
 	"github.com/cr-dev/cr/cmd"
 	"github.com/cr-dev/cr/nstree"
+	"github.com/cr-dev/cr/probe"
 )
 
 func main() {
 	// The container init is cr re-executed; it must not go through the CLI.
 	if len(os.Args) > 1 && os.Args[1] == nstree.InitArg {
 		os.Exit(nstree.InitMain(os.Args[1:]))
+	}
+	// So is the scratch job of cr check's probes.
+	if len(os.Args) > 1 && os.Args[1] == probe.JobArg {
+		os.Exit(probe.JobMain(os.Args[1:]))
 	}
 	os.Exit(cmd.Execute())
 }

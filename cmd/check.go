@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"strings"
 	"text/tabwriter"
 
@@ -12,6 +13,8 @@ import (
 
 	"github.com/cr-dev/cr/criubin"
 	"github.com/cr-dev/cr/freeze"
+	"github.com/cr-dev/cr/nstree"
+	"github.com/cr-dev/cr/probe"
 )
 
 // CheckItem is one line of cr check.
@@ -32,25 +35,41 @@ type CheckReport struct {
 
 func init() { register(newCheckCommand) }
 
+// CheckOptions are the flags of cr check.
+type CheckOptions struct {
+	JSON    bool
+	NoProbe bool
+}
+
 func newCheckCommand(g *Global) *cobra.Command {
-	var asJSON bool
+	var o CheckOptions
 	c := &cobra.Command{
 		Use:   "check",
 		Short: "Check that this host can run, checkpoint and migrate containers",
 		Long: `Report the CRIU binary and version, CRIU's own "criu check" verdict, the
 kernel features that matter (userfaultfd for lazy migration, soft-dirty
-tracking for pre-copy, pidfd store, nftables network lock), the cgroup layout
-and where the freezer is, and the capabilities of this process, each with a
-hint when it is missing, and a one-line verdict. Exits 6 when something
-required is missing.`,
+tracking for pre-copy, pidfd store), how CRIU will lock the network of --net
+containers, the cgroup layout and where the freezer is, and the
+capabilities of this process, each with a hint when it is missing.
+
+Then it finds out which kinds of job this host can checkpoint by doing it:
+tiny scratch jobs (a plain process; a TCP listener and a UDP socket in a
+--net container; a --mount container) are started in a private tree of
+their own, checkpointed, restored, and asked whether their pid and sockets
+survived. This takes about a second; --no-probe skips it. Nothing of the
+probes shows in your tree or stays behind.
+
+A one-line verdict ends the report. Exits 6 when something required is
+missing (CRIU, root, cgroups, or checkpointing a plain process).`,
 		Example: `  cr check
   cr check --json | jq .ready`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return runCheck(cmd.Context(), cmd.OutOrStdout(), g, asJSON)
+			return runCheck(cmd.Context(), cmd.OutOrStdout(), g, o)
 		},
 	}
-	c.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	c.Flags().BoolVar(&o.JSON, "json", false, "print JSON")
+	c.Flags().BoolVar(&o.NoProbe, "no-probe", false, "do not checkpoint and restore the scratch jobs")
 	return c
 }
 
@@ -61,7 +80,7 @@ func yesNo(b bool) string {
 	return "no"
 }
 
-func runCheck(ctx context.Context, out io.Writer, g *Global, asJSON bool) error {
+func runCheck(ctx context.Context, out io.Writer, g *Global, o CheckOptions) error {
 	if ctx == nil {
 		ctx = context.Background()
 	}
@@ -71,17 +90,20 @@ func runCheck(ctx context.Context, out io.Writer, g *Global, asJSON bool) error 
 	add(CheckItem{Name: "root", OK: root, Required: true, Value: yesNo(root), Hint: "run cr as root"})
 
 	criuOK := false
+	var criuVer criubin.Version
+	_ = criubin.PrepareCache()
 	path, err := criubin.Find(g.CRIU)
 	if err != nil {
-		add(CheckItem{Name: "criu", Required: true, Value: "not found", Hint: "run scripts/provision.sh (builds CRIU 4.1.1) or pass --criu"})
+		add(CheckItem{Name: "criu", Required: true, Value: "not found", Hint: "run scripts/provision.sh (builds CRIU 4.2.1) or pass --criu"})
 	} else if v, err := criubin.GetVersion(path); err != nil {
 		add(CheckItem{Name: "criu", Required: true, Value: path + ": " + err.Error(), Hint: "reinstall CRIU with scripts/provision.sh"})
 	} else {
+		criuVer = v
 		ok := v.Code() >= criubin.MinVersion
-		add(CheckItem{Name: "criu", OK: ok, Required: true, Value: fmt.Sprintf("%s (%s)", path, v), Hint: "CRIU 4.1 or newer is needed: run scripts/provision.sh"})
+		add(CheckItem{Name: "criu", OK: ok, Required: true, Value: fmt.Sprintf("%s (%s)", path, v), Hint: "CRIU 4.1 or newer is needed (4.2 to dump inet sockets on kernels since 6.16): run scripts/provision.sh"})
 		if ok && root {
 			if err := criubin.Check(ctx, path); err != nil {
-				add(CheckItem{Name: "criu check", Required: true, Value: err.Error(), Hint: "CRIU does not work on this kernel; run scripts/provision.sh to build 4.1.1"})
+				add(CheckItem{Name: "criu check", Required: true, Value: err.Error(), Hint: "CRIU does not work on this kernel; run scripts/provision.sh to build 4.2.1"})
 			} else {
 				criuOK = true
 				add(CheckItem{Name: "criu check", OK: true, Required: true, Value: "looks good"})
@@ -89,6 +111,7 @@ func runCheck(ctx context.Context, out io.Writer, g *Global, asJSON bool) error 
 		}
 	}
 	h, err := freeze.Detect()
+	cgroupsOK := err == nil
 	if err != nil {
 		add(CheckItem{Name: "cgroups", Required: true, Value: err.Error(), Hint: "mount cgroup2 (or the v1 freezer) under /sys/fs/cgroup"})
 	} else {
@@ -114,8 +137,8 @@ func runCheck(ctx context.Context, out io.Writer, g *Global, asJSON bool) error 
 			add(CheckItem{Name: "uffd-noncoop", OK: f.UffdNoncoop, Value: yesNo(f.UffdNoncoop), Hint: "lazy migration only for jobs that do not fork or remap while pages arrive"})
 			add(CheckItem{Name: "soft-dirty tracking", OK: f.MemDirtyTrack, Value: yesNo(f.MemDirtyTrack), Hint: "no iterative pre-copy migration: the kernel has no soft-dirty memory tracking (CONFIG_MEM_SOFT_DIRTY); stop-and-copy and --lazy still work"})
 			add(CheckItem{Name: "pidfd store", OK: f.PidfdStore, Value: yesNo(f.PidfdStore), Hint: "pid reuse between pre-dumps cannot be detected"})
-			add(CheckItem{Name: "nftables lock", OK: f.NftablesLock, Value: yesNo(f.NftablesLock), Hint: "CRIU will lock the network with iptables instead"})
 		}
+		add(netLockItem(ctx, path))
 	}
 	caps, err := criubin.Capabilities()
 	if err == nil {
@@ -139,6 +162,9 @@ func runCheck(ctx context.Context, out io.Writer, g *Global, asJSON bool) error 
 			}
 		}
 	}
+	if criuOK && cgroupsOK && !o.NoProbe {
+		items = append(items, probeItems(ctx, g, path, criuVer, h)...)
+	}
 	rep := CheckReport{Ready: true, Items: items}
 	var missing []string
 	for _, it := range items {
@@ -157,7 +183,7 @@ func runCheck(ctx context.Context, out io.Writer, g *Global, asJSON bool) error 
 	} else {
 		rep.Verdict = "not ready: " + strings.Join(missing, ", ") + " missing"
 	}
-	if asJSON {
+	if o.JSON {
 		if err := writeJSON(out, rep); err != nil {
 			return err
 		}
@@ -183,4 +209,44 @@ func runCheck(ctx context.Context, out io.Writer, g *Global, asJSON bool) error 
 		return exitStatus(ExitEnv)
 	}
 	return nil
+}
+
+// netLockItem says how CRIU will lock the network of --net containers
+// while they are dumped and restored, and whether that can work.
+func netLockItem(ctx context.Context, criu string) CheckItem {
+	l, needsTool := criubin.ChooseNetLock(ctx, criu)
+	it := CheckItem{Name: "network lock", OK: !needsTool, Value: string(l)}
+	if needsTool {
+		it.Value += " (iptables-restore is not installed)"
+		it.Hint = "--net containers cannot be checkpointed: CRIU has no nftables lock here and needs iptables-restore (apt-get install iptables)"
+	}
+	return it
+}
+
+// probeItems checkpoints and restores the probe's scratch jobs and says,
+// for each kind, whether it worked here.
+func probeItems(ctx context.Context, g *Global, criu string, v criubin.Version, h freeze.Hierarchy) []CheckItem {
+	exe, err := os.Executable()
+	if err != nil {
+		return []CheckItem{{Name: "checkpoint probes", Value: err.Error()}}
+	}
+	t, err := nstree.Open()
+	if err != nil {
+		return []CheckItem{{Name: "checkpoint probes", Value: err.Error()}}
+	}
+	res, err := probe.Run(ctx, probe.Options{CRIU: criu, CRIUVersion: v.Code(), CRVersion: Version, Exe: exe,
+		BinDir: t.BinDir, Hier: h, Scratch: filepath.Join(stagingDir(t), "probe")}, probe.Kinds)
+	var items []CheckItem
+	for _, r := range res {
+		it := CheckItem{Name: r.Kind.Name, OK: r.OK, Required: r.Kind.Required, Value: "works: " + r.Kind.What}
+		if !r.OK {
+			it.Value = "fails: " + r.Detail
+			it.Hint = "such jobs (" + r.Kind.What + ") cannot be checkpointed here"
+		}
+		items = append(items, it)
+	}
+	if err != nil {
+		items = append(items, CheckItem{Name: "checkpoint probes", Value: err.Error()})
+	}
+	return items
 }

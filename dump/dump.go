@@ -67,6 +67,7 @@ type Checkpoint struct {
 	userFrozen []freeze.Freezer // subtree cgroups the user had frozen
 	resumed    bool
 	pages      []PageLink // lazy dumps serving their pages
+	netLock    criubin.NetLock
 }
 
 // PageLink is a lazy dump's page server: CRIU, still running, holding the
@@ -203,6 +204,7 @@ func (c *Checkpoint) run(ctx context.Context, o Options) (*images.Manifest, erro
 			jobs++
 		}
 	}
+	c.netLock = netLockFor(ctx, o.CRIU, members)
 	selfFreeze := !(o.LeaveRunning && jobs == 1 && !anyFrozen(c.root))
 	if selfFreeze {
 		if err := c.freeze(ctx, members); err != nil {
@@ -258,6 +260,19 @@ func (c *Checkpoint) run(ctx context.Context, o Options) (*images.Manifest, erro
 		}
 	}
 	return man, nil
+}
+
+// netLockFor chooses how CRIU locks the network of the containers that
+// have a network namespace of their own ("" when none has: CRIU locks
+// nothing then).
+func netLockFor(ctx context.Context, criu string, members []*member) criubin.NetLock {
+	for _, m := range members {
+		if !m.ic.Empty && slices.Contains(m.ic.Namespaces, "net") {
+			l, _ := criubin.ChooseNetLock(ctx, criu)
+			return l
+		}
+	}
+	return ""
 }
 
 // freeze makes the cut: the subtree frozen in one write, then each member's
@@ -348,6 +363,9 @@ func (c *Checkpoint) dumpOne(ctx context.Context, o Options, m *member) (*images
 		CgroupDumpController: []string{c.tree.CRIUController()},
 		FileLocks:            proto.Bool(true),
 	}
+	if c.netLock != "" {
+		opts.NetworkLock = c.netLock.RPC()
+	}
 	// A notify callback lets an interrupt abort at post-dump: CRIU then
 	// resumes the tasks instead of the dump going on to completion.
 	check := func(string, int32) error { return ctx.Err() }
@@ -384,6 +402,9 @@ func (c *Checkpoint) dumpLazy(o Options, index int, m *member) error {
 	args := []string{"dump", "-t", strconv.Itoa(m.node.InitPid), "-D", imgDir, "-W", work,
 		"-o", log, "-v4", "--leave-running", "--freeze-cgroup", m.node.Leaf(), "--manage-cgroups",
 		"--cgroup-dump-controller", c.tree.CRIUController(), "--file-locks", "--lazy-pages"}
+	if c.netLock != "" {
+		args = append(args, c.netLock.Args()...)
+	}
 	p, err := criubin.StartPageProc(o.CRIU, "dump", args, log)
 	if err != nil {
 		return criuError("dump", m.node.Path, log, c.Dir, err)

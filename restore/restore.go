@@ -18,6 +18,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"time"
 
@@ -41,6 +42,8 @@ type Options struct {
 	// the daemon says a word. The restored tasks resume before their
 	// memory is here; Result.WaitPages follows the rest of it.
 	Pages func(i int, conn *os.File)
+
+	netLock criubin.NetLock // chosen by FromDir
 }
 
 // Result is a restored subtree.
@@ -145,6 +148,14 @@ func FromDir(ctx context.Context, t *nstree.Tree, dir string, m *images.Manifest
 			continue
 		}
 		copyFile(filepath.Join(dir, images.LogName(c)), t.LogPath(nodes[i].ID))
+	}
+	// CRIU locks the network of containers with their own while it
+	// restores them; say how, or it takes iptables.
+	for _, c := range m.Containers {
+		if !c.Empty && slices.Contains(c.Namespaces, "net") {
+			o.netLock, _ = criubin.ChooseNetLock(ctx, o.CRIU)
+			break
+		}
 	}
 	// Restore every container, each held at post-restore.
 	type held struct {
@@ -338,6 +349,9 @@ func restoreOne(ctx context.Context, t *nstree.Tree, o Options, dir, work string
 		CgRoot:            []*rpc.CgroupRoot{{Ctrl: proto.String(t.CRIUController()), Path: proto.String(leaf)}},
 		FileLocks:         proto.Bool(true),
 		LazyPages:         proto.Bool(lazy),
+	}
+	if o.netLock != "" {
+		opts.NetworkLock = o.netLock.RPC()
 	}
 	_, err = criubin.Swrk(ctx, o.CRIU, rpc.CriuReqType_RESTORE, opts, func(script string, pid int32) error {
 		if script == "post-restore" {

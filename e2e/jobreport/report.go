@@ -20,6 +20,10 @@ type Report struct {
 	MsgID        int      `json:"msg_id"`
 	Msgs         []string `json:"msgs"`
 	Hostname     string   `json:"hostname"`
+	// Sockets is what using the job's TCP listener and UDP socket gave
+	// at this report: "ok", or the error (empty without --sockets).
+	Sockets string `json:"sockets"`
+	TCPPort int    `json:"tcp_port"`
 	Reports      int      `json:"reports"`
 	Time         string   `json:"time"`
 }

@@ -7,12 +7,14 @@
 package main
 
 import (
+	"context"
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"flag"
 	"fmt"
+	"io"
 	"math/rand"
 	"net"
 	"os"
@@ -42,6 +44,7 @@ func main() {
 	counterFile := flag.String("counter-file", "", "file to keep the counter in (held open)")
 	connect := flag.String("connect", "", "hold a TCP connection to this address (CRIU cannot dump it without --tcp-established)")
 	tick := flag.Duration("tick", 10*time.Millisecond, "counter period")
+	sockets := flag.Bool("sockets", false, "hold a TCP listener and a UDP socket on loopback, and use them at every report")
 	flag.Parse()
 
 	r := &jobreport.Report{}
@@ -72,6 +75,14 @@ func main() {
 			die(err)
 		}
 		defer c.Close()
+	}
+	var sk *inetSockets
+	if *sockets {
+		var err error
+		if sk, err = openInetSockets(); err != nil {
+			die(err)
+		}
+		r.TCPPort = sk.tcp.Addr().(*net.TCPAddr).Port
 	}
 	var cf *os.File
 	if *counterFile != "" {
@@ -111,6 +122,12 @@ func main() {
 				readIPC(r)
 			}
 			r.Hostname, _ = os.Hostname()
+			if sk != nil {
+				r.Sockets = "ok"
+				if err := sk.use(); err != nil {
+					r.Sockets = err.Error()
+				}
+			}
 			r.Time = time.Now().Format(time.RFC3339Nano)
 			if *report != "" {
 				b, _ := json.Marshal(r)
@@ -223,4 +240,59 @@ func readIPC(r *jobreport.Report) {
 		}
 		r.Msgs = append(r.Msgs, string(buf[8:8+n]))
 	}
+}
+
+// inetSockets are a TCP listener and a bound UDP socket on loopback.
+type inetSockets struct {
+	tcp net.Listener
+	udp *net.UDPConn
+}
+
+func openInetSockets() (*inetSockets, error) {
+	// Plain TCP: Go listens with MPTCP by default, which CRIU cannot dump.
+	var lc net.ListenConfig
+	lc.SetMultipathTCP(false)
+	l, err := lc.Listen(context.Background(), "tcp4", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	u, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		return nil, err
+	}
+	return &inetSockets{tcp: l, udp: u}, nil
+}
+
+// use connects to the listener and exchanges a line over the accepted
+// connection, and sends a datagram to the UDP socket's own address.
+func (s *inetSockets) use() error {
+	deadline := time.Now().Add(2 * time.Second)
+	c, err := net.DialTimeout("tcp4", s.tcp.Addr().String(), time.Until(deadline))
+	if err != nil {
+		return fmt.Errorf("connect: %w", err)
+	}
+	defer c.Close()
+	_ = s.tcp.(*net.TCPListener).SetDeadline(deadline)
+	a, err := s.tcp.Accept()
+	if err != nil {
+		return fmt.Errorf("accept: %w", err)
+	}
+	defer a.Close()
+	_ = a.SetDeadline(deadline)
+	if _, err := c.Write([]byte("ping\n")); err != nil {
+		return fmt.Errorf("tcp write: %w", err)
+	}
+	buf := make([]byte, 16)
+	if n, err := io.ReadFull(a, buf[:5]); err != nil || string(buf[:n]) != "ping\n" {
+		return fmt.Errorf("tcp read: %q, %v", buf[:n], err)
+	}
+	if _, err := s.udp.WriteTo([]byte("dgram"), s.udp.LocalAddr()); err != nil {
+		return fmt.Errorf("udp send: %w", err)
+	}
+	_ = s.udp.SetReadDeadline(deadline)
+	n, _, err := s.udp.ReadFrom(buf)
+	if err != nil || string(buf[:n]) != "dgram" {
+		return fmt.Errorf("udp receive: %q, %v", buf[:n], err)
+	}
+	return nil
 }
