@@ -23,6 +23,7 @@ import (
 	"github.com/checkpoint-restore/go-criu/v7/crit/images/mm"
 	"github.com/checkpoint-restore/go-criu/v7/crit/images/pagemap"
 	"github.com/checkpoint-restore/go-criu/v7/crit/images/pstree"
+	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 )
 
@@ -268,7 +269,7 @@ func (r *reader) memory(pid uint32) (Memory, string, error) {
 				flags = pageParent
 			}
 		}
-		n := int64(pe.GetNrPages())
+		n := nrPages(&pe)
 		if flags&pagePresent != 0 {
 			m.DumpedPages += n
 		}
@@ -312,4 +313,32 @@ func stateName(s uint32) string {
 		return "zombie"
 	}
 	return fmt.Sprintf("state %d", s)
+}
+
+// nrPages is a pagemap entry's page count. CRIU 4.2 writes it as the
+// 64-bit nr_pages (field 5), which go-criu v7's schema lacks, and leaves
+// the older 32-bit field (2, compat_nr_pages) zero; older CRIUs write only
+// field 2.
+func nrPages(pe *pagemap.PagemapEntry) int64 {
+	b := pe.ProtoReflect().GetUnknown()
+	for len(b) > 0 {
+		num, typ, n := protowire.ConsumeTag(b)
+		if n < 0 {
+			break
+		}
+		b = b[n:]
+		if num == 5 && typ == protowire.VarintType {
+			v, m := protowire.ConsumeVarint(b)
+			if m < 0 {
+				break
+			}
+			return int64(v)
+		}
+		m := protowire.ConsumeFieldValue(num, typ, b)
+		if m < 0 {
+			break
+		}
+		b = b[m:]
+	}
+	return int64(pe.GetNrPages())
 }

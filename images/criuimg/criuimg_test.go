@@ -419,3 +419,25 @@ func TestNeeds(t *testing.T) {
 		t.Errorf("read with only the needed files: %v", err)
 	}
 }
+
+// CRIU 4.2 counts a pagemap entry's pages in the 64-bit field 5 and leaves
+// the old 32-bit field 2 zero; older CRIUs fill only field 2.
+func TestNrPagesCRIU42(t *testing.T) {
+	old := &pagemap.PagemapEntry{Vaddr: proto.Uint64(0x1000), NrPages: proto.Uint32(7), Flags: proto.Uint32(pagePresent)}
+	if got := nrPages(old); got != 7 {
+		t.Errorf("field 2 only: %d pages, want 7", got)
+	}
+	b, err := proto.Marshal(&pagemap.PagemapEntry{Vaddr: proto.Uint64(0x1000), NrPages: proto.Uint32(0), Flags: proto.Uint32(pagePresent)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b = protowire.AppendTag(b, 5, protowire.VarintType)
+	b = protowire.AppendVarint(b, 1<<33)
+	var pe pagemap.PagemapEntry
+	if err := proto.Unmarshal(b, &pe); err != nil {
+		t.Fatal(err)
+	}
+	if got := nrPages(&pe); got != 1<<33 {
+		t.Errorf("field 5: %d pages, want %d", got, int64(1)<<33)
+	}
+}
