@@ -2,6 +2,7 @@ package nstree
 
 import (
 	"bufio"
+	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -190,32 +191,46 @@ func (t *Tree) initBinary() (string, error) {
 	if _, err := os.Stat(dst); err == nil {
 		return dst, nil
 	}
-	if err := os.MkdirAll(t.BinDir, 0o755); err != nil {
-		return "", fmt.Errorf("install init binary: %w", err)
-	}
 	if _, err := in.Seek(0, io.SeekStart); err != nil {
 		return "", err
 	}
-	tmp, err := os.CreateTemp(t.BinDir, ".cr-*")
-	if err != nil {
-		return "", fmt.Errorf("install init binary: %w", err)
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := io.Copy(tmp, in); err == nil {
-		err = tmp.Sync()
-	}
-	if err != nil {
-		tmp.Close()
-		return "", fmt.Errorf("install init binary: %w", err)
-	}
-	tmp.Close()
-	if err := os.Chmod(tmp.Name(), 0o755); err != nil {
-		return "", err
-	}
-	if err := os.Rename(tmp.Name(), dst); err != nil {
+	if err := installFile(dst, in, h.Sum(nil)); err != nil {
 		return "", fmt.Errorf("install init binary: %w", err)
 	}
 	return dst, nil
+}
+
+// installFile copies r into dst, atomically: dst appears only with the whole
+// content, synced, and only if that content has the sha256 sum. dst is named
+// by its content, so anything less would be reused as if it were complete.
+func installFile(dst string, r io.Reader, sum []byte) error {
+	dir := filepath.Dir(dst)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	tmp, err := os.CreateTemp(dir, ".cr-*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name())
+	h := sha256.New()
+	_, err = io.Copy(io.MultiWriter(tmp, h), r)
+	if err == nil {
+		err = tmp.Sync()
+	}
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return err
+	}
+	if got := h.Sum(nil); !bytes.Equal(got, sum) {
+		return fmt.Errorf("copy has sha256 %x, expected %x (was the executable replaced meanwhile?)", got, sum)
+	}
+	if err := os.Chmod(tmp.Name(), 0o755); err != nil {
+		return err
+	}
+	return os.Rename(tmp.Name(), dst)
 }
 
 // InitConfig is what the init is told on its command line. It stays in the
