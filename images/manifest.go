@@ -22,6 +22,8 @@ import (
 	"strings"
 	"time"
 	"unicode/utf8"
+
+	"github.com/cr-dev/cr/nstree"
 )
 
 // FormatName and FormatVersion identify the image format in cr-image.json and
@@ -198,9 +200,14 @@ func reserved(name string) bool {
 	return name == HeaderFile || name == ManifestFile || name == TrailerFile
 }
 
-// validate checks the manifest's own consistency, as a reader must before
-// anyone uses it: names that could escape a directory, container paths and
-// tree order. It does not compare Files with an archive.
+// ValidateManifest checks a manifest's own consistency, as every reader
+// does before anyone uses it (the archive readers through DecodeManifest,
+// the snapshot store on its records): format and version, entry names that
+// could escape a directory, the root and every container path under the
+// tree's name rules (nstree.ValidatePath), and tree order. It does not
+// compare Files with an archive.
+func ValidateManifest(m *Manifest) error { return m.validate() }
+
 func (m *Manifest) validate() error {
 	if m.Format != FormatName {
 		return fmt.Errorf("manifest format %q", m.Format)
@@ -236,11 +243,17 @@ func (m *Manifest) validate() error {
 			return fmt.Errorf("manifest file %q: bad sha256 %q", f.Name, f.SHA256)
 		}
 	}
+	if m.Root == "/" {
+		return errors.New("manifest root is \"/\", not a container")
+	}
+	if err := nstree.ValidatePath(m.Root); err != nil {
+		return fmt.Errorf("manifest root: %w", err)
+	}
 	paths := make(map[string]bool, len(m.Containers))
 	dirs := make(map[string]bool, len(m.Containers))
 	for i, c := range m.Containers {
-		if !strings.HasPrefix(c.Path, "/") || path.Clean(c.Path) != c.Path {
-			return fmt.Errorf("container path %q is not a clean absolute path", c.Path)
+		if err := nstree.ValidatePath(c.Path); err != nil {
+			return fmt.Errorf("container path: %w", err)
 		}
 		if i == 0 && c.Path != "/" {
 			return fmt.Errorf("first container is %q, not the root %q", c.Path, "/")

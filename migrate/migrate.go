@@ -5,12 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path"
-	"strings"
 	"time"
 	"unicode"
 
 	"github.com/cr-dev/cr/images"
+	"github.com/cr-dev/cr/nstree"
 )
 
 // Request is what the sender asks the receiver for, before it touches the
@@ -31,7 +30,10 @@ func (r Request) Target() string {
 	return r.Root
 }
 
-// validate checks the fields a hostile or broken sender controls.
+// validate checks the fields a hostile or broken sender controls. Root and
+// As are container paths: they follow the tree's own name rules
+// (nstree.ValidatePath), as every name that enters the tree does, and the
+// target is never the root of the tree.
 func (r Request) validate() error {
 	for _, p := range []struct{ name, val string }{{"root", r.Root}, {"as", r.As}} {
 		if p.val == "" && p.name == "as" {
@@ -41,6 +43,9 @@ func (r Request) validate() error {
 			return fmt.Errorf("%s: %w", p.name, err)
 		}
 	}
+	if r.Target() == "/" {
+		return errors.New("target \"/\" is not a container")
+	}
 	if len(r.CRVersion) > maxVersionLen || !printable(r.CRVersion) {
 		return errors.New("cr_version: not a short printable string")
 	}
@@ -48,15 +53,10 @@ func (r Request) validate() error {
 }
 
 func checkTreePath(p string) error {
-	switch {
-	case len(p) > maxPathLen:
+	if len(p) > maxPathLen {
 		return fmt.Errorf("path longer than %d bytes", maxPathLen)
-	case !strings.HasPrefix(p, "/") || path.Clean(p) != p:
-		return fmt.Errorf("%q is not a clean absolute path", p)
-	case !printable(p):
-		return fmt.Errorf("%q holds unprintable characters", p)
 	}
-	return nil
+	return nstree.ValidatePath(p)
 }
 
 func printable(s string) bool {

@@ -2,6 +2,7 @@ package nstree
 
 import (
 	"fmt"
+	"strconv"
 	"strings"
 )
 
@@ -67,6 +68,52 @@ func ParsePath(p string) ([]string, error) {
 		}
 	}
 	return parts, nil
+}
+
+// ValidatePath checks a path that arrives already absolute from somewhere
+// other than a user's command line (an image's manifest, a migration
+// request, a snapshot record): it must be in the canonical form the tree
+// stores, "/" or "/" followed by valid names (ValidateName) separated by
+// single slashes, without a trailing slash. It is ParsePath without the
+// leniency for what users type. Errors wrap ErrInvalidName.
+func ValidatePath(abs string) error {
+	if abs == "/" {
+		return nil
+	}
+	if !strings.HasPrefix(abs, "/") || strings.HasSuffix(abs, "/") {
+		return fmt.Errorf("%w: %s is not an absolute path", ErrInvalidName, Quote(abs))
+	}
+	parts, err := ParsePath(abs)
+	if err != nil {
+		return err
+	}
+	if Join(parts...) != abs {
+		return fmt.Errorf("%w: %s is not a clean path", ErrInvalidName, Quote(abs))
+	}
+	return nil
+}
+
+// Quote returns a path or name as cr prints it: unchanged when every name in
+// it is valid, else quoted with Go's escapes (strconv.Quote), so that a name
+// read from disk or from an image can never forge a line, hide text or
+// reorder it on a terminal.
+func Quote(p string) string {
+	if printablePath(p) {
+		return p
+	}
+	return strconv.Quote(p)
+}
+
+func printablePath(p string) bool {
+	if p == "/" {
+		return true
+	}
+	for _, c := range strings.Split(strings.TrimPrefix(p, "/"), "/") {
+		if ValidateName(c) != nil {
+			return false
+		}
+	}
+	return true
 }
 
 // Join makes an absolute path from components: Join() is "/".

@@ -196,6 +196,13 @@ func (s *Store) add(ctx context.Context, stagingDir string, m *images.Manifest, 
 		mc.Created = at
 	}
 
+	// What a reader would refuse is not stored.
+	if err := images.ValidateManifest(&mc); err != nil {
+		return nil, fmt.Errorf("invalid manifest: %w", err)
+	}
+	if err := checkManifestFiles(&mc, files); err != nil {
+		return nil, fmt.Errorf("invalid manifest: %w", err)
+	}
 	if err := a.commitChunks(); err != nil {
 		return nil, err
 	}

@@ -69,7 +69,7 @@ func TestLockInProcess(t *testing.T) {
 
 	// Mutations through another Store do not wait for the holder.
 	staging := t.TempDir()
-	writeTree(t, staging, map[string]string{"f": "data"})
+	writeTree(t, staging, map[string]string{"f": "data", "checkpoint/": ""})
 	if _, err := other.Add(ctx, staging, testManifest("/a"), time.Time{}); !errors.Is(err, ErrLocked) {
 		t.Errorf("Add while another holds the lock: %v, want ErrLocked", err)
 	}
@@ -524,7 +524,7 @@ func TestForget(t *testing.T) {
 	staging := t.TempDir()
 	var ids []string
 	for i := range 4 {
-		writeTree(t, staging, map[string]string{"f": strconv.Itoa(i)})
+		writeTree(t, staging, map[string]string{"f": strconv.Itoa(i), "checkpoint/": ""})
 		snap, err := s.Add(ctx, staging, testManifest("/a"), time.Unix(int64(1000*i), 0))
 		if err != nil {
 			t.Fatal(err)

@@ -102,9 +102,18 @@ func decodeRecord(id string, b []byte) (*Snapshot, error) {
 	if r.Path == "" {
 		return nil, damaged("no path")
 	}
-	var m images.Manifest
-	if err := json.Unmarshal(r.Manifest, &m); err != nil {
-		return nil, damaged("decode manifest: %v", err)
+	m, err := images.DecodeManifest(r.Manifest)
+	if errors.Is(err, images.ErrUnsupportedVersion) {
+		return nil, fmt.Errorf("snapshot %s: %w", id, err)
+	}
+	if err != nil {
+		return nil, damaged("%v", err)
+	}
+	if r.Path != m.Root {
+		return nil, damaged("path %q is not the manifest's root %q", r.Path, m.Root)
+	}
+	if err := checkManifestFiles(m, r.Files); err != nil {
+		return nil, damaged("manifest: %v", err)
 	}
 	seen := make(map[string]bool, len(r.Files))
 	var total int64
@@ -125,11 +134,39 @@ func decodeRecord(id string, b []byte) (*Snapshot, error) {
 		ID:         id,
 		Path:       r.Path,
 		Time:       r.Time,
-		Manifest:   &m,
+		Manifest:   m,
 		Files:      r.Files,
 		AddedBytes: r.AddedBytes,
 		TotalBytes: r.TotalBytes,
 	}, nil
+}
+
+// checkManifestFiles checks what a record's manifest says of its files
+// against the record's own list, as the archive reader checks an image's
+// manifest against its entries: the same entries in the same order, and
+// every container's image dir one of its directories. With
+// images.ValidateManifest (through images.DecodeManifest) this is the one
+// validation both kinds of manifests get.
+func checkManifestFiles(m *images.Manifest, files []FileRef) error {
+	if len(m.Files) != len(files) {
+		return fmt.Errorf("lists %d files, the record %d", len(m.Files), len(files))
+	}
+	dirs := make(map[string]bool)
+	for i, f := range files {
+		mf := m.Files[i]
+		if mf.Name != f.Name || mf.Size != f.Size || mf.SHA256 != f.SHA256 || mf.Mode != f.Mode || mf.Dir != f.Dir {
+			return fmt.Errorf("file %q differs from the record's %q", mf.Name, f.Name)
+		}
+		if f.Dir {
+			dirs[f.Name] = true
+		}
+	}
+	for _, c := range m.Containers {
+		if c.Dir != "" && !dirs[c.Dir] {
+			return fmt.Errorf("container %q: dir %q is not a directory of the snapshot", c.Path, c.Dir)
+		}
+	}
+	return nil
 }
 
 // checkFileRef checks what Materialize relies on: a name that stays inside

@@ -173,7 +173,7 @@ func TestGetAmbiguous(t *testing.T) {
 	ctx := context.Background()
 	s := openStore(t)
 	staging := t.TempDir()
-	writeTree(t, staging, map[string]string{"f": "x"})
+	writeTree(t, staging, map[string]string{"f": "x", "checkpoint/": ""})
 	// 17 snapshots: two of them share a first hex digit.
 	first := make(map[byte]string)
 	for i := range 17 {
