@@ -108,14 +108,19 @@ func runLs(out io.Writer, o LsOptions, p string) error {
 	if o.JSON {
 		return writeJSON(out, entries)
 	}
+	return printEntries(out, entries)
+}
+
+// printEntries prints cr ls's table.
+func printEntries(out io.Writer, entries []Entry) error {
 	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "PATH\tSTATE\tPROCS\tMEM\tCPU\tAGE\tCOMMAND")
 	for _, en := range entries {
-		cmd := strings.Join(en.Command, " ")
+		cmd := quoteText(strings.Join(en.Command, " "))
 		if en.ExitCode != nil {
 			cmd += fmt.Sprintf(" (exited %d)", *en.ExitCode)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\t%s\n", en.Path, en.State, en.Processes, humanBytes(en.MemoryBytes),
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\t%s\n", nstree.Quote(en.Path), en.State, en.Processes, humanBytes(en.MemoryBytes),
 			time.Duration(en.CPUSeconds*float64(time.Second)).Round(10*time.Millisecond), humanAge(en.AgeSeconds), cmd)
 	}
 	return tw.Flush()

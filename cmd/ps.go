@@ -42,10 +42,15 @@ func runPs(out io.Writer, path string, asJSON bool) error {
 	if asJSON {
 		return writeJSON(out, procs)
 	}
+	return printProcs(out, procs)
+}
+
+// printProcs prints cr ps's table.
+func printProcs(out io.Writer, procs []nstree.Process) error {
 	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "HOST PID\tPID\tCOMMAND")
 	for _, p := range procs {
-		fmt.Fprintf(tw, "%d\t%d\t%s\n", p.HostPid, p.Pid, p.Command)
+		fmt.Fprintf(tw, "%d\t%d\t%s\n", p.HostPid, p.Pid, quoteText(p.Command))
 	}
 	return tw.Flush()
 }

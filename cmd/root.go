@@ -81,12 +81,12 @@ func Execute() int {
 	if se, ok := err.(exitStatus); ok {
 		return int(se)
 	}
-	fmt.Fprintln(os.Stderr, "Error:", err)
+	fmt.Fprintln(os.Stderr, "Error:", errorText(err))
 	var ce *criubin.CRIUError
 	if errors.As(err, &ce) && len(ce.Lines) > 0 {
 		fmt.Fprintln(os.Stderr, "CRIU said:")
 		for _, l := range ce.Lines {
-			fmt.Fprintln(os.Stderr, "  "+l)
+			fmt.Fprintln(os.Stderr, "  "+quoteText(l))
 		}
 	}
 	return ExitCode(err)

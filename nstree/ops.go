@@ -114,7 +114,7 @@ func (t *Tree) Remove(abs string) error {
 	n.Walk(func(m *Node) { nodes = append(nodes, m) })
 	for i := len(nodes) - 1; i >= 0; i-- {
 		if err := t.removeNode(nodes[i]); err != nil {
-			return fmt.Errorf("remove %s: %w", nodes[i].Path, err)
+			return fmt.Errorf("remove %s: %w", Quote(nodes[i].Path), err)
 		}
 	}
 	if p := n.Parent; p != nil {
