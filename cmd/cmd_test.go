@@ -25,10 +25,11 @@ func TestSplitRunArgs(t *testing.T) {
 		{[]string{"/bin/sleep", "1"}, -1, "/bin/sleep", "1"}, // ambiguous without "--": first "/" arg is the path
 		{[]string{"sleep", "--", "x"}, -1, "sleep", "x"},
 		{[]string{"echo"}, -1, "", "echo"},
+		{[]string{"", "--", "sleep", "1"}, -1, "", "sleep 1"}, // an empty PATH is given, and refused
 	}
 	for _, c := range cases {
-		p, cmd := splitRunArgs(append([]string(nil), c.args...), c.dash)
-		if p != c.path || strings.Join(cmd, " ") != c.cmd {
+		p, given, cmd := splitRunArgs(append([]string(nil), c.args...), c.dash)
+		if p != c.path || strings.Join(cmd, " ") != c.cmd || given != (c.path != "" || c.args[0] == "") {
 			t.Errorf("splitRunArgs(%q, %d) = %q, %q; want %q, %q", c.args, c.dash, p, cmd, c.path, c.cmd)
 		}
 	}

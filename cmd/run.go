@@ -1,6 +1,7 @@
 package cmd
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -42,7 +43,10 @@ PATH is distinguished from CMD by a leading "/" or by the "--" after it.`,
   cr run --env HOME=/tmp --cwd /tmp /x -- env`,
 		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			path, command := splitRunArgs(args, cmd.ArgsLenAtDash())
+			path, given, command := splitRunArgs(args, cmd.ArgsLenAtDash())
+			if given && path == "" {
+				return usageError{errors.New(`empty path "": give the new container a name, or leave PATH out for a generated one`)}
+			}
 			return runRun(cmd.OutOrStdout(), o, path, command)
 		},
 	}
@@ -58,8 +62,9 @@ PATH is distinguished from CMD by a leading "/" or by the "--" after it.`,
 // splitRunArgs separates [PATH] from CMD: with "--", everything before it
 // is the path; without, a first argument starting with "/" is the path.
 // Flag parsing stops at the first argument, so a "--" after PATH arrives
-// as an argument rather than through ArgsLenAtDash.
-func splitRunArgs(args []string, dash int) (string, []string) {
+// as an argument rather than through ArgsLenAtDash. given tells an empty
+// PATH ("") from none.
+func splitRunArgs(args []string, dash int) (path string, given bool, cmd []string) {
 	if dash < 0 {
 		for i, a := range args {
 			if a == "--" {
@@ -71,13 +76,13 @@ func splitRunArgs(args []string, dash int) (string, []string) {
 	}
 	switch {
 	case dash == 1:
-		return args[0], args[1:]
+		return args[0], true, args[1:]
 	case dash == 0:
-		return "", args
+		return "", false, args
 	case dash < 0 && len(args) > 1 && strings.HasPrefix(args[0], "/"):
-		return args[0], args[1:]
+		return args[0], true, args[1:]
 	}
-	return "", args
+	return "", false, args
 }
 
 func runRun(out io.Writer, o RunOptions, path string, command []string) error {
