@@ -3,10 +3,8 @@ package cmd
 import (
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"io"
-	"io/fs"
 	"os"
 	"path"
 	"path/filepath"
@@ -123,15 +121,14 @@ not written.`,
 // temporary directory, reads every container's CRIU images, and removes the
 // directory.
 func inspectImage(ctx context.Context, image string) (*InspectReport, error) {
-	fi, err := os.Stat(image)
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil, fmt.Errorf("%w: %s", errNoImage, image)
-	}
+	f, err := openImage(image)
 	if err != nil {
 		return nil, err
 	}
-	if fi.IsDir() {
-		return nil, fmt.Errorf("%w: %s is a directory", images.ErrNotImage, image)
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, err
 	}
 	base := os.TempDir()
 	if d := os.Getenv("CR_STAGING"); d != "" {
@@ -146,9 +143,9 @@ func inspectImage(ctx context.Context, image string) (*InspectReport, error) {
 	}
 	defer os.RemoveAll(dir)
 	keep := func(name string) bool { return criuimg.Needs(path.Base(name)) }
-	m, err := images.ExtractSelectedFile(ctx, image, dir, images.Limits{}, keep)
+	m, err := images.ExtractSelected(ctx, f, dir, images.Limits{}, keep)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("%s: %w", image, err)
 	}
 	rep := &InspectReport{
 		Image:       image,

@@ -87,10 +87,12 @@ func runRestore(ctx context.Context, out io.Writer, g *Global, o RestoreOptions,
 	if o.Store != "" {
 		dir, m, err = materializeSnapshot(ctx, o.Store, ropts.StagingDir, image)
 	} else {
-		if _, serr := os.Stat(image); serr != nil {
-			return fmt.Errorf("%w: %v", errNoImage, serr)
+		f, oerr := openImage(image)
+		if oerr != nil {
+			return oerr
 		}
-		dir, m, err = restore.Extract(ctx, image, ropts)
+		defer f.Close()
+		dir, m, err = restore.Extract(ctx, f, image, ropts)
 	}
 	if err == nil {
 		defer os.RemoveAll(dir)

@@ -75,9 +75,10 @@ func (d *lazyDaemon) stop() {
 // ErrIncompatible: the image cannot be restored on this host.
 var ErrIncompatible = errors.New("image not restorable here")
 
-// Extract verifies the image file and unpacks it into a fresh staging
-// directory, which the caller removes. Nothing else is touched.
-func Extract(ctx context.Context, path string, o Options) (string, *images.Manifest, error) {
+// Extract verifies the image read from r (the file name, for messages) and
+// unpacks it into a fresh staging directory, which the caller removes.
+// Nothing else is touched.
+func Extract(ctx context.Context, r io.Reader, name string, o Options) (string, *images.Manifest, error) {
 	if err := os.MkdirAll(o.StagingDir, 0o700); err != nil {
 		return "", nil, fmt.Errorf("create staging area: %w", err)
 	}
@@ -85,10 +86,10 @@ func Extract(ctx context.Context, path string, o Options) (string, *images.Manif
 	if err != nil {
 		return "", nil, fmt.Errorf("create staging area: %w", err)
 	}
-	m, err := images.ExtractFile(ctx, path, dir, o.Limits)
+	m, err := images.Extract(ctx, r, dir, o.Limits)
 	if err != nil {
 		os.RemoveAll(dir)
-		return "", nil, err
+		return "", nil, fmt.Errorf("%s: %w", name, err)
 	}
 	return dir, m, nil
 }
