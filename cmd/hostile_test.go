@@ -2,9 +2,15 @@ package cmd
 
 import (
 	"bytes"
+	"context"
 	"errors"
+	"os"
+	"path/filepath"
 	"strings"
+	"sync/atomic"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/cr-dev/cr/nstree"
 )
@@ -66,5 +72,46 @@ func TestErrorEscapes(t *testing.T) {
 	}
 	if got := errorText(errors.New("left frozen\nrun cr thaw /lab")); got != "left frozen\nrun cr thaw /lab" {
 		t.Errorf("cr's own multi-line message changed: %q", got)
+	}
+}
+
+// TestInspectEndlessPipe: cr inspect of a pipe that feeds empty zstd
+// blocks forever ends, with a bad image.
+func TestInspectEndlessPipe(t *testing.T) {
+	t.Setenv("CR_STAGING", t.TempDir())
+	fifo := filepath.Join(t.TempDir(), "endless.cr")
+	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var sent atomic.Int64
+	go func() {
+		w, err := os.OpenFile(fifo, os.O_WRONLY, 0)
+		if err != nil {
+			return
+		}
+		defer w.Close()
+		w.Write([]byte{0x28, 0xb5, 0x2f, 0xfd, 0x00, 0x00})
+		blocks := make([]byte, 3<<12) // raw blocks of size 0, never the last
+		for {
+			n, err := w.Write(blocks)
+			sent.Add(int64(n))
+			if err != nil {
+				return
+			}
+		}
+	}()
+	done := make(chan error, 1)
+	go func() {
+		_, err := inspectImage(context.Background(), fifo)
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if ExitCode(err) != ExitImage {
+			t.Fatalf("inspect of endless empty blocks: %v (exit %d), want exit %d", err, ExitCode(err), ExitImage)
+		}
+		t.Logf("refused after %d bytes: %v", sent.Load(), err)
+	case <-time.After(30 * time.Second):
+		t.Fatalf("inspect still reading after 30s and %d bytes", sent.Load())
 	}
 }

@@ -219,6 +219,26 @@ func (e *errReader) Read(p []byte) (int, error) {
 	return n, err
 }
 
+// inputBound fails once the compressed input is out of proportion to the
+// content it decompressed to (MaxCompressed): a stream of empty zstd blocks
+// from a pipe would otherwise be read forever.
+type inputBound struct {
+	r       io.Reader
+	n       int64        // bytes read so far
+	content func() int64 // bytes of tar stream decompressed so far; nil: no bound
+}
+
+func (b *inputBound) Read(p []byte) (int, error) {
+	if b.content != nil {
+		if c := b.content(); b.n > MaxCompressed(c) {
+			return 0, fmt.Errorf("%w: %d bytes of compressed input for %d bytes of content", ErrCorrupt, b.n, c)
+		}
+	}
+	n, err := b.r.Read(p)
+	b.n += int64(n)
+	return n, err
+}
+
 var errBudget = errors.New("decompressed stream over budget")
 
 // budgetReader counts the bytes read and fails once there are more than
@@ -270,10 +290,11 @@ type reader struct {
 }
 
 func read(ctx context.Context, r io.Reader, l Limits, out sink) (*Manifest, error) {
+	in := &inputBound{r: r}
 	rd := &reader{
 		ctx:  ctx,
 		lim:  l.withDefaults(),
-		src:  &errReader{r: r},
+		src:  &errReader{r: in},
 		out:  out,
 		seen: make(map[string]File),
 	}
@@ -300,6 +321,9 @@ func read(ctx context.Context, r io.Reader, l Limits, out sink) (*Manifest, erro
 		stream = rd.dec
 	}
 	rd.budget = &budgetReader{r: stream, left: rd.lim.streamBudget()}
+	if rd.dec != nil {
+		in.content = func() int64 { return rd.budget.n }
+	}
 	rd.tr = tar.NewReader(rd.budget)
 	rd.buf = make([]byte, 1<<20)
 	if err := rd.readHeader(); err != nil {
@@ -754,3 +778,10 @@ func (rd *reader) compare(m *Manifest) error {
 	}
 	return nil
 }
+
+// MaxCompressed is the most compressed input a stream may take for raw bytes
+// of content: zstd's worst case on incompressible data (a block header per
+// 128 KiB) with room to spare, plus a fixed allowance. A stream over it is
+// not an image cr wrote (for example: endless empty zstd blocks, which
+// decompress to nothing), whatever its content's own limits.
+func MaxCompressed(raw int64) int64 { return raw + raw/64 + 1<<20 }

@@ -618,7 +618,7 @@ func (c *conn) checkSize(size int64) string {
 func wireBudget(size int64, lim images.Limits) int64 {
 	const fixed = 80 << 20 // manifest, header, trailer, padding
 	raw := size + int64(lim.MaxFiles+3)*4096 + fixed
-	return raw + raw/64 + 1<<20
+	return images.MaxCompressed(raw)
 }
 
 // keepalive sends PING every quarter of the idle timeout until the returned
