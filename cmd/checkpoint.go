@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"io/fs"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -128,10 +127,7 @@ func runCheckpoint(ctx context.Context, out, errOut io.Writer, g *Global, o Chec
 		o.Output = fmt.Sprintf("%s-%s.cr", n.Name, time.Now().Format("20060102-150405"))
 	}
 	// Fail before touching the job if the image cannot be written.
-	if _, err := os.Stat(o.Output); err == nil {
-		return fmt.Errorf("%w: %s", fs.ErrExist, o.Output)
-	}
-	if err := probeWritable(filepath.Dir(o.Output)); err != nil {
+	if err := images.CheckOutput(o.Output, false); err != nil {
 		return fmt.Errorf("cannot write the image: %w", err)
 	}
 	ctx, cancel := interruptible(ctx)
@@ -194,16 +190,6 @@ func runCheckpoint(ctx context.Context, out, errOut io.Writer, g *Global, o Chec
 
 func dur(s float64) string {
 	return time.Duration(s * float64(time.Second)).Round(100 * time.Microsecond).String()
-}
-
-func probeWritable(dir string) error {
-	f, err := os.CreateTemp(dir, ".cr-probe-*")
-	if err != nil {
-		return err
-	}
-	name := f.Name()
-	f.Close()
-	return os.Remove(name)
 }
 
 // progress prints a self-overwriting line on a terminal, nothing elsewhere.

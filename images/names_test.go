@@ -1,6 +1,10 @@
 package images
 
 import (
+	"errors"
+	"io/fs"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -46,5 +50,42 @@ func TestManifestHostileContainerPath(t *testing.T) {
 	m.Format, m.Version = FormatName, FormatVersion
 	if err := ValidateManifest(m); err != nil {
 		t.Fatalf("good manifest: %v", err)
+	}
+}
+
+// TestCheckOutput: where WriteFile would refuse to write, CheckOutput says
+// so first: symlinks of every kind, directories, existing files, and a
+// directory that takes no file.
+func TestCheckOutput(t *testing.T) {
+	dir := t.TempDir()
+	must := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	must(os.Symlink(filepath.Join(dir, "nowhere"), filepath.Join(dir, "dangling.cr")))
+	must(os.Symlink(filepath.Join(dir, "loop2.cr"), filepath.Join(dir, "loop1.cr")))
+	must(os.Symlink(filepath.Join(dir, "loop1.cr"), filepath.Join(dir, "loop2.cr")))
+	must(os.WriteFile(filepath.Join(dir, "file.cr"), nil, 0o600))
+	must(os.Mkdir(filepath.Join(dir, "dir.cr"), 0o700))
+	for name, want := range map[string]string{
+		"dangling.cr": "is a symlink", "loop1.cr": "is a symlink", "file.cr": "exists", "dir.cr": "is a directory",
+	} {
+		err := CheckOutput(filepath.Join(dir, name), false)
+		if !errors.Is(err, fs.ErrExist) || !strings.Contains(err.Error(), want) {
+			t.Errorf("%s: %v, want ErrExist saying %q", name, err, want)
+		}
+	}
+	for _, p := range []string{"/proc/cr-test.cr", filepath.Join(dir, "file.cr", "x.cr"), filepath.Join(dir, "missing", "x.cr")} {
+		if err := CheckOutput(p, false); err == nil || !strings.Contains(err.Error(), "cannot write in") {
+			t.Errorf("%s: %v, want cannot write", p, err)
+		}
+	}
+	if err := CheckOutput(filepath.Join(dir, "new.cr"), false); err != nil {
+		t.Errorf("a new file: %v", err)
+	}
+	if ents, _ := os.ReadDir(dir); len(ents) != 5 {
+		t.Errorf("CheckOutput left files: %v", ents)
 	}
 }

@@ -286,11 +286,38 @@ func WriteFile(ctx context.Context, path string, src string, m *Manifest, o Writ
 	return res, nil
 }
 
-func writeFile(ctx context.Context, path string, src string, m *Manifest, o WriteOptions) (res WriteResult, err error) {
-	if !o.Overwrite {
-		if _, err := os.Lstat(path); err == nil {
-			return res, fs.ErrExist
+// CheckOutput reports whether WriteFile could write an image at path,
+// without writing it: path must not exist, not even as a symlink (dangling,
+// a loop: WriteFile never writes through one), unless overwrite is set,
+// and its directory must take a new file. Callers run it before anything
+// costly (cr checkpoint: before the job is frozen); WriteFile runs it again.
+func CheckOutput(path string, overwrite bool) error {
+	if fi, err := os.Lstat(path); err == nil && !overwrite {
+		what := "exists"
+		switch {
+		case fi.Mode()&fs.ModeSymlink != 0:
+			to, _ := os.Readlink(path)
+			what = fmt.Sprintf("is a symlink (to %q); an image is never written through one", to)
+		case fi.IsDir():
+			what = "is a directory"
 		}
+		return fmt.Errorf("%w: %s %s", fs.ErrExist, path, what)
+	} else if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("cannot write in %s: %w", filepath.Dir(path), err)
+	}
+	dir := filepath.Dir(path)
+	f, err := os.CreateTemp(dir, ".cr-probe-*")
+	if err != nil {
+		return fmt.Errorf("cannot write in %s: %w", dir, err)
+	}
+	name := f.Name()
+	f.Close()
+	return os.Remove(name)
+}
+
+func writeFile(ctx context.Context, path string, src string, m *Manifest, o WriteOptions) (res WriteResult, err error) {
+	if err := CheckOutput(path, o.Overwrite); err != nil {
+		return res, err
 	}
 	dir, base := filepath.Split(path)
 	if dir == "" {
