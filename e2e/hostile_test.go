@@ -1,6 +1,8 @@
 package e2e
 
 import (
+	"archive/tar"
+	"bytes"
 	"context"
 	"os"
 	"path/filepath"
@@ -8,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/klauspost/compress/zstd"
 
 	"github.com/cr-dev/cr/images"
 )
@@ -160,4 +164,80 @@ func TestCheckpointOutputChecked(t *testing.T) {
 	if ls(t)["/out"].State != "running" || !j.progresses(t, j.ask(t).Counter) {
 		t.Error("the job does not run on")
 	}
+}
+
+// TestRestoreChecksSpace: a small image that declares more than the
+// staging directory can hold is refused before it writes anything there
+// (a 366 KB image once wrote 10 GiB into staging before failing).
+func TestRestoreChecksSpace(t *testing.T) {
+	staging, err := os.MkdirTemp("/dev/shm", "cr-e2e-staging-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(staging)
+	free, err := images.FreeSpace(staging)
+	if err != nil {
+		t.Fatal(err)
+	}
+	size := free + 1<<30
+	if size >= images.DefaultMaxBytes {
+		t.Skipf("/dev/shm has %d bytes free: more than the default limit, which would refuse the image anyway", free)
+	}
+	img := filepath.Join(t.TempDir(), "huge.cr")
+	if err := os.WriteFile(img, hugeImage(t, size, 64<<20), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	before := stateNodes(t)
+	start := time.Now()
+	r := crEnv(t, []string{"CR_STAGING=" + staging}, "restore", "--as", "/huge", img)
+	if r.code != 8 || !strings.Contains(r.err, "image exceeds limits: checkpoint/pages-1.img takes the image to ") || !strings.Contains(r.err, "free in the staging directory") {
+		t.Errorf("want exit 8 naming the free space, got %s", r)
+	}
+	t.Logf("refused in %s", time.Since(start))
+	var written int64
+	filepath.WalkDir(staging, func(p string, d os.DirEntry, err error) error {
+		if err == nil && !d.IsDir() {
+			if fi, err := d.Info(); err == nil {
+				written += fi.Size()
+			}
+		}
+		return nil
+	})
+	if ents, _ := os.ReadDir(staging); len(ents) != 0 || written != 0 {
+		t.Errorf("staging holds %d entries, %d bytes after the refusal", len(ents), written)
+	}
+	if n := stateNodes(t); n != before {
+		t.Errorf("the refused restore created %d nodes", n-before)
+	}
+}
+
+// hugeImage is a crafted image whose first file declares size bytes, of
+// which only have follow (zeros: the image stays small).
+func hugeImage(t *testing.T, size, have int64) []byte {
+	t.Helper()
+	var buf bytes.Buffer
+	zw, err := zstd.NewWriter(&buf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tw := tar.NewWriter(zw)
+	hdr := []byte(`{"format":"cr-image","version":1}` + "\n")
+	must := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	must(tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: images.HeaderFile, Mode: 0o644, Size: int64(len(hdr))}))
+	_, err = tw.Write(hdr)
+	must(err)
+	must(tw.WriteHeader(&tar.Header{Typeflag: tar.TypeDir, Name: "checkpoint/", Mode: 0o700}))
+	must(tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: "checkpoint/pages-1.img", Mode: 0o600, Size: size}))
+	zeros := make([]byte, 1<<20)
+	for n := int64(0); n < have; n += int64(len(zeros)) {
+		_, err := tw.Write(zeros)
+		must(err)
+	}
+	must(zw.Close()) // the entry stays incomplete, as in a truncated image
+	return buf.Bytes()
 }

@@ -15,6 +15,7 @@ import (
 	"path"
 	"strings"
 	"sync"
+	"syscall"
 
 	"github.com/klauspost/compress/zstd"
 )
@@ -24,6 +25,11 @@ type Limits struct {
 	MaxBytes int64 // total bytes of file content; 0 means DefaultMaxBytes
 	MaxFiles int   // entries (files and directories); 0 means DefaultMaxFiles
 	MaxEntry int64 // bytes of one file; 0 means MaxBytes
+	// Free, if positive, is the space the extraction may take: the free
+	// space of the destination's file system (FreeSpace), measured before
+	// anything is written. An entry whose declared size would take the
+	// content past it is refused, before it is written, with ErrTooLarge.
+	Free int64
 }
 
 // Default limits.
@@ -468,6 +474,8 @@ func (rd *reader) entry(hdr *tar.Header) error {
 			return fmt.Errorf("%w: %s: %d bytes, more than %d per file", ErrTooLarge, name, hdr.Size, rd.lim.MaxEntry)
 		case rd.total+hdr.Size > rd.lim.MaxBytes:
 			return fmt.Errorf("%w: %s: more than %d bytes in all", ErrTooLarge, name, rd.lim.MaxBytes)
+		case rd.lim.Free > 0 && rd.total+hdr.Size > rd.lim.Free && rd.out != nil:
+			return fmt.Errorf("%w: %s takes the image to %s, %s free in the staging directory", ErrTooLarge, name, FormatBytes(rd.total+hdr.Size), FormatBytes(rd.lim.Free))
 		}
 		rd.total += hdr.Size
 		sum, err := rd.copyFile(name, hdr.Size, os.FileMode(hdr.Mode))
@@ -785,3 +793,42 @@ func (rd *reader) compare(m *Manifest) error {
 // not an image cr wrote (for example: endless empty zstd blocks, which
 // decompress to nothing), whatever its content's own limits.
 func MaxCompressed(raw int64) int64 { return raw + raw/64 + 1<<20 }
+
+// FreeSpace is the space an unprivileged write may still take in dir's
+// file system (statfs: available blocks times block size).
+func FreeSpace(dir string) (int64, error) {
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(dir, &st); err != nil {
+		return 0, fmt.Errorf("free space of %s: %w", dir, err)
+	}
+	return int64(st.Bavail) * st.Bsize, nil
+}
+
+// CheckSpace refuses, with ErrTooLarge, an image of size bytes of content
+// (the sum of its files' sizes) that does not fit in the free space of dir
+// (the staging directory), before anything is written. cr serve applies it
+// to a sender's declared size, a store restore to the snapshot's total.
+func CheckSpace(dir string, size int64) error {
+	free, err := FreeSpace(dir)
+	if err != nil {
+		return err
+	}
+	if size > free {
+		return fmt.Errorf("%w: image of %s, %s free in the staging directory", ErrTooLarge, FormatBytes(size), FormatBytes(free))
+	}
+	return nil
+}
+
+// FormatBytes prints a size in binary units: "512 B", "1.5 GiB".
+func FormatBytes(n int64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	div, exp := int64(unit), 0
+	for m := n / unit; m >= unit && exp < 5; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}

@@ -601,11 +601,8 @@ func (c *conn) checkSize(size int64) string {
 	case size > limit:
 		return fmt.Sprintf("too large: image of %s, this server accepts at most %s", formatBytes(size), formatBytes(limit))
 	}
-	var st syscall.Statfs_t
-	if err := syscall.Statfs(c.s.cfg.StagingDir, &st); err == nil {
-		if free := int64(st.Bavail) * st.Bsize; free < size {
-			return fmt.Sprintf("too large: image of %s, %s free in the staging directory", formatBytes(size), formatBytes(free))
-		}
+	if err := images.CheckSpace(c.s.cfg.StagingDir, size); errors.Is(err, images.ErrTooLarge) {
+		return "too large: " + strings.TrimPrefix(err.Error(), images.ErrTooLarge.Error()+": ")
 	}
 	return ""
 }
@@ -864,15 +861,4 @@ func (c *conn) restore(ctx context.Context, dir string, m *images.Manifest, targ
 	return r, err
 }
 
-func formatBytes(n int64) string {
-	const unit = 1024
-	if n < unit {
-		return fmt.Sprintf("%d B", n)
-	}
-	div, exp := int64(unit), 0
-	for m := n / unit; m >= unit && exp < 5; m /= unit {
-		div *= unit
-		exp++
-	}
-	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
-}
+func formatBytes(n int64) string { return images.FormatBytes(n) }

@@ -86,7 +86,13 @@ func Extract(ctx context.Context, r io.Reader, name string, o Options) (string, 
 	if err != nil {
 		return "", nil, fmt.Errorf("create staging area: %w", err)
 	}
-	m, err := images.Extract(ctx, r, dir, o.Limits)
+	// Every entry's declared size is checked against the free space before
+	// it is written, as cr serve checks a sender's declared size.
+	lim := o.Limits
+	if free, err := images.FreeSpace(dir); err == nil {
+		lim.Free = free
+	}
+	m, err := images.Extract(ctx, r, dir, lim)
 	if err != nil {
 		os.RemoveAll(dir)
 		return "", nil, fmt.Errorf("%s: %w", name, err)

@@ -84,3 +84,31 @@ func TestRecordManifestValidated(t *testing.T) {
 		t.Errorf("the good snapshot: %v", err)
 	}
 }
+
+// TestMaterializeChecksSpace: a snapshot larger than the free space of its
+// destination is refused before anything is written.
+func TestMaterializeChecksSpace(t *testing.T) {
+	ctx := context.Background()
+	s := openStore(t)
+	stag := t.TempDir()
+	writeTree(t, stag, map[string]string{"checkpoint/pages-1.img": string(make([]byte, 64<<10))})
+	snap, err := s.Add(ctx, stag, testManifest("/lab"), time.Unix(1, 0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	old := freeSpace
+	defer func() { freeSpace = old }()
+	freeSpace = func(string) (int64, error) { return 4096, nil }
+	dst := filepath.Join(t.TempDir(), "x")
+	_, err = s.Materialize(ctx, snap.ID, dst)
+	if !errors.Is(err, images.ErrTooLarge) {
+		t.Fatalf("Materialize into 4 KiB of free space: %v, want ErrTooLarge", err)
+	}
+	if _, err := os.Stat(dst); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("Materialize left %s", dst)
+	}
+	freeSpace = old
+	if _, err := s.Materialize(ctx, snap.ID, dst); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -104,6 +104,9 @@ func (s *Store) fetchChunks(ctx context.Context, names []string, pool *sync.Pool
 	return out
 }
 
+// freeSpace is images.FreeSpace; tests replace it.
+var freeSpace = images.FreeSpace
+
 // Materialize rebuilds the staging dir of the snapshot id (or unique id
 // prefix) at dst, which must not exist or be an empty directory, and returns
 // its manifest. Every chunk's hash and every file's size and sha256 are
@@ -154,6 +157,11 @@ func (s *Store) materialize(ctx context.Context, snap *Snapshot, dst string) (er
 			os.RemoveAll(filepath.Join(dst, e.Name()))
 		}
 	}()
+	// The declared sizes against the free space, before anything is
+	// written (images.CheckSpace, as cr serve and an image restore do).
+	if free, ferr := freeSpace(dst); ferr == nil && snap.TotalBytes > free {
+		return fmt.Errorf("%w: snapshot of %s, %s free in the staging directory", images.ErrTooLarge, images.FormatBytes(snap.TotalBytes), images.FormatBytes(free))
+	}
 
 	ctx, cancel := context.WithCancel(ctx)
 	var names []string
