@@ -12,6 +12,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 )
 
@@ -134,6 +135,11 @@ func (cl *client) run(ctx context.Context, addr string, auth Auth) (RestoreInfo,
 	cl.fc.setDeadline(deadline)
 
 	if err := cl.tc.HandshakeContext(ctx); err != nil {
+		if ctx.Err() == nil && (errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET)) {
+			// cr serve drops a connection still in its TLS handshake when
+			// too many connections are authenticating.
+			err = fmt.Errorf("the receiver closed the connection during the TLS handshake (%v): it may be busy with other connections, or not be cr serve", err)
+		}
 		return RestoreInfo{}, cl.connError("connect to "+addr, ctx, err)
 	}
 	if err := cl.authenticate(ctx, creds, deadline); err != nil {
@@ -327,7 +333,7 @@ func (cl *client) recvAuth(ctx context.Context, deadline time.Time, want msgType
 		if m.Reason == ErrAuth.Error() {
 			return fmt.Errorf("%w: the server refused our credentials", ErrAuth)
 		}
-		return &RemoteError{Kind: ErrRejected, Reason: sanitize(m.Reason)}
+		return &RemoteError{Kind: ErrRejected, Reason: sanitize(m.Reason), Code: m.Code}
 	default:
 		return fmt.Errorf("authenticate: %w", protocolErrorf("%s frame, expected %s", t, want))
 	}

@@ -160,6 +160,7 @@ var (
 const (
 	codeNoLazy = "no-lazy" // ErrNoLazy
 	codeExists = "exists"  // ErrTargetExists
+	codeBusy   = "busy"    // ERROR before authentication: too many connections authenticating
 )
 
 // RemoteError is an error the receiver reported, with its reason.

@@ -68,9 +68,6 @@ const (
 	DefaultHandshakeTimeout = 10 * time.Second
 	DefaultReadyTimeout     = 30 * time.Second
 
-	// maxHandshakes bounds the connections that have not authenticated
-	// yet; more are closed at once.
-	maxHandshakes = 32
 	// lingerTime and lingerBytes bound how long and how much the server
 	// reads and discards after its last message, so that the peer gets to
 	// read that message instead of a connection reset.
@@ -119,8 +116,8 @@ type server struct {
 	tls   *tls.Config
 	log   *log.Logger
 
-	slots   chan struct{} // migrations in progress
-	pending chan struct{} // connections not yet authenticated
+	slots chan struct{} // migrations in progress
+	hs    *handshakes   // connections not yet authenticated
 
 	mu      sync.Mutex
 	targets map[string]bool // target paths being received
@@ -171,7 +168,7 @@ func newServer(cfg ServerConfig) (*server, error) {
 		tls:     tcfg,
 		log:     log.New(cfg.Log, "", log.LstdFlags),
 		slots:   make(chan struct{}, cfg.MaxConcurrent),
-		pending: make(chan struct{}, maxHandshakes),
+		hs:      newHandshakes(maxHandshakes, maxHandshakesPerHost),
 		targets: make(map[string]bool),
 	}, nil
 }
@@ -255,47 +252,68 @@ func (c *conn) logf(format string, a ...any) {
 	c.s.log.Printf("%s: %s", who, sanitize(fmt.Sprintf(format, a...)))
 }
 
+// busyReason is what a connection dropped from the handshake set is told
+// when it got far enough to be told anything (past TLS).
+const busyReason = "busy: too many connections are authenticating; try again"
+
 func (s *server) handle(ctx context.Context, nc net.Conn) {
 	defer nc.Close()
 	c := &conn{s: s, remote: nc.RemoteAddr().String(), release: func() {}}
-	select {
-	case s.pending <- struct{}{}:
-	default:
-		c.logf("refused: %d connections already authenticating", maxHandshakes)
-		return
-	}
-	authenticating := true
-	leaveHandshake := func() {
-		if authenticating {
-			authenticating = false
-			<-s.pending
-		}
-	}
-	defer leaveHandshake()
-
-	c.tc = tls.Server(nc, s.tls)
+	pc := &pendingConn{host: hostKey(nc.RemoteAddr())}
+	c.tc = tls.Server(&talkConn{Conn: nc, pc: pc}, s.tls)
 	c.fc = newFrameConn(c.tc)
+	c.fc.writeTTL = s.cfg.HandshakeTimeout
+	pc.evict = func(tlsDone bool) {
+		if !tlsDone {
+			c.fc.kill()
+			return
+		}
+		// Tell it, and let it read that before the connection closes.
+		c.fc.sendJSON(msgError, reasonMsg{Reason: busyReason, Code: codeBusy})
+		c.tc.CloseWrite()
+		c.fc.setReadDeadline(time.Now().Add(lingerTime))
+	}
+	s.hs.enter(pc)
+	defer s.hs.leave(pc)
+	dropped := func() {
+		c.logf("dropped before authenticating: more than %d connections authenticating from its address, or %d in all", maxHandshakesPerHost, maxHandshakes)
+	}
+
 	stop := context.AfterFunc(ctx, c.fc.kill)
 	defer stop()
 
 	deadline := time.Now().Add(s.cfg.HandshakeTimeout)
-	c.fc.writeTTL = s.cfg.HandshakeTimeout
 	c.fc.setDeadline(deadline)
 	hctx, hcancel := context.WithDeadline(ctx, deadline)
 	err := c.tc.HandshakeContext(hctx)
 	hcancel()
 	if err != nil {
+		if !s.hs.leave(pc) {
+			dropped()
+			return
+		}
 		c.logf("authentication failed: %v", err)
 		return
 	}
+	if !s.hs.passedTLS(pc) {
+		dropped()
+		return
+	}
 	if err := c.authenticate(deadline); err != nil {
+		if !s.hs.leave(pc) {
+			dropped()
+			return
+		}
 		c.logf("authentication failed: %v", err)
 		if c.linger {
 			c.lingerClose()
 		}
 		return
 	}
-	leaveHandshake()
+	if !s.hs.leave(pc) {
+		dropped()
+		return
+	}
 
 	c.fc.writeTTL = s.cfg.IdleTimeout
 	c.fc.setDeadline(time.Time{})
