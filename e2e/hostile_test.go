@@ -4,6 +4,7 @@ import (
 	"archive/tar"
 	"bytes"
 	"context"
+	"net"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -240,4 +241,38 @@ func hugeImage(t *testing.T, size, have int64) []byte {
 	}
 	must(zw.Close()) // the entry stays incomplete, as in a truncated image
 	return buf.Bytes()
+}
+
+// TestMigrateDuringHandshakeFlood: 64 silent connections to cr serve from
+// the sender's own address do not keep a real cr migrate out.
+func TestMigrateDuringHandshakeFlood(t *testing.T) {
+	h := newHost(t, "token")
+	j := startJob(t, "/flood")
+	var conns []net.Conn
+	defer func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
+	for range 64 {
+		c, err := net.DialTimeout("tcp", h.addr, 5*time.Second)
+		if err != nil {
+			t.Fatalf("flood: %v", err)
+		}
+		conns = append(conns, c)
+	}
+	time.Sleep(300 * time.Millisecond)
+	start := time.Now()
+	r := cr(t, migrateArgs(h, "/flood")...)
+	if r.code != 0 {
+		t.Fatalf("cr migrate during a flood of 64 silent connections: %s", r)
+	}
+	t.Logf("migrated during the flood in %s", time.Since(start).Round(time.Millisecond))
+	if !h.resumed(t, "flood") {
+		t.Error("the job does not run at the destination")
+	}
+	if _, ok := ls(t)[j.path]; ok {
+		t.Error("the source is still here")
+	}
+	h.mustCr(t, "kill", "/flood")
 }
