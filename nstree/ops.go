@@ -142,6 +142,9 @@ func (t *Tree) Rename(oldAbs, newAbs string) error {
 	if err != nil {
 		return err
 	}
+	if err := ValidatePath(newAbs); err != nil {
+		return err
+	}
 	if _, ok := f.ByPath[newAbs]; ok {
 		return fmt.Errorf("%w: %s", ErrExists, newAbs)
 	}

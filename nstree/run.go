@@ -116,6 +116,12 @@ func generatedName(f *Forest, dir string) string {
 // implicit nodes). It returns the nodes it created, outermost first, and
 // the new node. The caller holds the lock.
 func (t *Tree) createNodes(f *Forest, abs, onEmpty string) ([]*Node, *Node, error) {
+	// Every node enters the tree here: whoever computed abs (a command
+	// line, an image's manifest, a migration request), it follows the
+	// names' rules.
+	if err := ValidatePath(abs); err != nil {
+		return nil, nil, err
+	}
 	parts := Split(abs)
 	if len(parts) == 0 {
 		return nil, nil, fmt.Errorf("%w: the root is not a container", ErrExists)

@@ -84,3 +84,21 @@ func assertNoTemp(t *testing.T, dir string) {
 		}
 	}
 }
+
+// TestCreateNodesValidates: the tree itself refuses a path with a name
+// cr run would refuse, whoever computed it, before creating anything.
+func TestCreateNodesValidates(t *testing.T) {
+	dir := t.TempDir()
+	tr := &Tree{StateDir: filepath.Join(dir, "state"), CgroupParent: "cr-test"}
+	tr.Hier.Mount = filepath.Join(dir, "cgroup")
+	for _, p := range []string{"/../x", "/lab/.hidden", "/\x1b[8mx", "/a b", "/a//b", "/" + string(bytes.Repeat([]byte("n"), 65))} {
+		f := &Forest{ByPath: map[string]*Node{}, ByID: map[string]*Node{}}
+		_, _, err := tr.createNodes(f, p, OnEmptyDelete)
+		if !errors.Is(err, ErrInvalidName) {
+			t.Errorf("createNodes(%q): %v, want ErrInvalidName", p, err)
+		}
+	}
+	if ents, _ := os.ReadDir(dir); len(ents) != 0 {
+		t.Errorf("refused paths created %v", ents)
+	}
+}
