@@ -8,11 +8,9 @@ import (
 	"os"
 	"path"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
-	"unicode"
 
 	"github.com/spf13/cobra"
 
@@ -240,8 +238,8 @@ func printInspect(out *bytes.Buffer, r *InspectReport) {
 	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
 	fmt.Fprintf(tw, "Image:\t%s, %s (%s unpacked, %d entries)\n", r.Image, humanBytes(r.ImageBytes), humanBytes(r.RawBytes), r.Entries)
 	fmt.Fprintf(tw, "Format:\t%s version %d\n", r.Format, r.Version)
-	fmt.Fprintf(tw, "Created:\t%s by cr %s with CRIU %s\n", r.Created.Local().Format(timeLayout), r.CRVersion, r.CRIUVersion)
-	fmt.Fprintf(tw, "Host:\tkernel %s, %s\n", r.Kernel, r.Arch)
+	fmt.Fprintf(tw, "Created:\t%s by cr %s with CRIU %s\n", r.Created.Local().Format(timeLayout), oneLine(r.CRVersion), r.CRIUVersion)
+	fmt.Fprintf(tw, "Host:\tkernel %s, %s\n", oneLine(r.Kernel), oneLine(r.Arch))
 	fmt.Fprintf(tw, "Root:\t%s (%d containers)\n", r.Root, len(r.Containers))
 	if s := r.Stats; s != nil {
 		var parts []string
@@ -352,24 +350,6 @@ func fileTarget(f criuimg.File) string {
 	}
 	if s.State != "" {
 		fmt.Fprintf(&b, " (%s)", s.State)
-	}
-	return b.String()
-}
-
-// oneLine escapes the control characters of s (a command line or a path
-// may hold newlines and tabs) so that it stays in its table cell.
-func oneLine(s string) string {
-	if !strings.ContainsFunc(s, unicode.IsControl) {
-		return s
-	}
-	var b strings.Builder
-	for _, r := range s {
-		if unicode.IsControl(r) {
-			q := strconv.QuoteRune(r)
-			b.WriteString(q[1 : len(q)-1])
-			continue
-		}
-		b.WriteRune(r)
 	}
 	return b.String()
 }

@@ -116,7 +116,7 @@ func printEntries(out io.Writer, entries []Entry) error {
 	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "PATH\tSTATE\tPROCS\tMEM\tCPU\tAGE\tCOMMAND")
 	for _, en := range entries {
-		cmd := quoteText(strings.Join(en.Command, " "))
+		cmd := oneLine(strings.Join(en.Command, " "))
 		if en.ExitCode != nil {
 			cmd += fmt.Sprintf(" (exited %d)", *en.ExitCode)
 		}

@@ -50,7 +50,7 @@ func printProcs(out io.Writer, procs []nstree.Process) error {
 	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "HOST PID\tPID\tCOMMAND")
 	for _, p := range procs {
-		fmt.Fprintf(tw, "%d\t%d\t%s\n", p.HostPid, p.Pid, quoteText(p.Command))
+		fmt.Fprintf(tw, "%d\t%d\t%s\n", p.HostPid, p.Pid, oneLine(p.Command))
 	}
 	return tw.Flush()
 }

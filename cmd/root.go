@@ -86,7 +86,7 @@ func Execute() int {
 	if errors.As(err, &ce) && len(ce.Lines) > 0 {
 		fmt.Fprintln(os.Stderr, "CRIU said:")
 		for _, l := range ce.Lines {
-			fmt.Fprintln(os.Stderr, "  "+quoteText(l))
+			fmt.Fprintln(os.Stderr, "  "+oneLine(l))
 		}
 	}
 	return ExitCode(err)
