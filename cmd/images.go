@@ -47,10 +47,7 @@ latest of a container with cr restore --store DIR PATH.`,
 		if dir == "" {
 			return nil, usageError{fmt.Errorf("--store DIR is required")}
 		}
-		if _, err := os.Stat(dir); err != nil {
-			return nil, fmt.Errorf("%w: store %s", store.ErrNotFound, dir)
-		}
-		return store.Open(dir)
+		return store.Open(dir) // never creates one: a mistyped path is "no such store"
 	}
 	// openLocked opens the store and takes its lock, for commands that
 	// change it.

@@ -77,6 +77,7 @@ func init() {
 	register(newSnapshotCommand)
 	mapError(store.ErrLocked, ExitLocked)
 	mapError(store.ErrNotFound, ExitNotFound)
+	mapError(store.ErrNoStore, ExitNotFound)
 	mapError(store.ErrAmbiguous, ExitUsage)
 	mapError(store.ErrDamaged, ExitImage)
 	mapError(dump.ErrBusy, ExitLocked)
@@ -88,7 +89,7 @@ func newSnapshotCommand(g *Global) *cobra.Command {
 		Use:   "snapshot PATH --store DIR [--keep-...]",
 		Short: "Snapshot a running subtree into a deduplicating store",
 		Long: `Checkpoint the subtree at PATH and leave it running (it is frozen only for
-the dump, never for storing), into the store at DIR (created on first use).
+the dump, never for storing), into the store at DIR (created on first use, which is said on stderr).
 The store keeps chunks by content, so memory that did not change since the
 last snapshot, and identical pages across containers, are stored once.
 
@@ -106,7 +107,7 @@ moment leaves every listed snapshot complete and restorable.`,
   cr restore --store /var/lib/cr/snapshots /lab     # the latest snapshot of /lab`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return runSnapshot(cmd.Context(), cmd.OutOrStdout(), g, o, args[0])
+			return runSnapshot(cmd.Context(), cmd.OutOrStdout(), cmd.ErrOrStderr(), g, o, args[0])
 		},
 	}
 	c.Flags().StringVar(&o.Store, "store", "", "the snapshot store's directory (required)")
@@ -118,7 +119,7 @@ moment leaves every listed snapshot complete and restorable.`,
 	return c
 }
 
-func runSnapshot(ctx context.Context, out io.Writer, g *Global, o SnapshotOptions, path string) error {
+func runSnapshot(ctx context.Context, out, errOut io.Writer, g *Global, o SnapshotOptions, path string) error {
 	pol, err := o.Keep.policy()
 	if err != nil {
 		return err
@@ -131,9 +132,12 @@ func runSnapshot(ctx context.Context, out io.Writer, g *Global, o SnapshotOption
 	if err != nil {
 		return err
 	}
-	st, err := store.Open(o.Store)
+	st, created, err := store.OpenOrCreate(o.Store)
 	if err != nil {
 		return err
+	}
+	if created {
+		fmt.Fprintf(errOut, "created store %s\n", st.Dir())
 	}
 	ctx, cancel := interruptible(ctx)
 	defer cancel()
