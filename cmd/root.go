@@ -68,6 +68,7 @@ anything above it.`,
 		root.AddCommand(c)
 	}
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error { return usageError{err} })
+	addCompletions(root)
 	return root
 }
 
