@@ -20,9 +20,11 @@ import (
 
 	"github.com/cr-dev/cr/criubin"
 	"github.com/cr-dev/cr/e2e/jobreport"
+	"github.com/cr-dev/cr/freeze"
 )
 
 var (
+	cgBase  string // the private tree's cgroup directory, in the hierarchy cr uses
 	crBin   string // the cr binary under test
 	jobBin  string // the test workload
 	workDir string
@@ -66,6 +68,14 @@ func run(m *testing.M) int {
 		}
 	}
 	cgName = fmt.Sprintf("cr-e2e-%d", os.Getpid())
+	// The hierarchy cr keeps its cgroups in, found as cr finds it: on a
+	// pure v2 host /sys/fs/cgroup, on a hybrid one /sys/fs/cgroup/unified.
+	h, err := freeze.Detect()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "e2e: FAIL: no cgroup hierarchy: %v\n", err)
+		return 1
+	}
+	cgBase = filepath.Join(h.Mount, cgName)
 	env = []string{
 		"CR_STATE_DIR=" + filepath.Join(dir, "state"),
 		"CR_CGROUP_PARENT=" + cgName,
