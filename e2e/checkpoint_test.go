@@ -242,7 +242,7 @@ func TestCheckpointFailures(t *testing.T) {
 		code             int
 	}{
 		{"corrupt byte", write("corrupt.cr", flipped), "corrupt", 8},
-		{"truncated", write("trunc.cr", good[:len(good)*2/3]), "", 8},
+		{"truncated", write("trunc.cr", good[:len(good)*2/3]), "truncated", 8},
 		{"random file", write("random.cr", random), "not a cr image", 8},
 		{"missing file", filepath.Join(dir, "nope.cr"), "no such image", 3},
 	}

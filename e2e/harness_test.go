@@ -174,9 +174,13 @@ func mustCr(t testing.TB, args ...string) string {
 	return r.out
 }
 
-// wantFail runs cr and checks its exit status and that stderr holds want.
+// wantFail runs cr and checks its exit status and that stderr holds want,
+// which must say something: an empty want would check the status only.
 func wantFail(t testing.TB, code int, want string, args ...string) {
 	t.Helper()
+	if want == "" {
+		t.Fatalf("wantFail(%d, %q): give the message cr must print", code, args)
+	}
 	r := cr(t, args...)
 	if r.code != code || !strings.Contains(r.err, want) {
 		t.Errorf("cr %s: want exit %d and %q in stderr, got %s", strings.Join(args, " "), code, want, r)

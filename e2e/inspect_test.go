@@ -381,7 +381,7 @@ func TestInspect(t *testing.T) {
 		wantFail(t, 8, "corrupt image", "inspect", "--json", bad)
 		wantFail(t, 3, "no such image", "inspect", filepath.Join(dir, "missing.cr"))
 		wantFail(t, 8, "not a cr image", "inspect", counter)
-		wantFail(t, 2, "", "inspect")
+		wantFail(t, 2, "Error: accepts 1 arg(s), received 0\n", "inspect")
 		if left := stagingLeftovers(t); len(left) > 0 {
 			t.Errorf("failed inspections left %v", left)
 		}

@@ -230,7 +230,7 @@ func TestBadInput(t *testing.T) {
 	} {
 		wantFail(t, 3, "no such container", args...)
 	}
-	wantFail(t, 2, "", "freeze", "/exists", "/extra")
+	wantFail(t, 2, "Error: accepts 1 arg(s), received 2\n", "freeze", "/exists", "/extra")
 	wantFail(t, 2, "unknown flag", "ls", "--bogus")
 	// A job that cannot start leaves nothing.
 	cgBefore := cgroupDirs(t)
