@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/spf13/cobra"
+
 	"github.com/cr-dev/cr/images"
 	"github.com/cr-dev/cr/images/store"
 	"github.com/cr-dev/cr/nstree"
@@ -51,6 +53,28 @@ func wantCompletion(t *testing.T, args []string, want []string, wantDir string) 
 	if !slices.Equal(got, want) || dir != wantDir {
 		t.Errorf("cr __complete %q:\n got %q %s\nwant %q %s", args, got, dir, want, wantDir)
 	}
+}
+
+// Every command completions names exists, and every command that takes
+// arguments completes them.
+func TestCompletionsCoverCommands(t *testing.T) {
+	root := NewRoot()
+	if missing := addCompletions(root); len(missing) > 0 {
+		t.Errorf("completions for commands that do not exist: %v", missing)
+	}
+	var visit func(c *cobra.Command)
+	visit = func(c *cobra.Command) {
+		for _, sub := range c.Commands() {
+			if !sub.IsAvailableCommand() || sub.Name() == "help" || sub.Name() == "completion" {
+				continue
+			}
+			if sub.Runnable() && sub.ValidArgsFunction == nil && sub.CommandPath() != "cr certs token" {
+				t.Errorf("%s completes no arguments", sub.CommandPath())
+			}
+			visit(sub)
+		}
+	}
+	visit(root)
 }
 
 func TestCompleteSignals(t *testing.T) {
