@@ -324,7 +324,10 @@ func TestCheckpointctlReadsImage(t *testing.T) {
 			t.Skip("checkpointctl is not installed and scripts/provision.sh could not install it (go install github.com/checkpoint-restore/checkpointctl@v1.6.0)")
 		}
 	}
-	startJob(t, "/ctlread", "--children", "1")
+	j := startJob(t, "/ctlread", "--children", "1")
+	if r := j.ask(t); len(r.Children) != 1 { // it has started its child
+		t.Fatalf("the job reports children %v, want one", r.Children)
+	}
 	img := image(t)
 	mustCr(t, "checkpoint", "--leave-running", "/ctlread", "-o", img)
 	ours := inspectJSON(t, mustCr(t, "inspect", "--json", img))
