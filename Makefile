@@ -3,18 +3,52 @@
 #   make demo    install what is missing (Go modules, CRIU >= 4.2) and show cr at work
 #   make test    all tests: vet, unit tests, end-to-end tests against real CRIU (root)
 #   make bench   speed, size and downtime, side by side with raw CRIU
+#   make install the binary, man pages and bash/zsh/fish completions under
+#                $(DESTDIR)$(PREFIX) (PREFIX=/usr/local); make uninstall
 
 GO      ?= go
 BIN     := bin/cr
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X github.com/cr-dev/cr/cmd.Version=$(VERSION)
 
-.PHONY: all build provision demo test unit e2e vet bench clean
+PREFIX  ?= /usr/local
+DESTDIR ?=
+BINDIR  := $(PREFIX)/bin
+MANDIR  := $(PREFIX)/share/man/man1
+BASHDIR := $(PREFIX)/share/bash-completion/completions
+ZSHDIR  := $(PREFIX)/share/zsh/site-functions
+FISHDIR := $(PREFIX)/share/fish/vendor_completions.d
+
+.PHONY: all build man completions install uninstall provision demo test unit e2e vet bench clean
 
 all: build
 
 build:
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN) .
+
+# Man pages, one per command, from the same tree that prints --help.
+man:
+	rm -rf bin/man
+	$(GO) run -ldflags "$(LDFLAGS)" ./tools/genman -o bin/man
+
+completions: build
+	mkdir -p bin/completions
+	$(BIN) completion bash >bin/completions/cr
+	$(BIN) completion zsh >bin/completions/_cr
+	$(BIN) completion fish >bin/completions/cr.fish
+
+install: build man completions
+	install -D -m 0755 $(BIN) $(DESTDIR)$(BINDIR)/cr
+	install -d $(DESTDIR)$(MANDIR)
+	install -m 0644 bin/man/*.1 $(DESTDIR)$(MANDIR)/
+	install -D -m 0644 bin/completions/cr $(DESTDIR)$(BASHDIR)/cr
+	install -D -m 0644 bin/completions/_cr $(DESTDIR)$(ZSHDIR)/_cr
+	install -D -m 0644 bin/completions/cr.fish $(DESTDIR)$(FISHDIR)/cr.fish
+
+# Removes what install put there (the man pages of this tree's commands).
+uninstall: man
+	rm -f $(DESTDIR)$(BINDIR)/cr $(DESTDIR)$(BASHDIR)/cr $(DESTDIR)$(ZSHDIR)/_cr $(DESTDIR)$(FISHDIR)/cr.fish
+	cd bin/man && for f in *.1; do rm -f "$(DESTDIR)$(MANDIR)/$$f"; done
 
 provision:
 	bash scripts/provision.sh

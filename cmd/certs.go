@@ -29,7 +29,11 @@ keys mode 0600. Existing files are never overwritten.`,
 	tok := &cobra.Command{
 		Use:   "token FILE",
 		Short: "Write a random shared token",
-		Args:  cobra.ExactArgs(1),
+		Example: `  cr certs token /etc/cr/token
+  scp /etc/cr/token desthost:/etc/cr/token
+  cr serve --token-file /etc/cr/token                 # on desthost
+  cr migrate /lab desthost --token-file /etc/cr/token`,
+		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if err := migrate.WriteToken(args[0]); err != nil {
 				return err
@@ -42,7 +46,10 @@ keys mode 0600. Existing files are never overwritten.`,
 	tlsCmd := &cobra.Command{
 		Use:   "tls DIR --host NAME...",
 		Short: "Create a CA, a server and a client certificate",
-		Args:  cobra.ExactArgs(1),
+		Example: `  cr certs tls /etc/cr/tls --host dest.example.org --host 10.0.0.2
+  cr serve --cert /etc/cr/tls/server.crt --key /etc/cr/tls/server.key --ca /etc/cr/tls/ca.crt
+  cr migrate /lab dest.example.org --cert /etc/cr/tls/client.crt --key /etc/cr/tls/client.key --ca /etc/cr/tls/ca.crt`,
+		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return runCertsTLS(cmd.OutOrStdout(), args[0], hosts)
 		},

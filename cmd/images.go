@@ -47,10 +47,7 @@ latest of a container with cr restore --store DIR PATH.`,
 		if dir == "" {
 			return nil, usageError{fmt.Errorf("--store DIR is required")}
 		}
-		if _, err := os.Stat(dir); err != nil {
-			return nil, fmt.Errorf("%w: store %s", store.ErrNotFound, dir)
-		}
-		return store.Open(dir)
+		return store.Open(dir) // never creates one: a mistyped path is "no such store"
 	}
 	// openLocked opens the store and takes its lock, for commands that
 	// change it.
@@ -68,7 +65,10 @@ latest of a container with cr restore --store DIR PATH.`,
 	ls := &cobra.Command{
 		Use:   "ls [PATH]",
 		Short: "List snapshots (of PATH)",
-		Args:  cobra.MaximumNArgs(1),
+		Example: `  cr images ls --store /var/lib/cr/snapshots
+  cr images ls --store /var/lib/cr/snapshots /lab
+  cr images ls --store /var/lib/cr/snapshots --json | jq -r '.[].id'`,
+		Args: cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			st, err := open()
 			if err != nil {
@@ -100,7 +100,9 @@ latest of a container with cr restore --store DIR PATH.`,
 	inspect := &cobra.Command{
 		Use:   "inspect ID",
 		Short: "Show a snapshot's manifest",
-		Args:  cobra.ExactArgs(1),
+		Example: `  cr images inspect --store /var/lib/cr/snapshots 3fa9c2
+  cr images inspect --store /var/lib/cr/snapshots --json 3fa9c2 | jq .manifest.containers`,
+		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			st, err := open()
 			if err != nil {
@@ -131,7 +133,9 @@ latest of a container with cr restore --store DIR PATH.`,
 	rm := &cobra.Command{
 		Use:   "rm ID...",
 		Short: "Remove snapshots (their unused chunks go too)",
-		Args:  cobra.MinimumNArgs(1),
+		Example: `  cr images rm --store /var/lib/cr/snapshots 3fa9c2
+  cr images rm --store /var/lib/cr/snapshots 3fa9c2 77b0e1`,
+		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			st, unlock, err := openLocked(cmd.Context())
 			if err != nil {
@@ -158,7 +162,11 @@ latest of a container with cr restore --store DIR PATH.`,
 	prune := &cobra.Command{
 		Use:   "prune [PATH] --keep-...",
 		Short: "Apply a retention policy and remove unused chunks",
-		Args:  cobra.MaximumNArgs(1),
+		Example: `  cr images prune --store /var/lib/cr/snapshots --keep-daily 7 --dry-run
+  cr images prune --store /var/lib/cr/snapshots /lab --keep-last 3 --keep-monthly 12
+  cr images prune --store /var/lib/cr/snapshots --keep-within 30d   # all within 30 days of the newest
+  cr images prune --store /var/lib/cr/snapshots                     # no policy: only unused chunks go`,
+		Args: cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			pol, err := keep.policy()
 			if err != nil {
@@ -194,7 +202,9 @@ latest of a container with cr restore --store DIR PATH.`,
 	verify := &cobra.Command{
 		Use:   "verify",
 		Short: "Re-read every chunk and check every hash",
-		Args:  cobra.NoArgs,
+		Example: `  cr images verify --store /var/lib/cr/snapshots
+  cr images verify --store /var/lib/cr/snapshots || echo "damaged (exit 8)"`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			st, err := open()
 			if err != nil {
@@ -225,7 +235,10 @@ latest of a container with cr restore --store DIR PATH.`,
 	export := &cobra.Command{
 		Use:   "export ID -o FILE",
 		Short: "Write a snapshot as an ordinary image file",
-		Args:  cobra.ExactArgs(1),
+		Example: `  cr images export --store /var/lib/cr/snapshots 3fa9c2 -o lab.cr
+  cr images export --store /var/lib/cr/snapshots 3fa9c2 -o lab.cr --compress none
+  cr restore lab.cr`,
+		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if output == "" {
 				return usageError{fmt.Errorf("-o FILE is required")}

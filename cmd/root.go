@@ -53,10 +53,7 @@ anything above it.`,
 	}
 	sort.Slice(cmds, func(i, j int) bool { return cmds[i].Name() < cmds[j].Name() })
 	for _, c := range cmds {
-		if c.Long == "" {
-			c.Long = c.Short
-		}
-		c.Long += exitStatusHelp
+		addExitStatusHelp(c)
 		if args := c.Args; args != nil {
 			c.Args = func(cmd *cobra.Command, a []string) error {
 				if err := args(cmd, a); err != nil {
@@ -68,7 +65,20 @@ anything above it.`,
 		root.AddCommand(c)
 	}
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error { return usageError{err} })
+	addCompletions(root)
 	return root
+}
+
+// addExitStatusHelp ends the help of c and of each of its subcommands with
+// the exit-status table.
+func addExitStatusHelp(c *cobra.Command) {
+	if c.Long == "" {
+		c.Long = c.Short
+	}
+	c.Long += exitStatusHelp
+	for _, sub := range c.Commands() {
+		addExitStatusHelp(sub)
+	}
 }
 
 // Execute runs cr with os.Args and returns the process exit status.

@@ -16,7 +16,8 @@ import (
 
 // RetentionOptions are the retention flags of cr snapshot and cr images prune.
 type RetentionOptions struct {
-	Last, Hourly, Daily, Weekly int
+	Last, Hourly, Daily, Weekly, Monthly, Yearly int
+	Within                                       string // --keep-within: "2y5m7d3h"
 }
 
 // AddFlags adds the --keep-* flags.
@@ -25,13 +26,21 @@ func (r *RetentionOptions) AddFlags(f *pflag.FlagSet) {
 	f.IntVar(&r.Hourly, "keep-hourly", 0, "keep the last snapshot of each of the last N hours")
 	f.IntVar(&r.Daily, "keep-daily", 0, "keep the last snapshot of each of the last N days")
 	f.IntVar(&r.Weekly, "keep-weekly", 0, "keep the last snapshot of each of the last N ISO weeks")
+	f.IntVar(&r.Monthly, "keep-monthly", 0, "keep the last snapshot of each of the last N calendar months")
+	f.IntVar(&r.Yearly, "keep-yearly", 0, "keep the last snapshot of each of the last N calendar years")
+	f.StringVar(&r.Within, "keep-within", "", "keep every snapshot within `DURATION` (2y5m7d3h: years, months, days, hours) of the newest")
 }
 
 func (r RetentionOptions) policy() (store.Policy, error) {
-	if r.Last < 0 || r.Hourly < 0 || r.Daily < 0 || r.Weekly < 0 {
+	if r.Last < 0 || r.Hourly < 0 || r.Daily < 0 || r.Weekly < 0 || r.Monthly < 0 || r.Yearly < 0 {
 		return store.Policy{}, usageError{errors.New("--keep-* take a number >= 0")}
 	}
-	return store.Policy{Last: r.Last, Hourly: r.Hourly, Daily: r.Daily, Weekly: r.Weekly}, nil
+	within, err := store.ParseDuration(r.Within)
+	if err != nil {
+		return store.Policy{}, usageError{fmt.Errorf("--keep-within: %w", err)}
+	}
+	return store.Policy{Last: r.Last, Hourly: r.Hourly, Daily: r.Daily, Weekly: r.Weekly,
+		Monthly: r.Monthly, Yearly: r.Yearly, Within: within}, nil
 }
 
 // SnapshotOptions are the flags of cr snapshot.
@@ -68,6 +77,7 @@ func init() {
 	register(newSnapshotCommand)
 	mapError(store.ErrLocked, ExitLocked)
 	mapError(store.ErrNotFound, ExitNotFound)
+	mapError(store.ErrNoStore, ExitNotFound)
 	mapError(store.ErrAmbiguous, ExitUsage)
 	mapError(store.ErrDamaged, ExitImage)
 	mapError(dump.ErrBusy, ExitLocked)
@@ -79,14 +89,14 @@ func newSnapshotCommand(g *Global) *cobra.Command {
 		Use:   "snapshot PATH --store DIR [--keep-...]",
 		Short: "Snapshot a running subtree into a deduplicating store",
 		Long: `Checkpoint the subtree at PATH and leave it running (it is frozen only for
-the dump, never for storing), into the store at DIR (created on first use).
+the dump, never for storing), into the store at DIR (created on first use, which is said on stderr).
 The store keeps chunks by content, so memory that did not change since the
 last snapshot, and identical pages across containers, are stored once.
 
 Then the retention policy is applied to the snapshots of PATH: --keep-last,
---keep-hourly, --keep-daily, --keep-weekly (restic's "forget" semantics; a
-snapshot is kept if any rule keeps it; no rule keeps everything). Unused
-chunks are removed.
+--keep-within, --keep-hourly, --keep-daily, --keep-weekly, --keep-monthly,
+--keep-yearly (restic's "forget" semantics; a snapshot is kept if any rule
+keeps it; no rule keeps everything). Unused chunks are removed.
 
 Made for cron: quiet on success (-v to hear what was kept and why), a lock so
 that overlapping runs wait (up to --lock-wait) or exit 9, and a crash at any
@@ -97,7 +107,7 @@ moment leaves every listed snapshot complete and restorable.`,
   cr restore --store /var/lib/cr/snapshots /lab     # the latest snapshot of /lab`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return runSnapshot(cmd.Context(), cmd.OutOrStdout(), g, o, args[0])
+			return runSnapshot(cmd.Context(), cmd.OutOrStdout(), cmd.ErrOrStderr(), g, o, args[0])
 		},
 	}
 	c.Flags().StringVar(&o.Store, "store", "", "the snapshot store's directory (required)")
@@ -109,7 +119,7 @@ moment leaves every listed snapshot complete and restorable.`,
 	return c
 }
 
-func runSnapshot(ctx context.Context, out io.Writer, g *Global, o SnapshotOptions, path string) error {
+func runSnapshot(ctx context.Context, out, errOut io.Writer, g *Global, o SnapshotOptions, path string) error {
 	pol, err := o.Keep.policy()
 	if err != nil {
 		return err
@@ -122,9 +132,12 @@ func runSnapshot(ctx context.Context, out io.Writer, g *Global, o SnapshotOption
 	if err != nil {
 		return err
 	}
-	st, err := store.Open(o.Store)
+	st, created, err := store.OpenOrCreate(o.Store)
 	if err != nil {
 		return err
+	}
+	if created {
+		fmt.Fprintf(errOut, "created store %s\n", st.Dir())
 	}
 	ctx, cancel := interruptible(ctx)
 	defer cancel()

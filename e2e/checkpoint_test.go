@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -241,7 +242,7 @@ func TestCheckpointFailures(t *testing.T) {
 		code             int
 	}{
 		{"corrupt byte", write("corrupt.cr", flipped), "corrupt", 8},
-		{"truncated", write("trunc.cr", good[:len(good)*2/3]), "", 8},
+		{"truncated", write("trunc.cr", good[:len(good)*2/3]), "truncated", 8},
 		{"random file", write("random.cr", random), "not a cr image", 8},
 		{"missing file", filepath.Join(dir, "nope.cr"), "no such image", 3},
 	}
@@ -323,16 +324,72 @@ func TestCheckpointctlReadsImage(t *testing.T) {
 			t.Skip("checkpointctl is not installed and scripts/provision.sh could not install it (go install github.com/checkpoint-restore/checkpointctl@v1.6.0)")
 		}
 	}
-	startJob(t, "/ctl", "--children", "1")
-	img := image(t)
-	mustCr(t, "checkpoint", "--leave-running", "/ctl", "-o", img)
-	show, err := exec.Command(bin, "show", img).CombinedOutput()
-	if err != nil || !strings.Contains(string(show), "ctl") {
-		t.Errorf("checkpointctl show: %v\n%s", err, show)
+	j := startJob(t, "/ctlread", "--children", "1")
+	if r := j.ask(t); len(r.Children) != 1 { // it has started its child
+		t.Fatalf("the job reports children %v, want one", r.Children)
 	}
-	stats, err := exec.Command(bin, "inspect", "--stats", img).CombinedOutput()
-	if err != nil || !strings.Contains(string(stats), "Pages written") && !strings.Contains(strings.ToLower(string(stats)), "pages written") {
-		t.Errorf("checkpointctl inspect --stats: %v\n%s", err, stats)
+	img := image(t)
+	mustCr(t, "checkpoint", "--leave-running", "/ctlread", "-o", img)
+	ours := inspectJSON(t, mustCr(t, "inspect", "--json", img))
+	if len(ours.Containers) != 1 || ours.Containers[0].Dump == nil {
+		t.Fatalf("cr inspect: %+v", ours)
+	}
+	out, err := exec.Command(bin, "inspect", "--format", "json", "--stats", "--metadata", "--ps-tree", img).Output()
+	if err != nil {
+		t.Fatalf("checkpointctl inspect: %v\n%s", err, out)
+	}
+	type proc struct {
+		Pid      int    `json:"pid"`
+		Command  string `json:"command"`
+		Children []proc `json:"children"`
+	}
+	var theirs []struct {
+		Name    string `json:"container_name"`
+		Runtime string `json:"runtime"`
+		Size    struct {
+			Total int64 `json:"total_size"`
+			Pages int64 `json:"memory_pages_size"`
+		} `json:"checkpoint_size"`
+		Stats struct {
+			PagesScanned uint64 `json:"pages_scanned"`
+			PagesWritten uint64 `json:"pages_written"`
+			FrozenTime   uint32 `json:"frozen_time"`
+		} `json:"statistics"`
+		Metadata struct {
+			Annotations map[string]string `json:"annotations"`
+		} `json:"metadata"`
+		Tree proc `json:"process_tree"`
+	}
+	if err := json.Unmarshal(out, &theirs); err != nil || len(theirs) != 1 {
+		t.Fatalf("checkpointctl inspect --format json: %v\n%s", err, out)
+	}
+	c, dump := theirs[0], ours.Containers[0].Dump
+	if c.Name != "ctlread" || c.Runtime != "cr" {
+		t.Errorf("checkpointctl: container %q, runtime %q; want ctlread, cr", c.Name, c.Runtime)
+	}
+	if c.Stats.PagesWritten == 0 || c.Stats.PagesWritten != dump.PagesWritten || c.Stats.PagesScanned != dump.PagesScanned ||
+		c.Stats.FrozenTime != dump.FrozenTime {
+		t.Errorf("checkpointctl's dump statistics %+v, cr inspect's %+v", c.Stats, *dump)
+	}
+	if c.Size.Pages != int64(c.Stats.PagesWritten)*4096 || c.Size.Total < c.Size.Pages {
+		t.Errorf("checkpointctl: checkpoint size %+v for %d pages written", c.Size, c.Stats.PagesWritten)
+	}
+	var maj, mnr, sub int
+	fmt.Sscanf(ours.CRIUVersion, "%d.%d.%d", &maj, &mnr, &sub)
+	for k, v := range map[string]string{
+		"org.criu.checkpoint.criu.version":   fmt.Sprint(maj*10000 + mnr*100 + sub),
+		"org.criu.checkpoint.host.arch":      ours.Arch,
+		"org.criu.checkpoint.container.name": "ctlread",
+		"org.criu.checkpoint.host.kernel":    ours.Kernel,
+		"org.criu.checkpoint.engine.name":    "cr",
+	} {
+		if got := c.Metadata.Annotations[k]; got != v || v == "" || v == "0" {
+			t.Errorf("checkpointctl: %s = %q, want %q (from cr inspect)", k, got, v)
+		}
+	}
+	// The process tree: the container init, the job, its child.
+	if c.Tree.Pid != 1 || len(c.Tree.Children) != 1 || c.Tree.Children[0].Command != "testjob" || len(c.Tree.Children[0].Children) != 1 {
+		t.Errorf("checkpointctl's process tree %+v, want init > testjob > one child", c.Tree)
 	}
 }
 

@@ -20,9 +20,11 @@ import (
 
 	"github.com/cr-dev/cr/criubin"
 	"github.com/cr-dev/cr/e2e/jobreport"
+	"github.com/cr-dev/cr/freeze"
 )
 
 var (
+	cgBase  string // the private tree's cgroup directory, in the hierarchy cr uses
 	crBin   string // the cr binary under test
 	jobBin  string // the test workload
 	workDir string
@@ -66,6 +68,14 @@ func run(m *testing.M) int {
 		}
 	}
 	cgName = fmt.Sprintf("cr-e2e-%d", os.Getpid())
+	// The hierarchy cr keeps its cgroups in, found as cr finds it: on a
+	// pure v2 host /sys/fs/cgroup, on a hybrid one /sys/fs/cgroup/unified.
+	h, err := freeze.Detect()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "e2e: FAIL: no cgroup hierarchy: %v\n", err)
+		return 1
+	}
+	cgBase = filepath.Join(h.Mount, cgName)
 	env = []string{
 		"CR_STATE_DIR=" + filepath.Join(dir, "state"),
 		"CR_CGROUP_PARENT=" + cgName,
@@ -164,9 +174,13 @@ func mustCr(t testing.TB, args ...string) string {
 	return r.out
 }
 
-// wantFail runs cr and checks its exit status and that stderr holds want.
+// wantFail runs cr and checks its exit status and that stderr holds want,
+// which must say something: an empty want would check the status only.
 func wantFail(t testing.TB, code int, want string, args ...string) {
 	t.Helper()
+	if want == "" {
+		t.Fatalf("wantFail(%d, %q): give the message cr must print", code, args)
+	}
 	r := cr(t, args...)
 	if r.code != code || !strings.Contains(r.err, want) {
 		t.Errorf("cr %s: want exit %d and %q in stderr, got %s", strings.Join(args, " "), code, want, r)

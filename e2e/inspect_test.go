@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"net"
@@ -8,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"reflect"
+	"regexp"
 	"runtime"
 	"slices"
 	"strconv"
@@ -17,6 +19,7 @@ import (
 	"time"
 
 	"github.com/cr-dev/cr/criubin"
+	"github.com/cr-dev/cr/images"
 )
 
 // inspectHelperEnv makes the test binary, started in a container, hold
@@ -381,7 +384,7 @@ func TestInspect(t *testing.T) {
 		wantFail(t, 8, "corrupt image", "inspect", "--json", bad)
 		wantFail(t, 3, "no such image", "inspect", filepath.Join(dir, "missing.cr"))
 		wantFail(t, 8, "not a cr image", "inspect", counter)
-		wantFail(t, 2, "", "inspect")
+		wantFail(t, 2, "Error: accepts 1 arg(s), received 0\n", "inspect")
 		if left := stagingLeftovers(t); len(left) > 0 {
 			t.Errorf("failed inspections left %v", left)
 		}
@@ -414,4 +417,62 @@ func mapKeys[V any](m map[string]V) []string {
 	}
 	slices.Sort(ks)
 	return ks
+}
+
+// Every entry of a real image of two containers with output is one the
+// staging layout table of docs/image-format.md documents.
+func TestImageEntriesDocumented(t *testing.T) {
+	doc, err := os.ReadFile("../docs/image-format.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	table := string(doc)
+	i := strings.Index(table, "### Staging layout")
+	if i < 0 {
+		t.Fatal("docs/image-format.md has no staging layout table")
+	}
+	table = table[i:]
+	table = table[:strings.Index(table, "\n\n"+"Which directory")]
+	documented := map[string]bool{}
+	for _, line := range strings.Split(table, "\n") {
+		cells := strings.Split(line, "|")
+		if len(cells) < 3 {
+			continue
+		}
+		for _, m := range regexp.MustCompile("`([^`]+)`").FindAllStringSubmatch(cells[1], -1) {
+			documented[m[1]] = true
+		}
+	}
+	start(t, "/fmt", "sh", "-c", "echo root output; exec sleep 1000")
+	start(t, "/fmt/sub", "sh", "-c", "echo sub output; exec sleep 1000")
+	waitFor(t, 10*time.Second, "both jobs to write", func() bool {
+		return strings.Contains(mustCr(t, "logs", "/fmt"), "root output") && strings.Contains(mustCr(t, "logs", "/fmt/sub"), "sub output")
+	})
+	img := filepath.Join(t.TempDir(), "fmt.cr")
+	mustCr(t, "checkpoint", "--leave-running", "/fmt", "-o", img)
+	m, err := images.VerifyFile(context.Background(), img, images.Limits{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sub := regexp.MustCompile(`^containers/[0-9]+/`)
+	logs := 0
+	for _, f := range m.Files {
+		name := f.Name
+		if f.Dir {
+			name += "/"
+		}
+		name = sub.ReplaceAllString(name, "containers/<n>/")
+		if dir, _, ok := strings.Cut(name, "checkpoint/"); ok {
+			name = dir + "checkpoint/" // CRIU's own images, inside it
+		}
+		if strings.HasSuffix(name, "container.log") {
+			logs++
+		}
+		if !documented[name] {
+			t.Errorf("image entry %s (as %s) is not in the staging layout of docs/image-format.md (documented: %v)", f.Name, name, documented)
+		}
+	}
+	if logs != 2 {
+		t.Errorf("%d container.log entries in an image of two containers with output", logs)
+	}
 }

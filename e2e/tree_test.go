@@ -230,7 +230,7 @@ func TestBadInput(t *testing.T) {
 	} {
 		wantFail(t, 3, "no such container", args...)
 	}
-	wantFail(t, 2, "", "freeze", "/exists", "/extra")
+	wantFail(t, 2, "Error: accepts 1 arg(s), received 2\n", "freeze", "/exists", "/extra")
 	wantFail(t, 2, "unknown flag", "ls", "--bogus")
 	// A job that cannot start leaves nothing.
 	cgBefore := cgroupDirs(t)
@@ -263,24 +263,39 @@ func TestBadInput(t *testing.T) {
 	}
 }
 
-// cgroupDirs lists the private tree's cgroup directories.
+// cgroupDirs lists the private tree's cgroup directories, in the hierarchy
+// cr uses.
 func cgroupDirs(t testing.TB) []string {
 	t.Helper()
 	var dirs []string
-	_ = filepath.WalkDir(filepath.Join("/sys/fs/cgroup/unified", cgName), func(p string, d os.DirEntry, err error) error {
+	_ = filepath.WalkDir(cgBase, func(p string, d os.DirEntry, err error) error {
 		if err == nil && d.IsDir() {
 			dirs = append(dirs, p)
 		}
 		return nil
 	})
+	if len(dirs) == 0 {
+		if l := ls(t); len(l) > 0 {
+			t.Fatalf("no cgroup under %s, yet cr lists %d nodes: the count reads the wrong hierarchy", cgBase, len(l))
+		}
+	}
 	return dirs
 }
 
+// countLeaves counts the .tasks cgroups (one per node) of the private
+// tree. It fails the test if it finds none while cr lists nodes: counts
+// read in a hierarchy cr does not use would all be 0 and compare equal.
 func countLeaves(t testing.TB) int {
+	t.Helper()
 	n := 0
 	for _, d := range cgroupDirs(t) {
 		if filepath.Base(d) == ".tasks" {
 			n++
+		}
+	}
+	if n == 0 {
+		if l := ls(t); len(l) > 0 {
+			t.Fatalf("no .tasks cgroup under %s, yet cr lists %d nodes: the count reads the wrong hierarchy", cgBase, len(l))
 		}
 	}
 	return n

@@ -62,7 +62,7 @@ func leakedGoroutines() string {
 // runHelper is the child side of the multi-process tests.
 func runHelper(mode string) int {
 	dir := os.Getenv("CR_STORE_DIR")
-	s, err := Open(dir)
+	s, _, err := OpenOrCreate(dir)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
@@ -126,7 +126,7 @@ func testManifest(root string) *images.Manifest {
 
 func openStore(t testing.TB) *Store {
 	t.Helper()
-	s, err := Open(filepath.Join(t.TempDir(), "store"))
+	s, _, err := OpenOrCreate(filepath.Join(t.TempDir(), "store"))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -27,6 +27,11 @@ func TestPolicyString(t *testing.T) {
 		{Policy{Daily: 7, Weekly: 4}, "keep 7 daily, 4 weekly snapshots"},
 		{Policy{Hourly: 1}, "keep 1 hourly snapshot"},
 		{Policy{Last: 2, Hourly: 3, Daily: 4, Weekly: 5}, "keep the last 2 snapshots, 3 hourly, 4 daily, 5 weekly"},
+		{Policy{Monthly: 12, Yearly: 3}, "keep 12 monthly, 3 yearly snapshots"},
+		{Policy{Yearly: 1}, "keep 1 yearly snapshot"},
+		{Policy{Within: Duration{Days: 7}}, "keep all within 7d of the newest"},
+		{Policy{Monthly: 6, Within: Duration{Years: 2, Months: 5, Days: 7, Hours: 3}}, "keep 6 monthly snapshots and all within 2y5m7d3h of the newest"},
+		{Policy{Last: 1, Within: Duration{Hours: 36}}, "keep the last snapshot and all within 36h of the newest"},
 	} {
 		if got := tc.p.String(); got != tc.want {
 			t.Errorf("%+v: %q, want %q", tc.p, got, tc.want)
@@ -37,6 +42,47 @@ func TestPolicyString(t *testing.T) {
 	}
 	if err := (Policy{Daily: -1}).Validate(); err == nil {
 		t.Error("negative count accepted")
+	}
+	if err := (Policy{Monthly: -1}).Validate(); err == nil {
+		t.Error("negative monthly count accepted")
+	}
+	if err := (Policy{Within: Duration{Days: -1}}).Validate(); err == nil {
+		t.Error("negative duration accepted")
+	}
+}
+
+func TestParseDuration(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want Duration
+		err  string
+	}{
+		{"2y5m7d3h", Duration{Years: 2, Months: 5, Days: 7, Hours: 3}, ""},
+		{"3h7d", Duration{Days: 7, Hours: 3}, ""},
+		{"1m", Duration{Months: 1}, ""},
+		{"48h", Duration{Hours: 48}, ""},
+		{"", Duration{}, ""},
+		{"7", Duration{}, `duration "7": no unit after 7 (y, m, d or h)`},
+		{"7w", Duration{}, `duration "7w": unknown unit 'w' (y, m, d or h)`},
+		{"d", Duration{}, `duration "d": want numbers followed by y, m, d or h (2y5m7d3h)`},
+		{"-1d", Duration{}, `duration "-1d": want numbers followed by y, m, d or h (2y5m7d3h)`},
+		{"1d2d", Duration{}, `duration "1d2d": d given twice`},
+	} {
+		got, err := ParseDuration(tc.in)
+		if tc.err != "" {
+			if err == nil || err.Error() != tc.err {
+				t.Errorf("%q: error %v, want %s", tc.in, err, tc.err)
+			}
+			continue
+		}
+		if err != nil || got != tc.want {
+			t.Errorf("%q: %+v, %v; want %+v", tc.in, got, err, tc.want)
+		}
+		if err == nil && tc.in != "" {
+			if back, _ := ParseDuration(got.String()); back != got {
+				t.Errorf("%q: String %q does not parse back", tc.in, got.String())
+			}
+		}
 	}
 }
 
@@ -108,6 +154,34 @@ func TestApplyPolicyGolden(t *testing.T) {
 			l.series("/vserver1/calculate_pi", utc("2025-02-20 01:00:00"), 3*time.Hour, 80)
 			l.series("/vserver2", utc("2025-02-26 02:30:00"), 7*time.Hour, 12)
 		}},
+		// The newest of each calendar month, across a year's end; months
+		// with no snapshot do not count.
+		{"monthly", Policy{Monthly: 4}, func(l *snapList) {
+			l.add("/job",
+				utc("2024-10-31 23:59:59"), utc("2024-11-01 00:00:00"), utc("2024-11-30 12:00:00"),
+				utc("2024-12-01 00:00:00"), utc("2024-12-31 23:59:59"), utc("2025-01-01 00:00:00"),
+				utc("2025-01-15 10:00:00"), utc("2025-03-02 10:00:00"))
+		}},
+		{"yearly", Policy{Yearly: 3}, func(l *snapList) {
+			l.add("/job",
+				utc("2021-06-01 10:00:00"), utc("2022-12-31 23:59:59"), utc("2023-01-01 00:00:00"),
+				utc("2023-07-01 10:00:00"), utc("2025-01-01 00:00:00"), utc("2025-02-01 00:00:00"))
+		}},
+		// Within 1m2d3h of the newest (2025-03-31 12:00), by the calendar as
+		// restic and Go's AddDate count: 2025-02-29 12:00, normalized to
+		// 2025-03-01 12:00, less 3 hours, so after 2025-03-01 09:00:00,
+		// strictly (a snapshot at the cutoff goes). 28 February goes too
+		// though it is "one month and two days" before in everyday speech.
+		// Measured from each path's newest snapshot, not from now.
+		{"within", Policy{Within: Duration{Months: 1, Days: 2, Hours: 3}}, func(l *snapList) {
+			l.add("/job",
+				utc("2025-02-28 12:00:00"), utc("2025-03-01 08:59:59"), utc("2025-03-01 09:00:00"),
+				utc("2025-03-01 09:00:01"), utc("2025-03-15 00:00:00"), utc("2025-03-31 12:00:00"))
+			l.add("/old", utc("2020-01-01 00:00:00"), utc("2020-01-02 00:00:00"), utc("2019-12-01 00:00:00"))
+		}},
+		{"within-and-counts", Policy{Last: 1, Monthly: 2, Yearly: 2, Within: Duration{Days: 2}}, func(l *snapList) {
+			l.series("/job", utc("2024-11-20 06:00:00"), 19*time.Hour, 80)
+		}},
 		// Two snapshots at the same instant: the larger id is newer.
 		{"same-time", Policy{Last: 1, Hourly: 2}, func(l *snapList) {
 			l.add("/job", utc("2025-01-01 10:00:00"), utc("2025-01-01 10:00:00"), utc("2025-01-01 09:00:00"))
@@ -174,6 +248,17 @@ func checkDecisions(t *testing.T, snaps []*Snapshot, p Policy, ds []Decision, lo
 			}
 			continue
 		}
+		if !p.Within.Zero() {
+			// Within: later than the newest minus the duration, by the calendar.
+			n := list[0].Time.In(loc)
+			cut := time.Date(n.Year()-p.Within.Years, n.Month()-time.Month(p.Within.Months), n.Day()-p.Within.Days,
+				n.Hour()-p.Within.Hours, n.Minute(), n.Second(), n.Nanosecond(), loc)
+			for _, s := range list {
+				if s.Time.After(cut) {
+					want[s.ID] = append(want[s.ID], "within "+p.Within.String())
+				}
+			}
+		}
 		for i := 0; i < p.Last && i < len(list); i++ {
 			want[list[i].ID] = append(want[list[i].ID], ReasonLast)
 		}
@@ -185,6 +270,8 @@ func checkDecisions(t *testing.T, snaps []*Snapshot, p Policy, ds []Decision, lo
 			{p.Hourly, func(t time.Time) string { return t.Format("2006-01-02 15") }, ReasonHourly},
 			{p.Daily, func(t time.Time) string { return t.Format("2006-01-02") }, ReasonDaily},
 			{p.Weekly, func(t time.Time) string { y, w := t.ISOWeek(); return fmt.Sprintf("%04d-W%02d", y, w) }, ReasonWeekly},
+			{p.Monthly, func(t time.Time) string { return t.Format("2006-01") }, ReasonMonthly},
+			{p.Yearly, func(t time.Time) string { return t.Format("2006") }, ReasonYearly},
 		} {
 			newest := make(map[string]*Snapshot)
 			for _, s := range list {
@@ -228,9 +315,13 @@ func TestApplyPolicyRandom(t *testing.T) {
 		var l snapList
 		for range rng.IntN(60) {
 			path := []string{"/a", "/b", "/a/c"}[rng.IntN(3)]
-			l.add(path, start.Add(time.Duration(rng.Int64N(int64(30*24*time.Hour)))).Truncate(time.Minute))
+			l.add(path, start.Add(time.Duration(rng.Int64N(int64(400*24*time.Hour)))).Truncate(time.Minute))
 		}
-		p := Policy{Last: rng.IntN(4), Hourly: rng.IntN(6), Daily: rng.IntN(6), Weekly: rng.IntN(4)}
+		p := Policy{Last: rng.IntN(4), Hourly: rng.IntN(6), Daily: rng.IntN(6), Weekly: rng.IntN(4),
+			Monthly: rng.IntN(5), Yearly: rng.IntN(3)}
+		if rng.IntN(2) == 0 {
+			p.Within = Duration{Months: rng.IntN(3), Days: rng.IntN(20), Hours: rng.IntN(30)}
+		}
 		checkDecisions(t, l, p, ApplyPolicyIn(l, p, time.UTC), time.UTC)
 		if t.Failed() {
 			t.Fatalf("policy %+v", p)

@@ -57,6 +57,9 @@ var (
 	ErrDamaged = errors.New("store damaged")
 	// ErrNotStore: the directory exists but is not a cr store.
 	ErrNotStore = errors.New("not a cr store")
+	// ErrNoStore: there is no store at the directory (it does not exist or
+	// is empty); Open never creates one, OpenOrCreate does.
+	ErrNoStore = errors.New("no such store")
 	// ErrUnsupportedVersion: the store was written by a newer format.
 	ErrUnsupportedVersion = errors.New("unsupported store version")
 )
@@ -106,25 +109,61 @@ type Store struct {
 	locks int // Lock calls of this Store not yet released
 }
 
-// Open opens the store at dir, creating it (mode 0700) when dir does not
-// exist or is empty. It fails with ErrNotStore for a directory that holds
-// something else, and with ErrUnsupportedVersion for a newer store.
+// Open opens the existing store at dir, for reading or changing it. It
+// never creates one: a directory that does not exist or is empty (or holds
+// only what an interrupted create leaves) is ErrNoStore, whose message
+// names dir. It fails with ErrNotStore for a directory that holds something
+// else, and with ErrUnsupportedVersion for a newer store.
 func Open(dir string) (*Store, error) {
-	abs, err := filepath.Abs(dir)
+	s, err := newStore(dir)
 	if err != nil {
-		return nil, fmt.Errorf("open store %s: %w", dir, err)
+		return nil, err
 	}
-	s := &Store{dir: abs}
 	if err := s.open(); err != nil {
+		if errors.Is(err, ErrNoStore) {
+			return nil, fmt.Errorf("%w: %s", ErrNoStore, dir)
+		}
 		return nil, fmt.Errorf("open store %s: %w", dir, err)
 	}
 	return s, nil
 }
 
+// OpenOrCreate opens the store at dir, creating it (mode 0700, with its
+// parents) when dir does not exist or is empty; created says it did. It
+// fails as Open does for a directory that holds something else.
+func OpenOrCreate(dir string) (s *Store, created bool, err error) {
+	s, err = newStore(dir)
+	if err != nil {
+		return nil, false, err
+	}
+	err = s.open()
+	if errors.Is(err, ErrNoStore) {
+		created, err = true, s.create()
+	}
+	if err != nil {
+		return nil, false, fmt.Errorf("open store %s: %w", dir, err)
+	}
+	return s, created, nil
+}
+
+func newStore(dir string) (*Store, error) {
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return nil, fmt.Errorf("open store %s: %w", dir, err)
+	}
+	return &Store{dir: abs}, nil
+}
+
+// open reads the config of an existing store; ErrNoStore when there is
+// none and the directory is missing or holds no more than a half-created
+// store's skeleton.
 func (s *Store) open() error {
 	b, err := os.ReadFile(s.path(configFile))
 	if errors.Is(err, fs.ErrNotExist) {
-		return s.create()
+		if err := s.checkEmpty(); err != nil {
+			return err
+		}
+		return ErrNoStore
 	}
 	if err != nil {
 		return err
@@ -144,24 +183,38 @@ func (s *Store) open() error {
 	return nil
 }
 
+// checkEmpty fails with ErrNotStore when the directory holds anything but
+// what create makes (a crash may have left it half-made, or another
+// process may be creating it at the same time); a missing directory is
+// empty.
+func (s *Store) checkEmpty() error {
+	ents, err := os.ReadDir(s.dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	for _, e := range ents {
+		switch e.Name() {
+		case chunksDir, snapshotsDir, tmpDir, lockFile, configFile:
+		default:
+			if !isTemp(e.Name()) {
+				return fmt.Errorf("%w: directory is not empty", ErrNotStore)
+			}
+		}
+	}
+	return nil
+}
+
 // create lays out a new store. Two processes creating the same store at
 // once both succeed: every step tolerates the other's.
 func (s *Store) create() error {
 	if err := os.MkdirAll(s.dir, 0o700); err != nil {
 		return err
 	}
-	ents, err := os.ReadDir(s.dir)
-	if err != nil {
+	if err := s.checkEmpty(); err != nil {
 		return err
-	}
-	for _, e := range ents {
-		switch e.Name() {
-		case chunksDir, snapshotsDir, tmpDir, lockFile:
-		default:
-			if !isTemp(e.Name()) {
-				return fmt.Errorf("%w: directory is not empty", ErrNotStore)
-			}
-		}
 	}
 	for _, d := range []string{chunksDir, snapshotsDir, tmpDir} {
 		if err := os.Mkdir(s.path(d), 0o700); err != nil && !errors.Is(err, fs.ErrExist) {

@@ -15,10 +15,10 @@ import (
 	"github.com/cr-dev/cr/images"
 )
 
-func TestOpenCreatesLayout(t *testing.T) {
+func TestOpenOrCreateLayout(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "store")
-	if _, err := Open(dir); err != nil {
-		t.Fatal(err)
+	if _, created, err := OpenOrCreate(dir); err != nil || !created {
+		t.Fatalf("created %v, %v; want a new store", created, err)
 	}
 	for _, name := range []string{"", chunksDir, snapshotsDir, tmpDir} {
 		fi, err := os.Stat(filepath.Join(dir, name))
@@ -41,17 +41,46 @@ func TestOpenCreatesLayout(t *testing.T) {
 	if _, err := Open(dir); err != nil {
 		t.Fatal(err)
 	}
+	if _, created, err := OpenOrCreate(dir); err != nil || created {
+		t.Fatalf("second OpenOrCreate: created %v, %v; want the store kept", created, err)
+	}
 }
 
-func TestOpenRejects(t *testing.T) {
+// TestOpenNeverCreates: Open, which every reader uses, fails with
+// ErrNoStore naming the directory, and leaves nothing behind, for a
+// directory that does not exist or is empty.
+func TestOpenNeverCreates(t *testing.T) {
+	missing := filepath.Join(t.TempDir(), "mistyped", "path")
+	_, err := Open(missing)
+	if !errors.Is(err, ErrNoStore) || err.Error() != "no such store: "+missing {
+		t.Errorf("open of a missing directory: %v, want ErrNoStore with the path", err)
+	}
+	if _, err := os.Stat(filepath.Dir(missing)); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("open of a missing store created something: %v", err)
+	}
+	empty := t.TempDir()
+	if _, err := Open(empty); !errors.Is(err, ErrNoStore) {
+		t.Errorf("open of an empty directory: %v, want ErrNoStore", err)
+	}
+	if ents, _ := os.ReadDir(empty); len(ents) != 0 {
+		t.Errorf("open of an empty directory wrote %v", ents)
+	}
 	other := t.TempDir()
 	writeTree(t, other, map[string]string{"something": "else"})
 	if _, err := Open(other); !errors.Is(err, ErrNotStore) {
 		t.Errorf("open of a non-empty directory: %v, want ErrNotStore", err)
 	}
+}
+
+func TestOpenRejects(t *testing.T) {
+	other := t.TempDir()
+	writeTree(t, other, map[string]string{"something": "else"})
+	if _, _, err := OpenOrCreate(other); !errors.Is(err, ErrNotStore) {
+		t.Errorf("create in a non-empty directory: %v, want ErrNotStore", err)
+	}
 
 	dir := filepath.Join(t.TempDir(), "store")
-	if _, err := Open(dir); err != nil {
+	if _, _, err := OpenOrCreate(dir); err != nil {
 		t.Fatal(err)
 	}
 	if err := os.WriteFile(filepath.Join(dir, configFile), []byte(`{"format":"cr-store","version":2}`), 0o600); err != nil {
