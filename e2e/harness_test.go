@@ -254,7 +254,18 @@ func startJob(t testing.TB, path string, args ...string) *job {
 	t.Helper()
 	j := &job{path: path, report: filepath.Join(t.TempDir(), "report.json")}
 	start(t, path, append([]string{jobBin, "--report", j.report}, args...)...)
+	j.waitReady(t)
 	return j
+}
+
+// waitReady waits for the job's first report, written once it is set up:
+// a SIGUSR1 (ask) before that would kill it.
+func (j *job) waitReady(t testing.TB) {
+	t.Helper()
+	waitFor(t, 60*time.Second, j.path+"'s job to start", func() bool {
+		_, err := os.Stat(j.report)
+		return err == nil
+	})
 }
 
 // ask makes the job report its state now and returns the report.

@@ -93,6 +93,41 @@ func main() {
 	}
 	sigs := make(chan os.Signal, 4)
 	signal.Notify(sigs, unix.SIGUSR1)
+	// A first report once everything is set up: it tells the harness the
+	// job is ready (SIGUSR1 before this point would kill it).
+	writeReport := func() {
+		r.Reports++
+		r.Pid, r.PPid = os.Getpid(), os.Getppid()
+		r.Counter = counter.Load()
+		if cf != nil {
+			b := make([]byte, 20)
+			if _, err := cf.ReadAt(b, 0); err == nil {
+				r.CounterFile, _ = strconv.ParseInt(string(b), 10, 64)
+			}
+		}
+		if mem != nil {
+			r.MemSHA = sum(mem)
+		}
+		if *ipc {
+			readIPC(r)
+		}
+		r.Hostname, _ = os.Hostname()
+		if sk != nil {
+			r.Sockets = "ok"
+			if err := sk.use(); err != nil {
+				r.Sockets = err.Error()
+			}
+		}
+		r.Time = time.Now().Format(time.RFC3339Nano)
+		if *report != "" {
+			b, _ := json.Marshal(r)
+			tmp := *report + ".tmp"
+			if err := os.WriteFile(tmp, b, 0o644); err == nil {
+				_ = os.Rename(tmp, *report)
+			}
+		}
+	}
+	writeReport()
 	tk := time.NewTicker(*tick)
 	for {
 		select {
@@ -106,36 +141,7 @@ func main() {
 				}
 			}
 		case <-sigs:
-			r.Reports++
-			r.Pid, r.PPid = os.Getpid(), os.Getppid()
-			r.Counter = counter.Load()
-			if cf != nil {
-				b := make([]byte, 20)
-				if _, err := cf.ReadAt(b, 0); err == nil {
-					r.CounterFile, _ = strconv.ParseInt(string(b), 10, 64)
-				}
-			}
-			if mem != nil {
-				r.MemSHA = sum(mem)
-			}
-			if *ipc {
-				readIPC(r)
-			}
-			r.Hostname, _ = os.Hostname()
-			if sk != nil {
-				r.Sockets = "ok"
-				if err := sk.use(); err != nil {
-					r.Sockets = err.Error()
-				}
-			}
-			r.Time = time.Now().Format(time.RFC3339Nano)
-			if *report != "" {
-				b, _ := json.Marshal(r)
-				tmp := *report + ".tmp"
-				if err := os.WriteFile(tmp, b, 0o644); err == nil {
-					_ = os.Rename(tmp, *report)
-				}
-			}
+			writeReport()
 		}
 	}
 }
