@@ -357,6 +357,12 @@ func restoreOne(ctx context.Context, t *nstree.Tree, o Options, dir, work string
 		FileLocks:         proto.Bool(true),
 		LazyPages:         proto.Bool(lazy),
 	}
+	if slices.Contains(c.Namespaces, "mnt") {
+		// The container's mount namespace is rebuilt on the host's root.
+		// Without a root CRIU empties a copy of its own namespace first,
+		// and 4.2.1 trips over its own cgroup yard there (BUG at mount.c:48).
+		opts.Root = proto.String("/")
+	}
 	if o.netLock != "" {
 		opts.NetworkLock = o.netLock.RPC()
 	}
