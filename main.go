@@ -1,4 +1,10 @@
 // Command cr checkpoints, restores and migrates trees of Linux containers.
+//
+// The container init is this binary: the runtime must not keep the cgroup
+// files it reads for its GOMAXPROCS default open, as they would be dumped
+// with every container (and are out of reach inside a --mount container).
+//
+//go:debug containermaxprocs=0
 package main
 
 import (

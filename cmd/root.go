@@ -127,6 +127,12 @@ func openEnv() (*env, error) {
 	if err != nil {
 		return nil, err
 	}
+	if f.PendingPrune() {
+		t.PruneExited()
+		if f, err = t.Load(); err != nil {
+			return nil, err
+		}
+	}
 	v, err := t.Viewer(f)
 	if err != nil {
 		return nil, err

@@ -113,6 +113,9 @@ func scanProcs(cgroupDir string) ([]int, error) {
 		}
 		for _, l := range strings.Split(string(b), "\n") {
 			parts := strings.SplitN(l, ":", 3)
+			if len(parts) == 3 && (parts[1] == "" || strings.Contains(","+parts[1]+",", ",freezer,")) {
+				parts[2] = resolveOwnCgroup(parts[2]) // the line of cr's hierarchy
+			}
 			if len(parts) == 3 && parts[2] != "/" && strings.HasSuffix(cgroupDir, parts[2]) && isCgroupMount(strings.TrimSuffix(cgroupDir, parts[2])) {
 				pids = append(pids, pid)
 				break

@@ -7,14 +7,13 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"sync"
 	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
-
-	"github.com/cr-dev/cr/freeze"
 )
 
 // forwarded are the signals the init passes on to the job. The init of a
@@ -24,6 +23,16 @@ var forwarded = []os.Signal{unix.SIGTERM, unix.SIGINT, unix.SIGHUP, unix.SIGQUIT
 
 // InitMain is the container init: pid 1 of a new pid namespace, started by
 // Tree.Run with fd 3 as its sync pipe. It returns the process exit status.
+//
+// It runs in two stages. The first, as started, gives itself stdio of its
+// own mount namespace (the caller's /dev/null belongs to the host's, where
+// CRIU cannot find it for a --mount container), joins the container's leaf
+// cgroup before anything can fork (a child forked earlier would stay
+// outside and make the container undumpable), and creates the container's
+// cgroup namespace, rooted at that leaf. A cgroup namespace is per thread,
+// so it then re-executes itself from that thread: the second stage starts
+// with every thread inside, and with no descriptor but stdio and the sync
+// pipe (everything else was marked close-on-exec).
 func InitMain(args []string) int {
 	c, err := parseInitArgs(args)
 	if err != nil {
@@ -31,17 +40,15 @@ func InitMain(args []string) int {
 		return 2
 	}
 	syncPipe := os.NewFile(3, "sync")
-	unix.CloseOnExec(3)
 	fail := func(format string, a ...any) int {
 		fmt.Fprintf(syncPipe, "error "+format+"\n", a...)
 		syncPipe.Close()
 		return 127
 	}
-	// Join the container's cgroup before anything can fork: a child forked
-	// earlier would stay outside and make the container undumpable.
-	if err := JoinCgroup(c.Leaf); err != nil {
-		return fail("%v", err)
+	if c.Stage == 1 {
+		return fail("%v", initStage1(c))
 	}
+	unix.CloseOnExec(3)
 	if err := unix.Sethostname([]byte(c.Hostname)); err != nil {
 		return fail("set hostname: %v", err)
 	}
@@ -52,13 +59,19 @@ func InitMain(args []string) int {
 		if err := unix.Mount("proc", "/proc", "proc", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, ""); err != nil {
 			return fail("mount /proc: %v", err)
 		}
+		if err := scopeCgroupMounts(); err != nil {
+			return fail("cgroup mounts: %v", err)
+		}
 	}
 	if c.Net {
 		if err := loopbackUp(); err != nil {
 			return fail("bring up lo: %v", err)
 		}
 	}
-	in := &initProc{cfg: c, tree: &Tree{StateDir: c.StateDir, CgroupParent: c.CgroupParent, Hier: freeze.Hierarchy{Mount: c.HierMount, Version: c.HierVersion}}}
+	in := &initProc{cfg: c}
+	if _, _, err := in.node(); err != nil {
+		return fail("%v", err)
+	}
 	sigs := make(chan os.Signal, 32)
 	signal.Notify(sigs, append([]os.Signal{unix.SIGCHLD}, forwarded...)...)
 
@@ -115,10 +128,66 @@ func InitMain(args []string) int {
 	return code
 }
 
+// initStage1 prepares the init and re-executes it as stage 2; it returns
+// only on failure.
+func initStage1(c InitConfig) error {
+	runtime.LockOSThread() // the cgroup namespace is the calling thread's
+	if err := unix.CloseRange(4, ^uint(0), unix.CLOSE_RANGE_CLOEXEC); err != nil {
+		return fmt.Errorf("close inherited descriptors: %w", err)
+	}
+	null, err := unix.Open(os.DevNull, unix.O_RDWR|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	for fd := 0; fd < 3; fd++ {
+		if err := unix.Dup3(null, fd, 0); err != nil {
+			return fmt.Errorf("stdio: %w", err)
+		}
+	}
+	unix.Close(null)
+	if err := JoinCgroup(c.Leaf); err != nil {
+		return err
+	}
+	if err := unix.Unshare(unix.CLONE_NEWCGROUP); err != nil {
+		return fmt.Errorf("create cgroup namespace: %w", err)
+	}
+	c.Stage, c.Leaf = 2, ""
+	if err := unix.Exec("/proc/self/exe", append([]string{"cr-init"}, c.args()...), os.Environ()); err != nil {
+		return fmt.Errorf("re-execute the init: %w", err)
+	}
+	return nil
+}
+
 type initProc struct {
-	cfg  InitConfig
-	tree *Tree
-	mu   sync.Mutex // serialises writes to the log
+	cfg InitConfig
+	mu  sync.Mutex // serialises writes to the log and the node lookups
+
+	// What node() found, and in which cgroup namespace: a restore (or a
+	// copy restored beside the original) runs in a new one.
+	ns   string
+	info NodeInfo
+}
+
+// node returns the tree and id of the init's container. It reads them from
+// its leaf cgroup (NodeInfo) again whenever the container may have been
+// restored since: when its cgroup namespace changed, or its node's state
+// is gone. So a rename, a restore under another path or a migration to a
+// host with other settings is followed without being told. The caller
+// holds in.mu, or runs before any other goroutine uses in.
+func (in *initProc) node() (*Tree, string, error) {
+	ns, _ := os.Readlink("/proc/thread-self/ns/cgroup")
+	if in.info.ID != "" && ns == in.ns {
+		t := in.info.Tree()
+		if _, err := os.Stat(filepath.Join(t.nodeDir(in.info.ID), configFile)); err == nil {
+			return t, in.info.ID, nil
+		}
+	}
+	info, ok := ownNodeInfo(in.cfg.HierVersion)
+	if !ok {
+		return nil, "", errors.New("find own container: its cgroup does not say")
+	}
+	in.ns, in.info = ns, info
+	return info.Tree(), info.ID, nil
 }
 
 // supervise reaps children and forwards signals until the job exits, and
@@ -167,16 +236,6 @@ func reapAll(block bool) {
 	}
 }
 
-// myID finds the init's own container through its cgroup, so that a rename
-// or a restore under another path is followed without being told.
-func (in *initProc) myID() string {
-	b, err := os.ReadFile("/proc/self/cgroup")
-	if err != nil {
-		return ""
-	}
-	return in.tree.containerOfCgroup(in.tree.cgroupOf(string(b)))
-}
-
 // copyToLog copies r into the container's log, opening the log only for each
 // write: CRIU refuses to restore a file whose size changed since the dump,
 // so the init must not hold the log open.
@@ -196,11 +255,11 @@ func (in *initProc) copyToLog(r *os.File) {
 func (in *initProc) appendLog(b []byte) {
 	in.mu.Lock()
 	defer in.mu.Unlock()
-	id := in.myID()
-	if id == "" {
+	t, id, err := in.node()
+	if err != nil {
 		return
 	}
-	f, err := os.OpenFile(in.tree.LogPath(id), os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
+	f, err := os.OpenFile(t.LogPath(id), os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
 	if err != nil {
 		return
 	}
@@ -210,11 +269,12 @@ func (in *initProc) appendLog(b []byte) {
 
 // finish records the job's exit and applies the on-empty policy.
 func (in *initProc) finish(code int) {
-	id := in.myID()
-	if id == "" {
+	in.mu.Lock()
+	t, id, err := in.node()
+	in.mu.Unlock()
+	if err != nil {
 		return
 	}
-	t := in.tree
 	unlock, err := t.Lock()
 	if err != nil {
 		return
@@ -230,8 +290,12 @@ func (in *initProc) finish(code int) {
 		return
 	}
 	_ = t.WriteConfig(c)
-	// Leave the container's cgroup so that it can be removed.
-	_ = JoinCgroup(t.Hier.Mount)
+	// Leave the container's cgroup so that it can be removed. Inside its
+	// own mount namespace the init sees only its own cgroup (read-only):
+	// there the next cr that opens the tree removes the node (PruneExited).
+	if err := JoinCgroup(t.Hier.Mount); err != nil {
+		return
+	}
 	f, err := t.Load()
 	if err != nil {
 		return

@@ -146,13 +146,13 @@ func TestViewerFromCgroup(t *testing.T) {
 }
 
 func TestInitArgsRoundTrip(t *testing.T) {
-	c := InitConfig{StateDir: "/run/cr", HierMount: "/sys/fs/cgroup", HierVersion: 2, CgroupParent: "cr", Leaf: "/sys/fs/cgroup/cr/c1/.tasks",
+	c := InitConfig{Stage: 1, HierVersion: 2, Leaf: "/sys/fs/cgroup/cr/c1/.tasks",
 		Hostname: "pi", Mount: true, Cwd: "/tmp", Command: []string{"sh", "-c", "echo -- hi"}}
 	got, err := parseInitArgs(c.args())
 	if err != nil {
 		t.Fatal(err)
 	}
-	if strings.Join(got.Command, "|") != "sh|-c|echo -- hi" || got.Leaf != c.Leaf || !got.Mount || got.Net || got.HierVersion != 2 {
+	if strings.Join(got.Command, "|") != "sh|-c|echo -- hi" || got.Leaf != c.Leaf || !got.Mount || got.Net || got.HierVersion != 2 || got.Stage != 1 {
 		t.Errorf("init args round trip: %+v", got)
 	}
 	if _, err := parseInitArgs([]string{InitArg, "x"}); err == nil {

@@ -169,6 +169,11 @@ func (t *Tree) Enter(n *Node, cmd []string) (int, error) {
 		cmd = []string{"/bin/sh"}
 	}
 	args := []string{"--target", strconv.Itoa(n.InitPid), "--pid", "--ipc", "--uts"}
+	// The container's cgroup namespace (after the shell below joined the
+	// leaf, its root): containers made before cr had them have none.
+	if own, theirs := nsLink("self", "cgroup"), nsLink(strconv.Itoa(n.InitPid), "cgroup"); own != theirs && theirs != "" {
+		args = append(args, "--cgroup")
+	}
 	for _, ns := range n.Namespaces {
 		switch ns {
 		case "mnt":
@@ -199,4 +204,45 @@ func (t *Tree) Enter(n *Node, cmd []string) (int, error) {
 		return 0, fmt.Errorf("enter %s: %w", n.Path, err)
 	}
 	return 0, nil
+}
+
+func nsLink(pid, ns string) string {
+	l, _ := os.Readlink("/proc/" + pid + "/ns/" + ns)
+	return l
+}
+
+// PendingPrune reports whether some node waits for PruneExited.
+func (f *Forest) PendingPrune() bool {
+	for _, n := range f.ByID {
+		if prunable(n) {
+			return true
+		}
+	}
+	return false
+}
+
+func prunable(n *Node) bool {
+	return n.Status == "exited" && n.OnEmpty == OnEmptyDelete && len(n.Children) == 0
+}
+
+// PruneExited removes the nodes whose job has exited and whose policy is
+// delete, once nothing runs in them. A container's init removes its own
+// node when it can; inside a container with its own mount namespace it
+// sees no cgroup but its own and cannot, and the next cr that opens the
+// tree does it here.
+func (t *Tree) PruneExited() {
+	unlock, err := t.Lock()
+	if err != nil {
+		return
+	}
+	defer unlock()
+	f, err := t.Load()
+	if err != nil {
+		return
+	}
+	for _, n := range f.ByID {
+		if prunable(n) {
+			t.pruneUp(n)
+		}
+	}
 }

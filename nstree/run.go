@@ -154,6 +154,10 @@ func (t *Tree) createNodes(f *Forest, abs, onEmpty string) ([]*Node, *Node, erro
 			return nil, nil, err
 		}
 		created = append(created, n)
+		if err := t.tagLeaf(n); err != nil {
+			t.removeCreated(created)
+			return nil, nil, err
+		}
 		if err := t.WriteConfig(&n.Config); err != nil {
 			t.removeCreated(created)
 			return nil, nil, err
@@ -241,42 +245,43 @@ func installFile(dst string, r io.Reader, sum []byte) error {
 
 // InitConfig is what the init is told on its command line. It stays in the
 // init's memory across checkpoint and restore, so it holds nothing that a
-// restore under another path would make wrong: the init finds its node
-// through its own cgroup.
+// restore elsewhere would make wrong: the init learns its node, the state
+// directory and the cgroup hierarchy at run time from its leaf cgroup
+// (NodeInfo), which the restoring cr made.
 type InitConfig struct {
-	StateDir     string
-	HierMount    string
-	HierVersion  int
-	CgroupParent string
-	Leaf         string // initial leaf cgroup to join
-	Hostname     string
-	Mount, Net   bool
-	Cwd          string
-	Command      []string
+	Stage       int    // 1: as started by cr run; 2: re-executed in its cgroup namespace
+	Leaf        string // leaf cgroup to join (stage 1)
+	HierVersion int    // the kind of cgroup hierarchy cr uses (1 or 2)
+	Hostname    string
+	Mount, Net  bool
+	Cwd         string
+	Command     []string
 }
 
 func (c InitConfig) args() []string {
-	a := []string{InitArg, c.StateDir, c.HierMount, strconv.Itoa(c.HierVersion), c.CgroupParent, c.Leaf, c.Hostname,
+	a := []string{InitArg, strconv.Itoa(c.Stage), c.Leaf, strconv.Itoa(c.HierVersion), c.Hostname,
 		strconv.FormatBool(c.Mount), strconv.FormatBool(c.Net), c.Cwd, "--"}
 	return append(a, c.Command...)
 }
 
 func parseInitArgs(a []string) (InitConfig, error) {
-	if len(a) < 12 || a[0] != InitArg || a[10] != "--" {
+	if len(a) < 10 || a[0] != InitArg || a[8] != "--" {
 		return InitConfig{}, errors.New("bad init arguments")
 	}
+	st, _ := strconv.Atoi(a[1])
 	v, _ := strconv.Atoi(a[3])
-	m, _ := strconv.ParseBool(a[7])
-	n, _ := strconv.ParseBool(a[8])
-	return InitConfig{StateDir: a[1], HierMount: a[2], HierVersion: v, CgroupParent: a[4], Leaf: a[5], Hostname: a[6],
-		Mount: m, Net: n, Cwd: a[9], Command: a[11:]}, nil
+	m, _ := strconv.ParseBool(a[5])
+	n, _ := strconv.ParseBool(a[6])
+	if st != 1 && st != 2 {
+		return InitConfig{}, errors.New("bad init arguments")
+	}
+	return InitConfig{Stage: st, Leaf: a[2], HierVersion: v, Hostname: a[4], Mount: m, Net: n, Cwd: a[7], Command: a[9:]}, nil
 }
 
 // startInit starts the container init in new namespaces and waits until it
 // has joined its cgroup and exec'd the job (or failed to).
 func (t *Tree) startInit(exe string, n *Node, o RunOptions) (int, error) {
-	ic := InitConfig{StateDir: t.StateDir, HierMount: t.Hier.Mount, HierVersion: t.Hier.Version, CgroupParent: t.CgroupParent,
-		Leaf: n.Leaf(), Hostname: n.Name, Mount: o.Mount, Net: o.Net, Cwd: o.Cwd, Command: o.Command}
+	ic := InitConfig{Stage: 1, Leaf: n.Leaf(), HierVersion: t.Hier.Version, Hostname: n.Name, Mount: o.Mount, Net: o.Net, Cwd: o.Cwd, Command: o.Command}
 	syncR, syncW, err := os.Pipe()
 	if err != nil {
 		return 0, err
@@ -308,6 +313,14 @@ func (t *Tree) startInit(exe string, n *Node, o RunOptions) (int, error) {
 		Env:   env,
 		Files: []*os.File{devnull, devnull, devnull, syncW},
 		Sys:   &syscall.SysProcAttr{Cloneflags: flags, Setsid: true},
+	}
+	// Descriptors cr inherited from its caller (Go opens its own
+	// close-on-exec) must not reach the init, nor through it the job: a
+	// socket or a file of the caller's would be dumped with the container,
+	// or make it undumpable.
+	if err := unix.CloseRange(3, ^uint(0), unix.CLOSE_RANGE_CLOEXEC); err != nil {
+		syncW.Close()
+		return 0, fmt.Errorf("start container init: %w", err)
 	}
 	p, err := os.StartProcess(exe, append([]string{"cr-init"}, ic.args()...), attr)
 	syncW.Close()

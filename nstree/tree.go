@@ -316,14 +316,22 @@ func (t *Tree) Lock() (unlock func(), err error) {
 }
 
 // Viewer finds the container the calling process runs in, from its own
-// cgroup: a process inside /vserver1 sees /vserver1 as its root.
+// cgroup: a process inside /vserver1 sees /vserver1 as its root. Inside a
+// container's cgroup namespace its cgroup reads as "/"; the root of that
+// namespace, the container's leaf, says which node it is (NodeInfo).
 func (t *Tree) Viewer(f *Forest) (Viewer, error) {
-	b, err := os.ReadFile("/proc/self/cgroup")
-	if err != nil {
-		return Viewer{}, fmt.Errorf("find own container: %w", err)
+	var id string
+	if info, ok := selfNodeInfo(); ok {
+		if info.CgroupParent == t.CgroupParent {
+			id = info.ID
+		}
+	} else {
+		b, err := os.ReadFile("/proc/self/cgroup")
+		if err != nil {
+			return Viewer{}, fmt.Errorf("find own container: %w", err)
+		}
+		id = t.containerOfCgroup(t.cgroupOf(string(b)))
 	}
-	cg := t.cgroupOf(string(b))
-	id := t.containerOfCgroup(cg)
 	if id == "" {
 		return HostViewer, nil
 	}

@@ -1,0 +1,232 @@
+package e2e
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// startJobWith starts the test workload at path with cr run's flags.
+func startJobWith(t testing.TB, flags []string, path string, args ...string) *job {
+	t.Helper()
+	j := &job{path: path, report: filepath.Join(t.TempDir(), "report.json")}
+	runArgs := append(append([]string{"run"}, flags...), path, "--", jobBin, "--report", j.report)
+	out := mustCr(t, append(runArgs, args...)...)
+	if strings.TrimSpace(out) != path {
+		t.Fatalf("cr run printed %q, want %q", out, path)
+	}
+	killAtCleanup(t, path)
+	j.waitReady(t)
+	return j
+}
+
+// Every namespace option of cr run gives a container that checkpoints and
+// restores with its job's state intact.
+func TestCheckpointNamespaces(t *testing.T) {
+	for _, flags := range [][]string{{"--mount"}, {"--net"}, {"--mount", "--net"}} {
+		name := strings.ReplaceAll(strings.Join(flags, ""), "--", "")
+		t.Run(name, func(t *testing.T) {
+			path := "/ns-" + name
+			cf := filepath.Join(t.TempDir(), "counter")
+			j := startJobWith(t, flags, path, "--counter-file", cf, "--children", "1", "--mem", "8", "--ipc")
+			before := j.ask(t)
+			pidsBefore := insidePids(t, path)
+			img := image(t)
+			mustCr(t, "checkpoint", path, "-o", img)
+			gone(t, path)
+			mustCr(t, "restore", img)
+			after := j.ask(t)
+			if after.Pid != before.Pid || fmt.Sprint(after.Children) != fmt.Sprint(before.Children) {
+				t.Errorf("pids changed: job %d->%d, children %v->%v", before.Pid, after.Pid, before.Children, after.Children)
+			}
+			if got := insidePids(t, path); fmt.Sprint(got) != fmt.Sprint(pidsBefore) {
+				t.Errorf("pids inside the container: %v before, %v after restore", pidsBefore, got)
+			}
+			if after.MemSHA != before.MemSHAAtInit {
+				t.Errorf("memory checksum after restore %s, want %s", after.MemSHA, before.MemSHAAtInit)
+			}
+			if after.ShmID != before.ShmID || after.ShmData != before.ShmData || after.MsgID != before.MsgID {
+				t.Errorf("IPC objects: shm %d %q, msg %d before; shm %d %q, msg %d after", before.ShmID, before.ShmData, before.MsgID, after.ShmID, after.ShmData, after.MsgID)
+			}
+			if after.Hostname != path[1:] {
+				t.Errorf("hostname after restore = %q", after.Hostname)
+			}
+			if after.Counter < before.Counter || !j.progresses(t, after.Counter) {
+				t.Errorf("counter %d before, %d after restore, and does it progress?", before.Counter, after.Counter)
+			}
+			if d := after.CounterFile - after.Counter; d < -1 || d > 1 {
+				t.Errorf("counter file %d disagrees with memory %d after restore", after.CounterFile, after.Counter)
+			}
+			// The restored container checkpoints again.
+			img2 := image(t)
+			mustCr(t, "checkpoint", "--leave-running", path, "-o", img2)
+		})
+	}
+}
+
+// fdTargets lists the targets of a process's open descriptors, by number.
+func fdTargets(t *testing.T, pid int) map[int]string {
+	t.Helper()
+	dir := fmt.Sprintf("/proc/%d/fd", pid)
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := map[int]string{}
+	for _, e := range ents {
+		n, _ := strconv.Atoi(e.Name())
+		m[n], _ = os.Readlink(filepath.Join(dir, e.Name()))
+	}
+	return m
+}
+
+// cr run hands the job only what cr gives it, not the caller's descriptors.
+func TestRunClosesInheritedFds(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	lf, err := ln.(*net.TCPListener).File()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lf.Close()
+	tf, err := os.Create(filepath.Join(t.TempDir(), "inherited"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tf.Close()
+	for _, flags := range [][]string{nil, {"--mount"}} {
+		path := "/fds" + strings.Join(flags, "")
+		path = strings.ReplaceAll(path, "--", "-")
+		c := exec.Command(crBin, append(append([]string{"run"}, flags...), path, "--", "sleep", "1000")...)
+		c.Env = append(os.Environ(), env...)
+		c.ExtraFiles = []*os.File{tf, tf, lf} // fds 3, 4 and 5 (the TCP listener)
+		out, err := c.CombinedOutput()
+		if err != nil {
+			t.Fatalf("cr run with inherited fds: %v\n%s", err, out)
+		}
+		killAtCleanup(t, path)
+		sock, _ := os.Readlink(fmt.Sprintf("/proc/self/fd/%d", lf.Fd()))
+		file, _ := os.Readlink(fmt.Sprintf("/proc/self/fd/%d", tf.Fd()))
+		procs := ps(t, path)
+		if len(procs) != 2 {
+			t.Fatalf("cr ps %s = %+v", path, procs)
+		}
+		jobFds := fdTargets(t, procs[1].HostPid)
+		var nums []int
+		for n := range jobFds {
+			nums = append(nums, n)
+		}
+		slices.Sort(nums)
+		if fmt.Sprint(nums) != "[0 1 2]" {
+			t.Errorf("%s: the job has fds %v (%v), want only 0, 1 and 2", path, nums, jobFds)
+		}
+		for n, target := range fdTargets(t, procs[0].HostPid) {
+			if target == sock || target == file {
+				t.Errorf("%s: the init holds the caller's %s as fd %d", path, target, n)
+			}
+		}
+		mustCr(t, "checkpoint", "--leave-running", path, "-o", image(t))
+	}
+}
+
+// hostCgroupMounts lists the host's cgroup mount points.
+func hostCgroupMounts(t *testing.T) []string {
+	t.Helper()
+	f, err := os.Open("/proc/self/mountinfo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	var mps []string
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		fields := strings.Fields(sc.Text())
+		i := slices.Index(fields, "-")
+		if i > 0 && i+1 < len(fields) && (fields[i+1] == "cgroup" || fields[i+1] == "cgroup2") {
+			mps = append(mps, fields[4])
+		}
+	}
+	return mps
+}
+
+// Root inside a --mount container cannot move itself out of its
+// container's cgroup: not into the root of any cgroup hierarchy of the
+// host, nor into cr's parent cgroup or its own node's.
+func TestCgroupContainment(t *testing.T) {
+	list := filepath.Join(t.TempDir(), "targets")
+	// The job waits for the list of cgroups to try, tries every one of
+	// them as root, says which writes worked, and stays (the same process).
+	script := `while [ ! -e "$1" ]; do sleep 0.05; done
+for f in $(cat "$1"); do if echo $$ > "$f" 2>/dev/null; then echo "moved by $f"; fi; done
+echo tried; exec sleep 1000`
+	mustCr(t, "run", "--mount", "/cg/jail", "--", "sh", "-c", script, "sh", list)
+	killAtCleanup(t, "/cg")
+	procs := ps(t, "/cg/jail")
+	if len(procs) < 2 {
+		t.Fatalf("cr ps /cg/jail = %+v", procs)
+	}
+	initPid, jobPid := procs[0].HostPid, procs[1].HostPid
+	initCg, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", initPid))
+	var leaf string
+	for _, l := range strings.Split(string(initCg), "\n") {
+		if i := strings.Index(l, "/"+cgName+"/"); i >= 0 {
+			leaf = l[i:]
+		}
+	}
+	if leaf == "" {
+		t.Fatalf("the init is in no cgroup of cr's: %s", initCg)
+	}
+	// The paths are the host's; inside the container each names the same
+	// place, if it can be seen there at all.
+	var targets []string
+	for _, mp := range hostCgroupMounts(t) {
+		for _, dir := range []string{mp, filepath.Join(mp, cgName), filepath.Join(mp, filepath.Dir(leaf))} {
+			if p := filepath.Join(dir, "cgroup.procs"); fileExists(p) {
+				targets = append(targets, p)
+			}
+		}
+	}
+	if err := os.WriteFile(list, []byte(strings.Join(targets, "\n")+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "the job to try", func() bool { return strings.Contains(mustCr(t, "logs", "/cg/jail"), "tried") })
+	if logs := mustCr(t, "logs", "/cg/jail"); strings.Contains(logs, "moved") {
+		t.Errorf("root inside moved itself:\n%s", logs)
+	}
+	jobCg, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", jobPid))
+	if !bytes.Equal(jobCg, initCg) {
+		t.Errorf("the job's cgroups after trying %d cgroups:\n%s\nwhere it started (its init's):\n%s", len(targets), jobCg, initCg)
+	}
+	// Its own view: its container's cgroup is the root of its cgroup namespace.
+	if out := mustCr(t, "enter", "/cg/jail", "--", "cat", "/proc/self/cgroup"); !strings.Contains(out, "::/\n") {
+		t.Errorf("/proc/self/cgroup inside: %q, want its own cgroup shown as /", out)
+	}
+	hostNS, _ := os.Readlink("/proc/self/ns/cgroup")
+	if ns, _ := os.Readlink(fmt.Sprintf("/proc/%d/ns/cgroup", jobPid)); ns == hostNS {
+		t.Errorf("the job shares the host's cgroup namespace %s", ns)
+	}
+	// Such a container still checkpoints and restores.
+	img := image(t)
+	mustCr(t, "checkpoint", "/cg", "-o", img)
+	mustCr(t, "restore", img)
+	if l := ls(t)["/cg/jail"]; l.State != "running" || l.Processes != 2 {
+		t.Errorf("/cg/jail after restore: %+v", l)
+	}
+}
+
+func fileExists(p string) bool {
+	_, err := os.Stat(p)
+	return err == nil
+}
