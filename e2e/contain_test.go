@@ -3,6 +3,7 @@ package e2e
 import (
 	"bufio"
 	"bytes"
+	"encoding/json"
 	"fmt"
 	"net"
 	"os"
@@ -229,4 +230,87 @@ echo tried; exec sleep 1000`
 func fileExists(p string) bool {
 	_, err := os.Stat(p)
 	return err == nil
+}
+
+// A container restored by a cr with other settings (as cr serve on another
+// host may have) follows the restoring cr's: its output reaches that
+// tree's log, its exit status is recorded there, and its on-empty policy
+// applies there.
+func TestRestoreOtherSettings(t *testing.T) {
+	other := []string{"CR_STATE_DIR=" + filepath.Join(t.TempDir(), "state"), "CR_CGROUP_PARENT=" + cgName + "-other"}
+	t.Cleanup(func() {
+		for _, mnt := range []string{"/sys/fs/cgroup/unified", "/sys/fs/cgroup", "/sys/fs/cgroup/freezer"} {
+			if dir := filepath.Join(mnt, cgName+"-other"); fileExists(dir) {
+				if ents, _ := os.ReadDir(dir); len(subdirs(ents)) > 0 {
+					t.Errorf("left behind in %s: %v", dir, subdirs(ents))
+				}
+				_ = os.Remove(dir)
+			}
+		}
+	})
+	lsOther := func() map[string]Entry {
+		r := crEnv(t, other, "ls", "--json", "-r")
+		var es []Entry
+		if r.code != 0 || json.Unmarshal([]byte(r.out), &es) != nil {
+			t.Fatalf("cr ls with the other settings: %s", r)
+		}
+		m := map[string]Entry{}
+		for _, e := range es {
+			m[e.Path] = e
+		}
+		return m
+	}
+	for _, c := range []struct {
+		name  string
+		flags []string
+	}{{"keep", []string{"--on-empty", "keep"}}, {"delete", nil}, {"mount-delete", []string{"--mount"}}} {
+		t.Run(c.name, func(t *testing.T) {
+			path := "/moved-" + c.name
+			release := filepath.Join(t.TempDir(), "release")
+			script := `echo before; while [ ! -e "$1" ]; do sleep 0.05; done; echo after; exit 5`
+			mustCr(t, append(append([]string{"run"}, c.flags...), path, "--", "sh", "-c", script, "sh", release)...)
+			killAtCleanup(t, path)
+			t.Cleanup(func() { crEnv(t, other, "kill", path) })
+			waitFor(t, 5*time.Second, "the job's first line", func() bool { return mustCr(t, "logs", path) == "before\n" })
+			img := image(t)
+			mustCr(t, "checkpoint", path, "-o", img)
+			if r := crEnv(t, other, "restore", img); r.code != 0 {
+				t.Fatalf("restore with the other settings: %s", r)
+			}
+			if l := lsOther()[path]; l.State != "running" {
+				t.Fatalf("%s after restore: %+v", path, l)
+			}
+			if err := os.WriteFile(release, nil, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			if c.name == "keep" {
+				var e Entry
+				waitFor(t, 10*time.Second, "the job's exit to be recorded", func() bool {
+					e = lsOther()[path]
+					return e.ExitCode != nil
+				})
+				if *e.ExitCode != 5 || e.State != "empty" {
+					t.Errorf("%s after its job exited: %+v, want empty with exit code 5", path, e)
+				}
+				if r := crEnv(t, other, "logs", path); r.out != "before\nafter\n" {
+					t.Errorf("cr logs after restore = %q, want the output from before and after the move", r.out)
+				}
+			} else {
+				waitFor(t, 10*time.Second, path+" to be removed by its policy", func() bool {
+					_, ok := lsOther()[path]
+					return !ok
+				})
+			}
+		})
+	}
+}
+
+func subdirs(ents []os.DirEntry) []string {
+	var s []string
+	for _, e := range ents {
+		if e.IsDir() {
+			s = append(s, e.Name())
+		}
+	}
+	return s
 }
