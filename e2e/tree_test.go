@@ -60,8 +60,8 @@ func TestFreezeThaw(t *testing.T) {
 	}
 	mustCr(t, "freeze", "/fz")
 	l := ls(t)
-	if l["/fz/a"].State != "frozen" || l["/fz/b"].State != "frozen" {
-		t.Fatalf("after freeze /fz: a=%s b=%s, want frozen", l["/fz/a"].State, l["/fz/b"].State)
+	if l["/fz/a"].State != "frozen" || l["/fz/b"].State != "frozen" || l["/fz"].State != "frozen" {
+		t.Fatalf("after freeze /fz: /fz=%s a=%s b=%s, want frozen (a node without processes of its own too)", l["/fz"].State, l["/fz/a"].State, l["/fz/b"].State)
 	}
 	if pa, pb := progress(a), progress(b); pa != 0 || pb != 0 {
 		t.Errorf("frozen jobs made progress: %d and %d ticks", pa, pb)

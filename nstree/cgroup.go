@@ -167,7 +167,19 @@ func (n *Node) Freezer() (freeze.Freezer, error) { return freeze.New(n.Cgroup) }
 func (n *Node) LeafFreezer() (freeze.Freezer, error) { return freeze.New(n.Leaf()) }
 
 // State is a node's live state: "running", "frozen", "freezing" or "empty".
+// A node whose subtree is frozen (by itself or an ancestor) is frozen
+// whether or not it has processes of its own; otherwise a node without
+// processes is empty, and one whose own leaf is frozen (as a checkpoint
+// leaves it) is frozen.
 func (n *Node) State() string {
+	if f, err := n.Freezer(); err == nil {
+		switch s, _ := f.State(); s {
+		case freeze.Frozen:
+			return "frozen"
+		case freeze.Freezing:
+			return "freezing"
+		}
+	}
 	pids, _ := Procs(n.Leaf())
 	if len(pids) == 0 {
 		return "empty"
