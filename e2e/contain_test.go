@@ -12,8 +12,11 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // startJobWith starts the test workload at path with cr run's flags.
@@ -313,4 +316,94 @@ func subdirs(ents []os.DirEntry) []string {
 		}
 	}
 	return s
+}
+
+// openPty opens the master of a new pseudo-terminal.
+func openPty(t *testing.T) *os.File {
+	t.Helper()
+	m, err := unix.Open("/dev/ptmx", unix.O_RDWR|unix.O_NOCTTY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.IoctlSetPointerInt(m, unix.TIOCSPTLCK, 0); err != nil {
+		t.Fatal(err)
+	}
+	return os.NewFile(uintptr(m), "ptmx")
+}
+
+// cr enter on a terminal gives the shell a terminal of its own, with job
+// control: it is the session's controlling terminal and the command the
+// shell runs is its foreground process group.
+func TestEnterTerminal(t *testing.T) {
+	start(t, "/tty", "sleep", "1000")
+	master := openPty(t)
+	defer master.Close()
+	// TIOCGPTPEER opens the slave; its argument is the open flags.
+	slaveFd, _, errno := unix.Syscall(unix.SYS_IOCTL, master.Fd(), unix.TIOCGPTPEER, uintptr(unix.O_RDWR|unix.O_NOCTTY))
+	if errno != 0 {
+		t.Fatal(errno)
+	}
+	slave := os.NewFile(slaveFd, "pts")
+	c := exec.Command(crBin, "enter", "/tty")
+	c.Env = append(os.Environ(), env...)
+	c.Stdin, c.Stdout, c.Stderr = slave, slave, slave
+	c.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Setctty: true, Ctty: 0}
+	if err := c.Start(); err != nil {
+		t.Fatal(err)
+	}
+	slave.Close()
+	var out bytes.Buffer
+	done := make(chan struct{})
+	go func() {
+		buf := make([]byte, 4096)
+		for {
+			n, err := master.Read(buf)
+			out.Write(buf[:n]) // only this goroutine writes out until done
+			if err != nil {
+				close(done)
+				return
+			}
+		}
+	}()
+	// /proc/self/stat of cat: field 7 is its controlling terminal, 5 its
+	// process group, 8 the terminal's foreground process group.
+	script := "tty; cat /proc/self/stat; echo END$((40+2)); exit 3\n"
+	if _, err := master.Write([]byte(script)); err != nil {
+		t.Fatal(err)
+	}
+	waited := make(chan error, 1)
+	go func() { waited <- c.Wait() }()
+	var err error
+	select {
+	case err = <-waited:
+	case <-time.After(20 * time.Second):
+		_ = c.Process.Kill()
+		err = <-waited
+		t.Errorf("cr enter on a terminal did not end")
+	}
+	select {
+	case <-done:
+	case <-time.After(2 * time.Second):
+	}
+	got := out.String()
+	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 3 {
+		t.Errorf("cr enter exit: %v, want status 3", err)
+	}
+	if strings.Contains(got, "Cannot set tty process group") || strings.Contains(got, "job control turned off") || strings.Contains(got, "not a tty") {
+		t.Errorf("the shell has no terminal of its own:\n%s", got)
+	}
+	if !strings.Contains(got, "/dev/pts/") || !strings.Contains(got, "END42") {
+		t.Errorf("tty inside printed no terminal:\n%s", got)
+	}
+	for _, l := range strings.Split(got, "\n") {
+		if i := strings.Index(l, ") R "); i >= 0 || strings.Contains(l, "(cat) ") {
+			f := strings.Fields(l[strings.LastIndex(l, ")")+1:])
+			// f[0] state, f[1] ppid, f[2] pgrp, f[3] session, f[4] tty_nr, f[5] tpgid
+			if len(f) < 6 || f[4] == "0" || f[2] != f[5] {
+				t.Errorf("cat inside: pgrp %s, tty %s, foreground group %s; want a terminal whose foreground group is cat's:\n%s", f[2], f[4], f[5], l)
+			}
+			return
+		}
+	}
+	t.Errorf("no stat line of cat in:\n%s", got)
 }

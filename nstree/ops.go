@@ -186,13 +186,24 @@ func (t *Tree) Enter(n *Node, cmd []string) (int, error) {
 		args = append(args, "--wd="+n.Cwd)
 	}
 	args = append(args, "--")
+	tty := isTerminal(os.Stdin)
+	if tty {
+		// A session of its own inside the container, with the new pty as
+		// its controlling terminal (enterTerminal).
+		args = append(args, "setsid", "--ctty", "--wait")
+	}
 	args = append(args, cmd...)
 	// The shell joins the container's cgroup, then becomes nsenter, whose
 	// child (the command) is born in the container's pid namespace.
 	script := `echo $$ > "$1/cgroup.procs" || exit 125; shift; exec nsenter "$@"`
 	c := exec.Command("/bin/sh", append([]string{"-c", script, "cr-enter", n.Leaf()}, args...)...)
-	c.Stdin, c.Stdout, c.Stderr = os.Stdin, os.Stdout, os.Stderr
-	err := c.Run()
+	var err error
+	if tty {
+		err = enterTerminal(c, os.Stdin)
+	} else {
+		c.Stdin, c.Stdout, c.Stderr = os.Stdin, os.Stdout, os.Stderr
+		err = c.Run()
+	}
 	var ee *exec.ExitError
 	if errors.As(err, &ee) {
 		if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
@@ -245,4 +256,9 @@ func (t *Tree) PruneExited() {
 			t.pruneUp(n)
 		}
 	}
+}
+
+func isTerminal(f *os.File) bool {
+	_, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS)
+	return err == nil
 }
