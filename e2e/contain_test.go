@@ -407,3 +407,22 @@ func TestEnterTerminal(t *testing.T) {
 	}
 	t.Errorf("no stat line of cat in:\n%s", got)
 }
+
+// A --mount container started while the host has a named network
+// namespace (ip netns add leaves nsfs mounts under /run/netns) still
+// checkpoints: those mounts are not part of its mount namespace.
+func TestCheckpointMountBesideHostNetns(t *testing.T) {
+	name := fmt.Sprintf("cr-e2e-contain-%d", os.Getpid())
+	if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
+		t.Fatalf("ip netns add: %v\n%s", err, out)
+	}
+	t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", name).Run() })
+	j := startJobWith(t, []string{"--mount"}, "/nsfs", "--children", "1")
+	before := j.ask(t)
+	img := image(t)
+	mustCr(t, "checkpoint", "/nsfs", "-o", img)
+	mustCr(t, "restore", img)
+	if after := j.ask(t); after.Pid != before.Pid || after.Counter < before.Counter {
+		t.Errorf("after restore: pid %d counter %d, before: pid %d counter %d", after.Pid, after.Counter, before.Pid, before.Counter)
+	}
+}

@@ -59,6 +59,9 @@ func InitMain(args []string) int {
 		if err := unix.Mount("proc", "/proc", "proc", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, ""); err != nil {
 			return fail("mount /proc: %v", err)
 		}
+		if err := unmountNamespaceFiles(); err != nil {
+			return fail("namespace files: %v", err)
+		}
 		if err := scopeCgroupMounts(); err != nil {
 			return fail("cgroup mounts: %v", err)
 		}

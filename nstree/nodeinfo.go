@@ -1,7 +1,6 @@
 package nstree
 
 import (
-	"bufio"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -134,30 +133,15 @@ func resolveOwnCgroup(p string) string {
 // host had mounted there stays out of reach of the container's processes:
 // they can neither move into a cgroup outside their own, nor change one.
 func scopeCgroupMounts() error {
-	f, err := os.Open("/proc/self/mountinfo")
+	all, err := readMounts()
 	if err != nil {
 		return err
 	}
-	type mnt struct{ point, fstype, opts string }
-	var mnts []mnt
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		fields := strings.Fields(sc.Text())
-		i := slices.Index(fields, "-")
-		if i < 5 || i+3 >= len(fields) || (fields[i+1] != "cgroup" && fields[i+1] != "cgroup2") {
-			continue
+	var mnts []mountEntry
+	for _, m := range all {
+		if m.fstype == "cgroup" || m.fstype == "cgroup2" {
+			mnts = append(mnts, m)
 		}
-		var opts []string
-		for _, o := range strings.Split(fields[i+3], ",") {
-			if o != "rw" && o != "ro" {
-				opts = append(opts, o)
-			}
-		}
-		mnts = append(mnts, mnt{unescapeMount(fields[4]), fields[i+1], strings.Join(opts, ",")})
-	}
-	f.Close()
-	if err := sc.Err(); err != nil {
-		return err
 	}
 	for i := len(mnts) - 1; i >= 0; i-- {
 		m := mnts[i]
@@ -166,11 +150,59 @@ func scopeCgroupMounts() error {
 		}
 	}
 	for _, m := range mnts {
-		if err := unix.Mount(m.fstype, m.point, m.fstype, unix.MS_RDONLY|unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, m.opts); err != nil {
+		var opts []string
+		for _, o := range strings.Split(m.opts, ",") {
+			if o != "rw" && o != "ro" {
+				opts = append(opts, o)
+			}
+		}
+		if err := unix.Mount(m.fstype, m.point, m.fstype, unix.MS_RDONLY|unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, strings.Join(opts, ",")); err != nil {
 			return fmt.Errorf("mount %s on %s: %w", m.fstype, m.point, err)
 		}
 	}
 	return nil
+}
+
+// unmountNamespaceFiles unmounts, in the caller's (private) mount
+// namespace, the namespace files the host had bind-mounted (the nsfs
+// mounts that `ip netns add` leaves under /run/netns): CRIU cannot dump a
+// mount namespace holding them ("doesn't have a proper root mount"), and
+// the container has no business with the host's namespaces.
+func unmountNamespaceFiles() error {
+	all, err := readMounts()
+	if err != nil {
+		return err
+	}
+	for i := len(all) - 1; i >= 0; i-- {
+		if all[i].fstype != "nsfs" {
+			continue
+		}
+		if err := unix.Unmount(all[i].point, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
+			return fmt.Errorf("unmount %s: %w", all[i].point, err)
+		}
+	}
+	return nil
+}
+
+type mountEntry struct{ point, fstype, opts string }
+
+// readMounts lists the caller's mounts from /proc/self/mountinfo, in its
+// order (parents before their children).
+func readMounts() ([]mountEntry, error) {
+	b, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return nil, err
+	}
+	var mnts []mountEntry
+	for _, line := range strings.Split(string(b), "\n") {
+		fields := strings.Fields(line)
+		i := slices.Index(fields, "-")
+		if i < 5 || i+3 >= len(fields) {
+			continue
+		}
+		mnts = append(mnts, mountEntry{unescapeMount(fields[4]), fields[i+1], fields[i+3]})
+	}
+	return mnts, nil
 }
 
 // unescapeMount undoes mountinfo's octal escapes (\040 for a space).
