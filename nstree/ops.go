@@ -186,7 +186,9 @@ func (t *Tree) Enter(n *Node, cmd []string) (int, error) {
 		args = append(args, "--wd="+n.Cwd)
 	}
 	args = append(args, "--")
-	tty := isTerminal(os.Stdin)
+	// On a terminal only (stdin and stdout): output redirected to a file
+	// stays byte for byte, without a pty's line discipline.
+	tty := isTerminal(os.Stdin) && isTerminal(os.Stdout)
 	if tty {
 		// A session of its own inside the container, with the new pty as
 		// its controlling terminal (enterTerminal).
