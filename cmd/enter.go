@@ -11,7 +11,10 @@ func newEnterCommand(g *Global) *cobra.Command {
 		Use:   "enter PATH [--] [CMD [ARGS...]]",
 		Short: "Run a command inside a container",
 		Long: `Run CMD (default /bin/sh) inside the namespaces and cgroup of the container
-at PATH, attached to your terminal; cr exits with the command's status. Inside,
+at PATH (its cgroup namespace included), attached to your terminal: on a
+terminal the command gets a pseudo-terminal of its own, as the controlling
+terminal of a session inside the container, so a shell there has job
+control. cr exits with the command's status. Inside,
 "cr ls" sees the container as "/". A process entered this way is not a
 descendant of the container's init, so checkpoint the container after it ends.`,
 		Example: `  cr enter /lab/pi
