@@ -18,6 +18,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/cr-dev/cr/criubin"
 	"github.com/cr-dev/cr/e2e/jobreport"
 	"github.com/cr-dev/cr/freeze"
@@ -33,6 +35,10 @@ var (
 )
 
 func TestMain(m *testing.M) {
+	// Nothing this test binary inherited (the shared lock's descriptor
+	// from flock, say) reaches the processes the tests start: a cr serve
+	// or container a test leaks would otherwise hold it after the run.
+	_ = unix.CloseRange(3, ^uint(0), unix.CLOSE_RANGE_CLOEXEC)
 	os.Exit(run(m))
 }
 
