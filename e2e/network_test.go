@@ -85,6 +85,7 @@ func TestCheckProbes(t *testing.T) {
 	for name, want := range map[string]string{
 		"checkpoint: processes":    "ok works:",
 		"checkpoint: inet sockets": "ok works:",
+		"checkpoint: --mount":      "ok works:",
 		"network lock":             "ok nftables",
 	} {
 		if !strings.HasPrefix(got[name], want) {
