@@ -24,6 +24,6 @@ type Report struct {
 	// at this report: "ok", or the error (empty without --sockets).
 	Sockets string `json:"sockets"`
 	TCPPort int    `json:"tcp_port"`
-	Reports      int      `json:"reports"`
-	Time         string   `json:"time"`
+	Reports int    `json:"reports"`
+	Time    string `json:"time"`
 }
