@@ -1,15 +1,18 @@
 # cr: checkpoint, restore and migrate trees of Linux containers.
 #
 #   make demo    install what is missing (Go modules, CRIU >= 4.2) and show cr at work
-#   make test    all tests: vet, unit tests, end-to-end tests against real CRIU (root)
+#   make test    all tests: vet, a short fuzz run, unit tests, end-to-end tests against real CRIU (root)
 #   make bench   speed, size and downtime, side by side with raw CRIU
 #   make install the binary, man pages and bash/zsh/fish completions under
 #                $(DESTDIR)$(PREFIX) (PREFIX=/usr/local); make uninstall
+#   make fuzz    every Go fuzz target for FUZZTIME each (make test runs them for FUZZSHORT)
 
 GO      ?= go
 BIN     := bin/cr
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X github.com/cr-dev/cr/cmd.Version=$(VERSION)
+FUZZTIME  ?= 60s
+FUZZSHORT ?= 2s
 
 PREFIX  ?= /usr/local
 DESTDIR ?=
@@ -19,7 +22,7 @@ BASHDIR := $(PREFIX)/share/bash-completion/completions
 ZSHDIR  := $(PREFIX)/share/zsh/site-functions
 FISHDIR := $(PREFIX)/share/fish/vendor_completions.d
 
-.PHONY: all build man completions install uninstall provision demo test unit e2e vet bench clean
+.PHONY: all build man completions install uninstall provision demo test unit e2e vet fuzz fuzz-short bench clean
 
 all: build
 
@@ -60,8 +63,16 @@ vet:
 	$(GO) vet ./...
 	@test -z "$$(gofmt -l .)" || { echo "gofmt needed:"; gofmt -l .; exit 1; }
 
-test: provision vet
+test: provision vet fuzz-short
 	$(GO) test -count=1 -timeout 40m ./...
+
+# Each fuzz target of images, images/store and migrate, one after another
+# (go test -fuzz takes one target per run); see scripts/fuzz.sh.
+fuzz-short:
+	GO=$(GO) bash scripts/fuzz.sh $(FUZZSHORT)
+
+fuzz:
+	GO=$(GO) bash scripts/fuzz.sh $(FUZZTIME)
 
 unit:
 	$(GO) test -count=1 $$($(GO) list ./... | grep -v /e2e)

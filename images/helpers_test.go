@@ -55,7 +55,7 @@ func testStaging() ([]stagingFile, []string) {
 }
 
 // makeStaging creates a staging dir holding files and dirs.
-func makeStaging(t *testing.T, files []stagingFile, dirs []string) string {
+func makeStaging(t testing.TB, files []stagingFile, dirs []string) string {
 	t.Helper()
 	src := t.TempDir()
 	for _, d := range dirs {
@@ -175,7 +175,7 @@ func assertEmptyDir(t *testing.T, dir string) {
 }
 
 // archiveBytes writes the archive of src to memory.
-func archiveBytes(t *testing.T, src string, m *Manifest, compression string) []byte {
+func archiveBytes(t testing.TB, src string, m *Manifest, compression string) []byte {
 	t.Helper()
 	var buf bytes.Buffer
 	if _, err := WriteArchive(context.Background(), &buf, src, m, WriteOptions{Compression: compression}); err != nil {
@@ -221,7 +221,7 @@ type craftOptions struct {
 // craft builds an archive by hand with archive/tar: cr-image.json, the
 // entries, and (unless o.noManifest) a manifest that lists every regular
 // file and directory entry as it is, and its trailer.
-func craft(t *testing.T, entries []craftEntry, o craftOptions) []byte {
+func craft(t testing.TB, entries []craftEntry, o craftOptions) []byte {
 	t.Helper()
 	var raw bytes.Buffer
 	tw := tar.NewWriter(&raw)
@@ -279,7 +279,7 @@ func craft(t *testing.T, entries []craftEntry, o craftOptions) []byte {
 }
 
 // compress returns b as a zstd stream.
-func compress(t *testing.T, b []byte) []byte {
+func compress(t testing.TB, b []byte) []byte {
 	t.Helper()
 	var out bytes.Buffer
 	enc, err := zstd.NewWriter(&out)
