@@ -145,6 +145,37 @@ func sentinel(err error) error {
 	return nil
 }
 
+// assertWrittenWithin reads b into a directory that, unlike Extract's, is
+// not emptied on failure, and fails unless what was written by then is
+// within l: no more files, no larger file, no more bytes in all than l
+// allows, whether the image turns out valid or not.
+func assertWrittenWithin(t *testing.T, b []byte, l Limits) {
+	t.Helper()
+	parent := t.TempDir()
+	dir := filepath.Join(parent, "partial")
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	root, err := os.OpenRoot(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer root.Close()
+	read(context.Background(), bytes.NewReader(b), l, &dirSink{root: root})
+	l = l.withDefaults()
+	var total int64
+	tree := scanTree(t, parent, dir)
+	for name, e := range tree {
+		if e.size > l.MaxEntry {
+			t.Fatalf("wrote %s of %d bytes, limit %d per file", name, e.size, l.MaxEntry)
+		}
+		total += e.size
+	}
+	if total > l.MaxBytes || len(tree) > l.MaxFiles {
+		t.Fatalf("wrote %d bytes in %d entries, limits %d bytes and %d entries", total, len(tree), l.MaxBytes, l.MaxFiles)
+	}
+}
+
 // checkRead runs Verify and Extract on b and checks what they must agree
 // on and leave behind. It returns Extract's manifest, the tree and its
 // directory, or the error.
@@ -160,6 +191,7 @@ func checkRead(t *testing.T, b []byte, l Limits) (*Manifest, map[string]diskEntr
 	src := &countReader{r: bytes.NewReader(b)}
 	em, eerr := Extract(ctx, src, dst, l)
 	tree := scanTree(t, parent, dst)
+	assertWrittenWithin(t, b, l)
 	if (verr == nil) != (eerr == nil) || sentinel(verr) != sentinel(eerr) {
 		t.Fatalf("Verify and Extract disagree: %v / %v", verr, eerr)
 	}
@@ -195,7 +227,8 @@ func checkRead(t *testing.T, b []byte, l Limits) (*Manifest, map[string]diskEntr
 }
 
 // FuzzExtract feeds any bytes to Verify and Extract. They agree; a failed
-// Extract leaves its destination empty; nothing ever appears outside the
+// Extract leaves its destination empty, and never wrote more than the
+// limits allow before failing; nothing ever appears outside the
 // destination, and nothing but directories and regular files inside it;
 // a successful one reads its input to the end and leaves exactly the
 // manifest's files, within the limits, and its manifest survives a round

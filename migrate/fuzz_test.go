@@ -13,6 +13,7 @@ import (
 	"reflect"
 	"runtime"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 	"unicode"
@@ -317,6 +318,103 @@ func FuzzControlPayload(f *testing.F) {
 	})
 }
 
+// senderConn plays the sender for FuzzServerConversation: it sends its
+// input up to the end of the first END frame at once, and the rest only
+// after the receiver wrote READY, as a sender waits for READY before it
+// sends COMMIT (so that whether a COMMIT comes before or after READY does
+// not depend on the goroutines' timing). While it waits, a read deadline in
+// the past (the receiver's stopReads or kill) interrupts the read; where
+// the input ends a read returns io.EOF.
+type senderConn struct {
+	in      []byte
+	barrier int // offset of the bytes sent after READY; -1: none
+	off     int
+
+	mu        sync.Mutex
+	out       bytes.Buffer
+	ready     chan struct{} // closed once READY is written
+	readySent bool
+	stop      chan struct{} // closed while the read deadline is past
+	stopped   bool
+}
+
+func newSenderConn(in []byte) *senderConn {
+	c := &senderConn{in: in, barrier: -1, ready: make(chan struct{}), stop: make(chan struct{})}
+	for off := 0; off+headerLen <= len(in); {
+		n := int(binary.BigEndian.Uint32(in[off+1:]))
+		if n > maxData || off+headerLen+n > len(in) {
+			break
+		}
+		off += headerLen + n
+		if msgType(in[off-headerLen-n]) == msgEnd {
+			c.barrier = off
+			break
+		}
+	}
+	return c
+}
+
+func (c *senderConn) Read(p []byte) (int, error) {
+	if c.off == c.barrier {
+		c.mu.Lock()
+		ready, stop := c.ready, c.stop
+		c.mu.Unlock()
+		select {
+		case <-ready:
+			c.barrier = -1
+		case <-stop:
+			return 0, os.ErrDeadlineExceeded
+		}
+	}
+	end := len(c.in)
+	if c.barrier >= 0 {
+		end = c.barrier
+	}
+	if c.off == len(c.in) {
+		return 0, io.EOF
+	}
+	n := copy(p, c.in[c.off:end])
+	c.off += n
+	return n, nil
+}
+
+func (c *senderConn) Write(p []byte) (int, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(p) > 0 && msgType(p[0]) == msgReady && !c.readySent {
+		c.readySent = true
+		close(c.ready)
+	}
+	return c.out.Write(p)
+}
+
+func (c *senderConn) setReadDeadline(t time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	past := !t.IsZero() && t.Before(time.Now())
+	switch {
+	case past && !c.stopped:
+		c.stopped = true
+		close(c.stop)
+	case !past && c.stopped:
+		c.stopped = false
+		c.stop = make(chan struct{})
+	}
+}
+
+func (c *senderConn) written() []byte {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return bytes.Clone(c.out.Bytes())
+}
+
+func (c *senderConn) Close() error                       { return nil }
+func (c *senderConn) LocalAddr() net.Addr                { return fuzzAddr{} }
+func (c *senderConn) RemoteAddr() net.Addr               { return fuzzAddr{} }
+func (c *senderConn) SetDeadline(t time.Time) error      { c.setReadDeadline(t); return nil }
+func (c *senderConn) SetReadDeadline(t time.Time) error  { c.setReadDeadline(t); return nil }
+func (c *senderConn) SetWriteDeadline(t time.Time) error { return nil }
+
 // fuzzServer is a receiver for FuzzServerConversation: its conn.migrate
 // runs on a streamConn, after an authentication it does not do.
 type fuzzServer struct {
@@ -435,7 +533,8 @@ func conversation(f *testing.F, req Request, image []byte, size int64, dataFrame
 }
 
 // FuzzServerConversation runs the receiver's side of a migration, after
-// authentication, on any sequence of bytes from the sender. It always
+// authentication, on any sequence of bytes from the sender (what follows
+// the first END only once READY was sent: see senderConn). It always
 // ends; it leaves nothing in the staging directory and no target or slot
 // reserved; it calls the restorer only with a verified image and a valid
 // target; what it answers is a well-formed sequence of receiver frames,
@@ -446,7 +545,7 @@ func FuzzServerConversation(f *testing.F) {
 	packed, _ := fuzzImage(f, images.CompressionZstd)
 	commit := encodeFrame(f, msgCommit, nil)
 	f.Add(conversation(f, Request{Root: "/src"}, plain, size, 4096, commit))
-	f.Add(conversation(f, Request{Root: "/src", As: "/dst"}, packed, size, 300, commit))
+	f.Add(conversation(f, Request{Root: "/src", As: "/dst"}, packed, size, 300, encodeFrame(f, msgPing, nil), commit))
 	f.Add(conversation(f, Request{Root: "/src"}, plain, size, 1000, encodeJSONFrame(f, msgAbort, reasonMsg{Reason: "changed my mind"})))
 	f.Add(conversation(f, Request{Root: "/src"}, plain, size, 1000))
 	f.Add(conversation(f, Request{Root: "/src", As: "/exists"}, plain, size, 1000, commit))
@@ -457,7 +556,7 @@ func FuzzServerConversation(f *testing.F) {
 	f.Fuzz(func(t *testing.T, in []byte) {
 		r := srv.restorer
 		*r = fuzzRestorer{}
-		sc := newStreamConn(in)
+		sc := newSenderConn(in)
 		c := &conn{s: srv.s, fc: newFrameConn(sc), remote: "fuzz", release: func() {}}
 		done := make(chan string, 1)
 		go func() { done <- c.migrate(context.Background()) }()
