@@ -3,9 +3,11 @@ package migrate
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"os"
@@ -623,6 +625,91 @@ func FuzzServerConversation(f *testing.F) {
 		}
 		if r.calls == 1 && r.ready == nil && (len(types) == 0 || types[len(types)-1] != msgDone) {
 			t.Fatalf("committed, but the receiver answered %v (%s)", types, line)
+		}
+	})
+}
+
+// FuzzAuthenticate runs the receiver's token-mode authentication, over a
+// real TLS 1.3 connection, on any bytes from a client that completed TLS
+// but does not know the token. It always fails and ends; the receiver
+// sends nothing but a CHALLENGE and, at the end, ERROR, never AUTH_OK.
+func FuzzAuthenticate(f *testing.F) {
+	srv := newFuzzServer(f)
+	nonce := bytes.Repeat([]byte{7}, nonceLen)
+	hello := encodeJSONFrame(f, msgHello, helloMsg{Proto: ProtocolVersion, Mode: modeToken, Nonce: nonce})
+	f.Add(bytes.Join([][]byte{hello, encodeJSONFrame(f, msgAuth, macMsg{MAC: make([]byte, 32)})}, nil))
+	f.Add(bytes.Join([][]byte{hello, encodeJSONFrame(f, msgAuth, macMsg{})}, nil))
+	f.Add(bytes.Join([][]byte{hello, encodeFrame(f, msgAuth, nil)}, nil))
+	f.Add(encodeJSONFrame(f, msgHello, helloMsg{Proto: ProtocolVersion, Mode: modeMTLS}))
+	f.Add(encodeJSONFrame(f, msgHello, helloMsg{Proto: ProtocolVersion + 1, Mode: modeToken, Nonce: nonce}))
+	f.Add(encodeJSONFrame(f, msgRequest, Request{Root: "/a"}))
+	f.Add([]byte{byte(msgHello), 0, 0, 4, 1})
+	clientTLS := &tls.Config{InsecureSkipVerify: true, MinVersion: tls.VersionTLS13}
+	f.Fuzz(func(t *testing.T, in []byte) {
+		a, b := net.Pipe()
+		defer a.Close()
+		defer b.Close()
+		tc := tls.Server(a, srv.s.tls)
+		c := &conn{s: srv.s, tc: tc, fc: newFrameConn(tc), remote: "fuzz", release: func() {}}
+		result := make(chan error, 1)
+		go func() {
+			if err := tc.Handshake(); err != nil {
+				result <- fmt.Errorf("server handshake: %w", err)
+				return
+			}
+			result <- c.authenticate(time.Now().Add(20 * time.Second))
+		}()
+		cl := tls.Client(b, clientTLS)
+		if err := cl.Handshake(); err != nil {
+			t.Fatalf("client handshake: %v", err)
+		}
+		answer := make(chan []byte, 1)
+		go func() {
+			out, _ := io.ReadAll(cl)
+			answer <- out
+		}()
+		wrote := make(chan struct{})
+		go func() {
+			defer close(wrote)
+			if _, err := cl.Write(in); err == nil {
+				cl.CloseWrite()
+			}
+		}()
+		var err error
+		select {
+		case err = <-result:
+		case <-time.After(30 * time.Second):
+			t.Fatal("authentication did not end on a finite input")
+		}
+		a.Close()
+		<-wrote
+		out := <-answer
+		if err == nil {
+			t.Fatalf("authenticated a client that does not know the token, on %q", in)
+		}
+		oc := newFrameConn(newStreamConn(out))
+		for i := 0; ; i++ {
+			mt, p, rerr := oc.recv(maxPreAuth, time.Time{})
+			if rerr == io.EOF {
+				break
+			}
+			if rerr != nil {
+				t.Fatalf("the receiver's answer is not a sequence of frames: %v", rerr)
+			}
+			switch mt {
+			case msgChallenge:
+				var m challengeMsg
+				if i != 0 || decode(mt, p, &m) != nil || len(m.Nonce) != nonceLen {
+					t.Fatalf("the receiver sent CHALLENGE %q as frame %d", p, i)
+				}
+			case msgError:
+				var m reasonMsg
+				if decode(mt, p, &m) != nil || m.Reason != ErrAuth.Error() && !strings.HasPrefix(m.Reason, "unsupported protocol version") {
+					t.Fatalf("the receiver sent ERROR %q", p)
+				}
+			default:
+				t.Fatalf("the receiver sent %s before authentication", mt)
+			}
 		}
 	})
 }
