@@ -313,10 +313,62 @@ const (
 	fileConfig = 1
 )
 
+// maxBlock is the largest zstd block: the decoder checks its MaxChunk
+// limit after each block, so a frame that lies about its size makes it
+// decode at most one block more before it fails.
+const maxBlock = 128 << 10
+
+// TestChunkSizeLie (found by FuzzStoreFile): a chunk file whose zstd frame
+// holds more than MaxChunk bytes, declaring MaxChunk or no size at all, is
+// a chunkFault, and its decoding stops within a block of the limit,
+// however much the frame holds.
+func TestChunkSizeLie(t *testing.T) {
+	s := openStore(t)
+	name := strings.Repeat("ab", 32)
+	for _, tc := range []struct {
+		header []byte
+		total  int
+	}{
+		// Single segment, 4-byte content size MaxChunk, no checksum.
+		{[]byte{0xa0, 0, 0, 4, 0}, MaxChunk + 1},
+		{[]byte{0xa0, 0, 0, 4, 0}, 64 << 20},
+		// No content size, a 128 KiB window.
+		{[]byte{0x00, 7 << 3}, 64 << 20},
+	} {
+		total := tc.total
+		// Then RLE blocks of zeros.
+		frame := append([]byte{0x28, 0xb5, 0x2f, 0xfd}, tc.header...)
+		for n := total; n > 0; {
+			size := min(n, maxBlock)
+			n -= size
+			h := uint32(1<<1) | uint32(size)<<3
+			if n == 0 {
+				h |= 1
+			}
+			frame = append(frame, byte(h), byte(h>>8), byte(h>>16), 0)
+		}
+		p := s.chunkPath(name)
+		if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, frame, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		out, err := s.readChunk(name, nil)
+		var fault *chunkFault
+		if !errors.As(err, &fault) || !strings.HasPrefix(fault.reason, "decode: ") {
+			t.Errorf("a frame of %d bytes (header % x): %v, want a decode fault", total, tc.header, err)
+		}
+		if len(out) > MaxChunk+maxBlock {
+			t.Errorf("a frame of %d bytes (header % x): decoded %d bytes", total, tc.header, len(out))
+		}
+	}
+}
+
 // FuzzStoreFile feeds any bytes to the store's other parsers. As a chunk
 // file (stored under the name of a known chunk): readChunk returns that
-// chunk's plaintext and nothing else, or a chunkFault, never a plaintext
-// over MaxChunk. As the config: Open accepts only the cr-store format at
+// chunk's plaintext and nothing else, or a chunkFault, never decoding more
+// than MaxChunk and a block (TestChunkSizeLie). As the config: Open accepts only the cr-store format at
 // this version and refuses the rest with ErrNotStore or
 // ErrUnsupportedVersion.
 func FuzzStoreFile(f *testing.F) {
@@ -354,8 +406,8 @@ func FuzzStoreFile(f *testing.F) {
 				t.Fatalf("readChunk: %v, want a chunkFault", err)
 			case err == nil && !bytes.Equal(out, plain):
 				t.Fatalf("readChunk returned %d bytes that are not the chunk", len(out))
-			case len(out) > MaxChunk:
-				t.Fatalf("readChunk decoded %d bytes, more than %d", len(out), MaxChunk)
+			case len(out) > MaxChunk+maxBlock:
+				t.Fatalf("readChunk decoded %d bytes, more than %d and a block", len(out), MaxChunk)
 			}
 		case fileConfig:
 			dir := t.TempDir()
