@@ -49,7 +49,6 @@ func (c *streamConn) SetReadDeadline(time.Time) error  { return nil }
 func (c *streamConn) SetWriteDeadline(time.Time) error { return nil }
 func (c *streamConn) consumed(total int) int           { return total - c.r.Len() }
 func (c *streamConn) written() []byte                  { return c.w.Bytes() }
-func (c *streamConn) reset(in []byte)                  { c.r.Reset(in); c.w.Reset() }
 func (fuzzAddr) Network() string                       { return "fuzz" }
 func (fuzzAddr) String() string                        { return "fuzz" }
 
@@ -219,7 +218,7 @@ func FuzzRecvStream(f *testing.F) {
 	})
 }
 
-// controlMsgs returns a new value of the payload type of each control
+// controlMsg returns a new value of the payload type of each control
 // frame that carries JSON.
 func controlMsg(t msgType) any {
 	switch t {
