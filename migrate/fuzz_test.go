@@ -14,8 +14,10 @@ import (
 	"path/filepath"
 	"reflect"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 	"unicode"
@@ -425,22 +427,66 @@ type fuzzServer struct {
 }
 
 // fuzzRestorer checks what the receiver hands it and plays the commit
-// handshake.
+// handshake; in a lazy migration, it also plays a lazy-pages daemon per
+// container, which reads its pages until the sender closes its channel.
 type fuzzRestorer struct {
-	calls int
-	err   error // what was wrong with the job
-	ready error // what Ready returned
+	calls  int
+	err    error // what was wrong with the job
+	ready  error // what Ready returned
+	result error // what Restore returned
+	lazy   bool  // the job was lazy
 }
 
-func (r *fuzzRestorer) Restore(ctx context.Context, job *Job) (RestoreInfo, error) {
+func (r *fuzzRestorer) Restore(ctx context.Context, job *Job) (info RestoreInfo, err error) {
 	r.calls++
 	r.err = checkJob(job)
-	info := RestoreInfo{Paths: []string{job.As}, Pids: map[string]int{job.As: 42}}
+	r.lazy = job.Lazy
+	defer func() { r.result = err }()
+	info = RestoreInfo{Paths: []string{job.As}, Pids: map[string]int{job.As: 42}}
+	var daemons []*os.File
+	if job.Lazy {
+		for i := range job.Manifest.Containers {
+			fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC|syscall.SOCK_NONBLOCK, 0)
+			if err != nil {
+				return RestoreInfo{}, err
+			}
+			theirs := os.NewFile(uintptr(fds[1]), "daemon")
+			defer theirs.Close()
+			job.Pages(i, os.NewFile(uintptr(fds[0]), "ours"))
+			daemons = append(daemons, theirs)
+		}
+	}
 	r.ready = job.Ready(info)
 	if r.ready != nil {
 		return RestoreInfo{}, r.ready
 	}
-	return info, nil
+	if !job.Lazy {
+		return info, nil
+	}
+	job.Resumed(info)
+	var wg sync.WaitGroup
+	for _, d := range daemons {
+		wg.Go(func() { io.Copy(io.Discard, d) })
+	}
+	all := make(chan struct{})
+	go func() { wg.Wait(); close(all) }()
+	select {
+	case <-all:
+		return info, nil
+	case <-ctx.Done():
+	}
+	// The sender is gone. Its last frames may have closed every channel
+	// just before: the daemons then read the end of their pages at once.
+	select {
+	case <-all:
+		return info, nil
+	case <-time.After(100 * time.Millisecond):
+	}
+	for _, d := range daemons {
+		d.Close()
+	}
+	<-all
+	return RestoreInfo{}, context.Cause(ctx)
 }
 
 // checkJob checks that a job holds a verified image: its directory holds
@@ -482,6 +528,7 @@ func newFuzzServer(f *testing.F) *fuzzServer {
 		IdleTimeout:  time.Hour,
 		ReadyTimeout: 10 * time.Second,
 		Restorer:     srv.restorer,
+		Lazy:         func() error { return nil },
 		Check: func(req Request) error {
 			if req.Target() == "/exists" {
 				return ErrTargetExists
@@ -539,7 +586,9 @@ func conversation(f *testing.F, req Request, image []byte, size int64, dataFrame
 // ends; it leaves nothing in the staging directory and no target or slot
 // reserved; it calls the restorer only with a verified image and a valid
 // target; what it answers is a well-formed sequence of receiver frames,
-// READY only when the restorer asked, DONE only after COMMIT.
+// READY only when the restorer asked, DONE only after COMMIT, COMPLETE
+// (lazy: the receiver accepts lazy requests, and the PAGES frames go to
+// fake lazy-pages daemons) only after DONE and a restore that succeeded.
 func FuzzServerConversation(f *testing.F) {
 	srv := newFuzzServer(f)
 	plain, size := fuzzImage(f, images.CompressionNone)
@@ -550,7 +599,10 @@ func FuzzServerConversation(f *testing.F) {
 	f.Add(conversation(f, Request{Root: "/src"}, plain, size, 1000, encodeJSONFrame(f, msgAbort, reasonMsg{Reason: "changed my mind"})))
 	f.Add(conversation(f, Request{Root: "/src"}, plain, size, 1000))
 	f.Add(conversation(f, Request{Root: "/src", As: "/exists"}, plain, size, 1000, commit))
-	f.Add(conversation(f, Request{Root: "/src", Lazy: true}, plain, size, 1000, commit))
+	f.Add(conversation(f, Request{Root: "/src", Lazy: true}, plain, size, 1000, commit,
+		encodeFrame(f, msgPages, []byte{0, 0, 'p', 'a', 'g', 'e', 's'}), encodeFrame(f, msgPages, []byte{0, 0})))
+	f.Add(conversation(f, Request{Root: "/src", Lazy: true}, plain, size, 1000, commit,
+		encodeFrame(f, msgPages, []byte{0, 9, 'x'})))
 	f.Add(conversation(f, Request{Root: "/src"}, plain, size-1, 1000, commit))
 	f.Add(conversation(f, Request{Root: "/src"}, plain[:len(plain)/2], size, 1000, commit))
 	f.Add(conversation(f, Request{Root: "/../x"}, plain, size, 1000, commit))
@@ -599,7 +651,7 @@ func FuzzServerConversation(f *testing.F) {
 			}
 			types = append(types, mt)
 			switch mt {
-			case msgAccept, msgReject, msgError, msgReady, msgDone:
+			case msgAccept, msgReject, msgError, msgReady, msgDone, msgComplete:
 				if err := decode(mt, p, controlMsg(mt)); err != nil {
 					t.Fatalf("the receiver sent %s %q: %v", mt, p, err)
 				}
@@ -607,23 +659,45 @@ func FuzzServerConversation(f *testing.F) {
 				if len(p) != 0 {
 					t.Fatalf("the receiver sent PING with a payload")
 				}
+			case msgPages:
+				if len(p) < pagesHeader {
+					t.Fatalf("the receiver sent PAGES %q", p)
+				}
 			default:
 				t.Fatalf("the receiver sent %s", mt)
 			}
 		}
-		for i, mt := range types {
-			last := i == len(types)-1
-			switch {
-			case (mt == msgReject || mt == msgError || mt == msgDone) && !last:
-				t.Fatalf("the receiver sent %v: %s is not last", types, mt)
-			case mt == msgReady && r.calls == 0:
-				t.Fatalf("READY without a restore: %v", types)
-			case mt == msgDone && (r.calls == 0 || r.ready != nil):
-				t.Fatalf("DONE without a commit: %v (ready: %v)", types, r.ready)
+		// The answer's order, PING and PAGES aside.
+		var order []msgType
+		for _, mt := range types {
+			if mt != msgPing && mt != msgPages {
+				order = append(order, mt)
 			}
 		}
-		if r.calls == 1 && r.ready == nil && (len(types) == 0 || types[len(types)-1] != msgDone) {
-			t.Fatalf("committed, but the receiver answered %v (%s)", types, line)
+		doneAt := slices.Index(order, msgDone)
+		for i, mt := range order {
+			last := i == len(order)-1
+			switch {
+			case (mt == msgReject || mt == msgError || mt == msgComplete) && !last:
+				t.Fatalf("the receiver sent %v: %s is not last", order, mt)
+			case mt == msgDone && !last && !(i == len(order)-2 && (order[i+1] == msgComplete || order[i+1] == msgError)):
+				t.Fatalf("the receiver sent %v: DONE followed by more than COMPLETE or ERROR", order)
+			case mt == msgReady && r.calls == 0:
+				t.Fatalf("READY without a restore: %v", order)
+			case mt == msgDone && (r.calls == 0 || r.ready != nil):
+				t.Fatalf("DONE without a commit: %v (ready: %v)", order, r.ready)
+			case mt == msgComplete && (doneAt < 0 || r.result != nil || !r.lazy):
+				t.Fatalf("COMPLETE without DONE or with a failed restore: %v (restore: %v)", order, r.result)
+			}
+		}
+		if r.calls == 1 && r.result == nil {
+			want := msgDone
+			if r.lazy {
+				want = msgComplete
+			}
+			if len(order) == 0 || order[len(order)-1] != want {
+				t.Fatalf("restored, but the receiver answered %v (%s)", order, line)
+			}
 		}
 	})
 }
