@@ -18,6 +18,8 @@ import (
 	"testing"
 	"time"
 	"unicode/utf8"
+
+	"github.com/cr-dev/cr/nstree"
 )
 
 // Fuzz targets of the image reader and the manifest. `make fuzz` runs each
@@ -135,6 +137,27 @@ func assertTreeIsManifest(t *testing.T, tree map[string]diskEntry, m *Manifest, 
 	}
 }
 
+// assertTreeNames fails unless m passes ValidateManifest and every name m
+// brings into the tree follows the tree's own rules (nstree.ValidatePath),
+// as names from every source must: its root, never "/" itself, and each
+// container's path, alone and below the root.
+func assertTreeNames(t *testing.T, m *Manifest) {
+	t.Helper()
+	if err := ValidateManifest(m); err != nil {
+		t.Fatalf("accepted a manifest ValidateManifest refuses: %v", err)
+	}
+	if err := nstree.ValidatePath(m.Root); err != nil || m.Root == "/" {
+		t.Fatalf("accepted root %q: %v", m.Root, err)
+	}
+	for _, c := range m.Containers {
+		for _, p := range []string{c.Path, path.Join(m.Root, c.Path)} {
+			if err := nstree.ValidatePath(p); err != nil {
+				t.Fatalf("accepted container path %q: %v", p, err)
+			}
+		}
+	}
+}
+
 // sentinel returns which of the package's errors err wraps.
 func sentinel(err error) error {
 	for _, s := range []error{ErrNotImage, ErrCorrupt, ErrUnsupportedVersion, ErrUnsafeEntry, ErrTooLarge} {
@@ -211,6 +234,7 @@ func checkRead(t *testing.T, b []byte, l Limits) (*Manifest, map[string]diskEntr
 		t.Fatal("Verify and Extract return different manifests")
 	}
 	assertTreeIsManifest(t, tree, em, l)
+	assertTreeNames(t, em)
 	// An accepted manifest decodes again after a round trip, unchanged.
 	mb, err := json.Marshal(em)
 	if err != nil {
@@ -231,8 +255,8 @@ func checkRead(t *testing.T, b []byte, l Limits) (*Manifest, map[string]diskEntr
 // limits allow before failing; nothing ever appears outside the
 // destination, and nothing but directories and regular files inside it;
 // a successful one reads its input to the end and leaves exactly the
-// manifest's files, within the limits, and its manifest survives a round
-// trip; the extracted tree written again as an image reads back with the
+// manifest's files, within the limits, its manifest names only what the
+// tree's rules allow and survives a round trip; the extracted tree written again as an image reads back with the
 // same files.
 func FuzzExtract(f *testing.F) {
 	src := fuzzStaging(f)
@@ -570,9 +594,9 @@ func FuzzExtractEntries(f *testing.F) {
 }
 
 // FuzzDecodeManifest: a manifest DecodeManifest accepts names only local
-// paths (files and container dirs), clean absolute container paths in tree
-// order, each once; and it decodes again, unchanged, after a marshal round
-// trip.
+// paths (files and container dirs), a root and container paths the tree's
+// name rules allow (assertTreeNames), in tree order, each once; and it
+// decodes again, unchanged, after a marshal round trip.
 func FuzzDecodeManifest(f *testing.F) {
 	good := fuzzManifest()
 	good.Format, good.Version = FormatName, FormatVersion
@@ -610,6 +634,7 @@ func FuzzDecodeManifest(f *testing.F) {
 		if err != nil {
 			return
 		}
+		assertTreeNames(t, m)
 		paths := map[string]bool{}
 		for i, c := range m.Containers {
 			if !strings.HasPrefix(c.Path, "/") || path.Clean(c.Path) != c.Path || paths[c.Path] {

@@ -24,6 +24,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/cr-dev/cr/images"
+	"github.com/cr-dev/cr/nstree"
 )
 
 // Fuzz targets of the wire protocol. `make fuzz` runs each for longer;
@@ -249,8 +250,9 @@ func controlMsg(t msgType) any {
 }
 
 // FuzzControlPayload: a control payload that decode accepts survives a
-// marshal and decode round trip (its encoding is a fixed point); a request that validates names
-// clean absolute printable paths, and still validates after the round trip;
+// marshal and decode round trip (its encoding is a fixed point); a request
+// that validates names paths the tree's rules allow (nstree.ValidatePath),
+// never the root as its target, and still validates after the round trip;
 // sanitize makes any reason printable and bounded.
 func FuzzControlPayload(f *testing.F) {
 	add := func(t msgType, v any) {
@@ -304,9 +306,12 @@ func FuzzControlPayload(f *testing.F) {
 		case *Request:
 			if err := m.validate(); err == nil {
 				for _, p := range []string{m.Root, m.Target()} {
-					if !strings.HasPrefix(p, "/") || filepath.Clean(p) != p || len(p) > maxPathLen || !printable(p) {
+					if !strings.HasPrefix(p, "/") || filepath.Clean(p) != p || len(p) > maxPathLen || nstree.ValidatePath(p) != nil {
 						t.Fatalf("request %+v validates with path %q", m, p)
 					}
+				}
+				if m.Target() == "/" {
+					t.Fatalf("request %+v validates with the tree's root as its target", m)
 				}
 				if err := w.(*Request).validate(); err != nil {
 					t.Fatalf("request %+v validates, its round trip does not: %v", m, err)
@@ -492,8 +497,8 @@ func (r *fuzzRestorer) Restore(ctx context.Context, job *Job) (info RestoreInfo,
 // checkJob checks that a job holds a verified image: its directory holds
 // exactly the files of its manifest, and its target is a valid path.
 func checkJob(job *Job) error {
-	if err := checkTreePath(job.As); err != nil {
-		return err
+	if err := nstree.ValidatePath(job.As); err != nil || job.As == "/" {
+		return fmt.Errorf("target %q: %v", job.As, err)
 	}
 	got, err := hashTree(job.Dir)
 	if err != nil {

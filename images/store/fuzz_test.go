@@ -14,6 +14,9 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/cr-dev/cr/images"
+	"github.com/cr-dev/cr/nstree"
 )
 
 // Fuzz targets of the store's files: snapshot records (and the manifests
@@ -101,7 +104,8 @@ func recordID(b []byte) string {
 // FuzzRecord: decodeRecord refuses any record under another id, and refuses
 // the rest with a Damage or ErrUnsupportedVersion; a record it accepts lists
 // only names local to the destination, each once, permission bits only,
-// well-formed chunk names, sizes that add up; and it is accepted again,
+// well-formed chunk names, sizes that add up, and holds a manifest that
+// passes images.ValidateManifest and agrees with it; and it is accepted again,
 // the same, after a round trip through encodeRecord.
 func FuzzRecord(f *testing.F) {
 	_, valid := fuzzStore(f)
@@ -184,6 +188,31 @@ func assertSafeSnapshot(t *testing.T, snap *Snapshot) {
 	}
 	if total != snap.TotalBytes {
 		t.Fatalf("accepted total_bytes %d for files of %d", snap.TotalBytes, total)
+	}
+	// Its manifest gets the validation an image's does, and agrees with
+	// the record.
+	m := snap.Manifest
+	if err := images.ValidateManifest(m); err != nil {
+		t.Fatalf("accepted a manifest ValidateManifest refuses: %v", err)
+	}
+	if err := nstree.ValidatePath(snap.Path); err != nil || m.Root != snap.Path {
+		t.Fatalf("accepted path %q of a manifest of %q: %v", snap.Path, m.Root, err)
+	}
+	if len(m.Files) != len(snap.Files) {
+		t.Fatalf("accepted a manifest of %d files for a record of %d", len(m.Files), len(snap.Files))
+	}
+	dirs := map[string]bool{}
+	for i, f := range snap.Files {
+		mf := m.Files[i]
+		if mf.Name != f.Name || mf.Dir != f.Dir || mf.Size != f.Size || mf.SHA256 != f.SHA256 || mf.Mode != f.Mode {
+			t.Fatalf("accepted manifest file %+v for record file %+v", mf, f)
+		}
+		dirs[f.Name] = f.Dir
+	}
+	for _, c := range m.Containers {
+		if c.Dir != "" && !dirs[c.Dir] {
+			t.Fatalf("accepted container %q in %q, not a directory of the record", c.Path, c.Dir)
+		}
 	}
 }
 
