@@ -300,7 +300,7 @@ func TestLogTicks(t *testing.T) {
 
 func TestServeTimes(t *testing.T) {
 	log := "2026/11/23 11:56:05 listening on 192.0.2.2:7400, token authentication\n" +
-		"2026/11/23 11:56:23 192.0.2.1:60246 /bench/t: done: 81.5 MiB received in 1.418s, restored 1 containers in 1.044s\n" +
+		"2026/11/23 11:56:23 192.0.2.1:60246 /bench/t: done: 81.5 MiB received in 1.418s, restored 1 container in 1.044s\n" +
 		"2026/11/23 11:57:23 192.0.2.1:60247 /bench/u: done: 1.5 MiB received in 10ms, restored 1 containers in 50ms\n"
 	r, s := serveTimes(log, "/bench/t")
 	if !near(r, 1.418) || !near(s, 1.044) {

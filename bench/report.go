@@ -348,7 +348,7 @@ func writeTables(out io.Writer, res *Results) {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t|\t%s\t%s\t|\t%s\t%.0f\t%.0f\t%s\t\n", w.Name, secs(m.CR.DowntimeSeconds), secs(m.WallSeconds),
 			secs(m.CR.DumpSeconds), secs(m.CR.TransferSeconds), secs(m.CR.RestoreSeconds),
 			secs(m.ServeReceiveSeconds), secs(m.ServeRestoreSeconds), human(m.CR.BytesSent),
-			m.EndToEndMBps, m.CR.ThroughputMBps, lazy)
+			m.EndToEndMBps, m.CR.ThroughputBps/1e6, lazy)
 	}
 	tw.Flush()
 	for _, w := range res.Workloads {

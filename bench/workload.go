@@ -47,7 +47,7 @@ type crCheckpoint struct {
 	RawBytes         int64   `json:"raw_bytes"`
 	ImageBytes       int64   `json:"image_bytes"`
 	CompressionRatio float64 `json:"compression_ratio"`
-	ThroughputMBps   float64 `json:"throughput_mb_per_s"`
+	ThroughputBps    float64 `json:"throughput_bytes_per_second"`
 }
 
 // crRestore is cr restore --json.
@@ -64,10 +64,10 @@ type crMigrate struct {
 	TransferSeconds  float64 `json:"transfer_seconds"`
 	RestoreSeconds   float64 `json:"restore_seconds"`
 	RawBytes         int64   `json:"raw_bytes"`
-	BytesSent        int64   `json:"bytes_sent"`
+	BytesSent        int64   `json:"sent_bytes"`
 	ArchiveBytes     int64   `json:"archive_bytes"`
 	CompressionRatio float64 `json:"compression_ratio"`
-	ThroughputMBps   float64 `json:"throughput_mb_per_s"`
+	ThroughputBps    float64 `json:"throughput_bytes_per_second"`
 	// --lazy: the memory that followed the running job.
 	PagesSeconds float64 `json:"pages_seconds,omitempty"`
 	PageBytes    int64   `json:"page_bytes,omitempty"`
@@ -335,7 +335,7 @@ func (e *env) migrate(ctx context.Context, j *job, lazy bool) (*MigrateResult, e
 }
 
 // serveDone matches cr serve's line for a finished migration, lazy or not.
-var serveDone = regexp.MustCompile(` (\S+): done(?: \(lazy\))?: .* received in (\S+), restored \d+ containers in ([^\s,]+)(?:,|$)`)
+var serveDone = regexp.MustCompile(` (\S+): done(?: \(lazy\))?: .* received in (\S+), restored \d+ containers? in ([^\s,]+)(?:,|$)`)
 
 // serveTimes reads the receive and restore times of the last migration of
 // path from cr serve's log.

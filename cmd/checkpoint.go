@@ -41,7 +41,8 @@ type CheckpointReport struct {
 	RawBytes         int64   `json:"raw_bytes"`
 	ImageBytes       int64   `json:"image_bytes"`
 	CompressionRatio float64 `json:"compression_ratio"`
-	ThroughputMBps   float64 `json:"throughput_mb_per_s"`
+	// ThroughputBytesPerSecond is the raw bytes over the dump and write.
+	ThroughputBytesPerSecond float64 `json:"throughput_bytes_per_second"`
 }
 
 func init() { register(newCheckpointCommand) }
@@ -103,12 +104,31 @@ func stagingDir(t *nstree.Tree) string {
 	return filepath.Join(t.StateDir, "staging")
 }
 
-// interruptible returns a context cancelled by SIGINT or SIGTERM.
+// errSignal is the cause of a context that interruptible cancelled.
+var errSignal = errors.New("interrupted by a signal")
+
+// interruptible returns a context cancelled, with the cause errSignal, by
+// SIGINT or SIGTERM.
 func interruptible(ctx context.Context) (context.Context, context.CancelFunc) {
 	if ctx == nil {
 		ctx = context.Background()
 	}
-	return signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
+	ctx, cancel := context.WithCancelCause(ctx)
+	ch := make(chan os.Signal, 1)
+	signal.Notify(ch, os.Interrupt, syscall.SIGTERM)
+	done := make(chan struct{})
+	go func() {
+		select {
+		case <-ch:
+			cancel(errSignal)
+		case <-done:
+		}
+	}()
+	return ctx, func() {
+		signal.Stop(ch)
+		close(done)
+		cancel(context.Canceled)
+	}
 }
 
 func runCheckpoint(ctx context.Context, out, errOut io.Writer, g *Global, o CheckpointOptions, path string) error {
@@ -140,19 +160,24 @@ func runCheckpoint(ctx context.Context, out, errOut io.Writer, g *Global, o Chec
 	})
 	prog.done()
 	if err != nil {
-		return err
+		return interrupted(ctx, err, e.show(n.Path)+" left running")
 	}
 	defer ck.Cleanup()
 	wstart := time.Now()
 	res, err := images.WriteFile(ctx, o.Output, ck.Dir, ck.Manifest, images.WriteOptions{
 		Compression: o.Compress,
 		Progress:    func(b int64) { prog.show("writing: %s", humanBytes(b)) },
+		Stats: func(s *images.Stats) {
+			if !o.LeaveRunning {
+				s.FrozenMicros = ck.FrozenSoFar().Microseconds() // frozen until written
+			}
+		},
 	})
 	prog.done()
 	if err != nil {
 		ck.Resume()
-		if errors.Is(err, context.Canceled) {
-			return fmt.Errorf("checkpoint interrupted; %s left running", e.show(n.Path))
+		if err := interrupted(ctx, err, e.show(n.Path)+" left running"); errors.As(err, new(interruptedError)) {
+			return err
 		}
 		return fmt.Errorf("write image: %w (%s left running)", err, e.show(n.Path))
 	}
@@ -173,15 +198,15 @@ func runCheckpoint(ctx context.Context, out, errOut io.Writer, g *Global, o Chec
 		rep.CompressionRatio = float64(res.RawBytes) / float64(res.ImageBytes)
 	}
 	if s := (ck.Dump + wdur).Seconds(); s > 0 {
-		rep.ThroughputMBps = float64(res.RawBytes) / 1e6 / s
+		rep.ThroughputBytesPerSecond = float64(res.RawBytes) / s
 	}
 	if o.JSON {
 		return writeJSON(out, rep)
 	}
-	fmt.Fprintf(out, "checkpointed %s (%d containers) to %s\n", rep.Path, rep.Containers, rep.Image)
+	fmt.Fprintf(out, "checkpointed %s (%s) to %s\n", rep.Path, plural(rep.Containers, "container", "containers"), rep.Image)
 	fmt.Fprintf(out, "  frozen %s, dump %s, write %s\n", dur(rep.FrozenSeconds), dur(rep.DumpSeconds), dur(rep.WriteSeconds))
 	fmt.Fprintf(out, "  pages scanned %d, written %d; %s raw, %s image (%.1fx), %.0f MB/s\n", rep.PagesScanned, rep.PagesWritten,
-		humanBytes(rep.RawBytes), humanBytes(rep.ImageBytes), rep.CompressionRatio, rep.ThroughputMBps)
+		humanBytes(rep.RawBytes), humanBytes(rep.ImageBytes), rep.CompressionRatio, rep.ThroughputBytesPerSecond/1e6)
 	if o.LeaveRunning {
 		fmt.Fprintf(out, "  %s keeps running\n", rep.Path)
 	}

@@ -11,7 +11,11 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/cr-dev/cr/criubin"
+	"github.com/cr-dev/cr/dump"
 	"github.com/cr-dev/cr/images"
+	"github.com/cr-dev/cr/images/criuimg"
+	"github.com/cr-dev/cr/images/store"
+	"github.com/cr-dev/cr/migrate"
 	"github.com/cr-dev/cr/nstree"
 )
 
@@ -29,6 +33,7 @@ func TestSplitRunArgs(t *testing.T) {
 		{[]string{"sleep", "--", "x"}, -1, "sleep", "x"},
 		{[]string{"echo"}, -1, "", "echo"},
 		{[]string{"", "--", "sleep", "1"}, -1, "", "sleep 1"}, // an empty PATH is given, and refused
+		{[]string{"/x"}, -1, "/x", ""},                        // a path without a command: cr run says so
 	}
 	for _, c := range cases {
 		p, given, cmd := splitRunArgs(append([]string(nil), c.args...), c.dash)
@@ -71,6 +76,13 @@ func TestExitCodes(t *testing.T) {
 		{images.ErrUnsupportedVersion, ExitImage},
 		{errNoImage, ExitNotFound},
 		{fmt.Errorf("%w: frozen", nstree.ErrState), ExitState},
+		{fmt.Errorf("authenticate: %w: the server refused our credentials", migrate.ErrAuth), ExitAuth},
+		{fmt.Errorf("x: %w", migrate.ErrNoAuth), ExitUsage},
+		{fmt.Errorf("snapshot: %w", store.ErrLocked), ExitLocked},
+		{fmt.Errorf("x: %w", dump.ErrBusy), ExitLocked},
+		{fmt.Errorf("x: %w", criuimg.ErrBadImage), ExitImage},
+		{interruptedError{"/lab left running"}, ExitInterrupted},
+		{exitStatus(42), 42},
 	}
 	for _, c := range cases {
 		if got := ExitCode(c.err); got != c.code {

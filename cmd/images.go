@@ -220,13 +220,13 @@ latest of a container with cr restore --store DIR PATH.`,
 				}
 			} else {
 				out := cmd.OutOrStdout()
-				fmt.Fprintf(out, "%d snapshots, %d chunks checked\n", rep.Snapshots, rep.Chunks)
+				fmt.Fprintf(out, "%s, %s checked\n", plural(rep.Snapshots, "snapshot", "snapshots"), plural(rep.Chunks, "chunk", "chunks"))
 				for _, d := range rep.Damaged {
 					fmt.Fprintf(out, "DAMAGED snapshot %s: file %s, chunk %s: %s\n", d.SnapshotID, d.File, d.Chunk, d.Reason)
 				}
 			}
 			if len(rep.Damaged) > 0 {
-				return fmt.Errorf("%w: %d damaged snapshots: %v", store.ErrDamaged, len(rep.DamagedSnapshots()), rep.DamagedSnapshots())
+				return fmt.Errorf("%w: %s: %v", store.ErrDamaged, plural(len(rep.DamagedSnapshots()), "damaged snapshot", "damaged snapshots"), rep.DamagedSnapshots())
 			}
 			return nil
 		},
@@ -253,7 +253,7 @@ latest of a container with cr restore --store DIR PATH.`,
 			}
 			ctx, cancel := interruptible(cmd.Context())
 			defer cancel()
-			return st.Export(ctx, s.ID, output, images.WriteOptions{Compression: compress})
+			return st.Export(ctx, s.ID, output, images.WriteOptions{Compression: compress, Stats: func(*images.Stats) {}})
 		},
 	}
 	export.Flags().StringVarP(&output, "output", "o", "", "image file to write")

@@ -33,9 +33,52 @@ type InspectReport struct {
 	Kernel      string             `json:"kernel"`       // of the dumping host
 	Arch        string             `json:"arch"`         // of the dumping host (GOARCH)
 	Root        string             `json:"root"`         // the checkpointed path in the dumping host's tree
-	Stats       *images.Stats      `json:"stats,omitempty"`
+	Stats       *InspectStats      `json:"stats,omitempty"`
 	Containers  []InspectContainer `json:"containers"` // in tree order, parents first
 }
+
+// InspectStats are the whole checkpoint's timings and sizes (the
+// manifest's stats, in seconds).
+type InspectStats struct {
+	FrozenSeconds float64 `json:"frozen_seconds"`
+	DumpSeconds   float64 `json:"dump_seconds"`
+	WriteSeconds  float64 `json:"write_seconds"`
+	RawBytes      int64   `json:"raw_bytes"`
+	ImageBytes    int64   `json:"image_bytes"`
+	PagesScanned  int64   `json:"pages_scanned"`
+	PagesWritten  int64   `json:"pages_written"`
+}
+
+// InspectDump is CRIU's statistics of one container's dump, in seconds.
+type InspectDump struct {
+	FreezingSeconds    float64 `json:"freezing_seconds"`
+	FrozenSeconds      float64 `json:"frozen_seconds"`
+	MemdumpSeconds     float64 `json:"memdump_seconds"`
+	MemwriteSeconds    float64 `json:"memwrite_seconds"`
+	PagesScanned       uint64  `json:"pages_scanned"`
+	PagesSkippedParent uint64  `json:"pages_skipped_parent"`
+	PagesWritten       uint64  `json:"pages_written"`
+	PagesLazy          uint64  `json:"pages_lazy"`
+}
+
+func inspectStats(s *images.Stats) *InspectStats {
+	if s == nil {
+		return nil
+	}
+	return &InspectStats{FrozenSeconds: microSeconds(s.FrozenMicros), DumpSeconds: microSeconds(s.DumpMicros), WriteSeconds: microSeconds(s.WriteMicros),
+		RawBytes: s.RawBytes, ImageBytes: s.ImageBytes, PagesScanned: s.PagesScanned, PagesWritten: s.PagesWritten}
+}
+
+func inspectDump(d *images.DumpStats) *InspectDump {
+	if d == nil {
+		return nil
+	}
+	return &InspectDump{FreezingSeconds: microSeconds(int64(d.FreezingTime)), FrozenSeconds: microSeconds(int64(d.FrozenTime)),
+		MemdumpSeconds: microSeconds(int64(d.MemdumpTime)), MemwriteSeconds: microSeconds(int64(d.MemwriteTime)),
+		PagesScanned: d.PagesScanned, PagesSkippedParent: d.PagesSkippedParent, PagesWritten: d.PagesWritten, PagesLazy: d.PagesLazy}
+}
+
+func microSeconds(us int64) float64 { return float64(us) / 1e6 }
 
 // InspectContainer is one container of an image.
 type InspectContainer struct {
@@ -50,7 +93,7 @@ type InspectContainer struct {
 	Limits     map[string]string `json:"limits,omitempty"`
 	Created    time.Time         `json:"created"`
 	InitPid    int               `json:"init_pid,omitempty"` // host pid at dump time
-	Dump       *images.DumpStats `json:"dump,omitempty"`     // CRIU's statistics of its dump
+	Dump       *InspectDump      `json:"dump,omitempty"`     // CRIU's statistics of its dump
 	ImageBytes int64             `json:"image_bytes"`        // its CRIU images, uncompressed
 	Memory     InspectMemory     `json:"memory"`             // summed over its processes
 	Processes  []InspectProcess  `json:"processes"`
@@ -73,7 +116,6 @@ type InspectProcess struct {
 
 func init() {
 	register(newInspectCommand)
-	mapError(criuimg.ErrBadImage, ExitImage)
 }
 
 func newInspectCommand(g *Global) *cobra.Command {
@@ -157,7 +199,7 @@ func inspectImage(ctx context.Context, image string) (*InspectReport, error) {
 		Kernel:      m.Kernel,
 		Arch:        m.Arch,
 		Root:        m.Root,
-		Stats:       m.Stats,
+		Stats:       inspectStats(m.Stats),
 		Containers:  []InspectContainer{},
 	}
 	sizes := make(map[string]int64, len(m.Files))
@@ -180,7 +222,7 @@ func inspectContainer(dir string, m *images.Manifest, c images.Container, sizes 
 		Path: c.Path, Original: path.Join(m.Root, c.Path), Empty: c.Empty,
 		Command: c.Command, Cwd: c.Cwd, Env: c.Env, Namespaces: c.Namespaces,
 		OnEmpty: c.OnEmpty, Limits: c.Limits, Created: c.Created, InitPid: c.InitPid,
-		Dump: c.Dump, Processes: []InspectProcess{},
+		Dump: inspectDump(c.Dump), Processes: []InspectProcess{},
 	}
 	if c.Dir == "" {
 		return ic, nil
@@ -236,23 +278,26 @@ func writeTrimmed(out io.Writer, text []byte) error {
 // printInspect writes the human form of r to a buffer.
 func printInspect(out *bytes.Buffer, r *InspectReport) {
 	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-	fmt.Fprintf(tw, "Image:\t%s, %s (%s unpacked, %d entries)\n", r.Image, humanBytes(r.ImageBytes), humanBytes(r.RawBytes), r.Entries)
+	fmt.Fprintf(tw, "Image:\t%s, %s (%s unpacked, %s)\n", r.Image, humanBytes(r.ImageBytes), humanBytes(r.RawBytes), plural(r.Entries, "entry", "entries"))
 	fmt.Fprintf(tw, "Format:\t%s version %d\n", r.Format, r.Version)
 	fmt.Fprintf(tw, "Created:\t%s by cr %s with CRIU %s\n", r.Created.Local().Format(timeLayout), oneLine(r.CRVersion), r.CRIUVersion)
 	fmt.Fprintf(tw, "Host:\tkernel %s, %s\n", oneLine(r.Kernel), oneLine(r.Arch))
-	fmt.Fprintf(tw, "Root:\t%s (%d containers)\n", r.Root, len(r.Containers))
+	fmt.Fprintf(tw, "Root:\t%s (%s)\n", r.Root, plural(len(r.Containers), "container", "containers"))
 	if s := r.Stats; s != nil {
 		var parts []string
-		if s.FrozenMicros > 0 {
-			parts = append(parts, "frozen "+micros(s.FrozenMicros))
+		if s.FrozenSeconds > 0 {
+			parts = append(parts, "frozen "+dur(s.FrozenSeconds))
 		}
-		if s.DumpMicros > 0 {
-			parts = append(parts, "dump "+micros(s.DumpMicros))
+		if s.DumpSeconds > 0 {
+			parts = append(parts, "dump "+dur(s.DumpSeconds))
 		}
-		if s.WriteMicros > 0 {
-			parts = append(parts, "write "+micros(s.WriteMicros))
+		if s.WriteSeconds > 0 {
+			parts = append(parts, "write "+dur(s.WriteSeconds))
 		}
 		parts = append(parts, fmt.Sprintf("pages scanned %d, written %d", s.PagesScanned, s.PagesWritten))
+		if s.RawBytes > 0 {
+			parts = append(parts, fmt.Sprintf("%s raw, %s image", humanBytes(s.RawBytes), humanBytes(s.ImageBytes)))
+		}
 		fmt.Fprintf(tw, "Dump:\t%s\n", strings.Join(parts, ", "))
 	}
 	fmt.Fprintln(tw)
@@ -282,7 +327,7 @@ func printContainer(out *bytes.Buffer, c InspectContainer) {
 	fmt.Fprintf(out, ", CRIU images %s\n", humanBytes(c.ImageBytes))
 	if d := c.Dump; d != nil {
 		fmt.Fprintf(out, "  dump: frozen %s (freezing %s, memdump %s, memwrite %s), pages scanned %d, written %d",
-			micros(int64(d.FrozenTime)), micros(int64(d.FreezingTime)), micros(int64(d.MemdumpTime)), micros(int64(d.MemwriteTime)),
+			dur(d.FrozenSeconds), dur(d.FreezingSeconds), dur(d.MemdumpSeconds), dur(d.MemwriteSeconds),
 			d.PagesScanned, d.PagesWritten)
 		if d.PagesLazy > 0 {
 			fmt.Fprintf(out, ", lazy %d", d.PagesLazy)
@@ -352,8 +397,4 @@ func fileTarget(f criuimg.File) string {
 		fmt.Fprintf(&b, " (%s)", s.State)
 	}
 	return b.String()
-}
-
-func micros(us int64) string {
-	return dur(float64(us) / 1e6)
 }

@@ -131,6 +131,14 @@ func mustProcs(n *nstree.Node) []int {
 	return p
 }
 
+// plural is "1 container", "2 containers".
+func plural(n int, one, many string) string {
+	if n == 1 {
+		return "1 " + one
+	}
+	return fmt.Sprintf("%d %s", n, many)
+}
+
 func humanBytes(b int64) string {
 	const unit = 1024
 	if b < unit {

@@ -39,10 +39,11 @@ type MigrateReport struct {
 	TransferSeconds  float64        `json:"transfer_seconds"`
 	RestoreSeconds   float64        `json:"restore_seconds"`
 	RawBytes         int64          `json:"raw_bytes"`
-	BytesSent        int64          `json:"bytes_sent"`    // all bytes on the wire
+	SentBytes        int64          `json:"sent_bytes"`    // all bytes on the wire
 	ArchiveBytes     int64          `json:"archive_bytes"` // the compressed image stream
 	CompressionRatio float64        `json:"compression_ratio"`
-	ThroughputMBps   float64        `json:"throughput_mb_per_s"`
+	// ThroughputBytesPerSecond is the raw bytes over the transfer.
+	ThroughputBytesPerSecond float64 `json:"throughput_bytes_per_second"`
 	// Lazy only: the memory that followed the running job.
 	PagesSeconds float64 `json:"pages_seconds,omitempty"`
 	PageBytes    int64   `json:"page_bytes,omitempty"`
@@ -50,9 +51,6 @@ type MigrateReport struct {
 
 func init() {
 	register(newMigrateCommand)
-	mapError(migrate.ErrTargetExists, ExitExists)
-	mapError(migrate.ErrRejected, ExitFailure)
-	mapError(migrate.ErrInDoubt, ExitFailure)
 }
 
 var errUnsupported = errors.New("not implemented")
@@ -168,7 +166,9 @@ func runMigrate(ctx context.Context, out io.Writer, g *Global, o MigrateOptions,
 			return raw + 1<<20, nil
 		},
 		Body: func(ctx context.Context, w io.Writer) error {
-			_, err := images.WriteArchive(ctx, w, ck.Dir, ck.Manifest, images.WriteOptions{})
+			_, err := images.WriteArchive(ctx, w, ck.Dir, ck.Manifest, images.WriteOptions{
+				Stats: func(s *images.Stats) { s.FrozenMicros = ck.FrozenSoFar().Microseconds() },
+			})
 			return err
 		},
 		Pages: func() map[int]*os.File {
@@ -203,13 +203,13 @@ func runMigrate(ctx context.Context, out io.Writer, g *Global, o MigrateOptions,
 	default:
 		if ck != nil {
 			ck.Resume()
-			return fmt.Errorf("%w (%s left running here)", err, e.show(n.Path))
+			return interrupted(ctx, fmt.Errorf("%w (%s left running here)", err, e.show(n.Path)), e.show(n.Path)+" left running")
 		}
-		return err
+		return interrupted(ctx, err, e.show(n.Path)+" left running")
 	}
 	rep := MigrateReport{Path: e.show(n.Path), Host: host, Target: as, Pids: info.Pids, Lazy: o.Lazy, DowntimeSeconds: downtime.Seconds(),
 		TotalSeconds: stats.Elapsed.Seconds(), DumpSeconds: stats.Prepare.Seconds(), TransferSeconds: stats.Transfer.Seconds(),
-		RestoreSeconds: stats.Restore.Seconds(), RawBytes: raw, BytesSent: stats.BytesSent, ArchiveBytes: stats.ArchiveBytes,
+		RestoreSeconds: stats.Restore.Seconds(), RawBytes: raw, SentBytes: stats.BytesSent, ArchiveBytes: stats.ArchiveBytes,
 		PagesSeconds: stats.Pages.Seconds(), PageBytes: stats.PageBytes}
 	if rep.Target == "" {
 		rep.Target = n.Path
@@ -218,7 +218,7 @@ func runMigrate(ctx context.Context, out io.Writer, g *Global, o MigrateOptions,
 		rep.CompressionRatio = float64(raw) / float64(stats.ArchiveBytes)
 	}
 	if s := stats.Transfer.Seconds(); s > 0 {
-		rep.ThroughputMBps = float64(raw) / 1e6 / s
+		rep.ThroughputBytesPerSecond = float64(raw) / s
 	}
 	if o.JSON {
 		return writeJSON(out, rep)
@@ -226,7 +226,7 @@ func runMigrate(ctx context.Context, out io.Writer, g *Global, o MigrateOptions,
 	fmt.Fprintf(out, "migrated %s to %s:%s\n", rep.Path, host, rep.Target)
 	fmt.Fprintf(out, "  downtime %s (dump %s, transfer %s, restore %s), total %s\n", dur(rep.DowntimeSeconds), dur(rep.DumpSeconds),
 		dur(rep.TransferSeconds), dur(rep.RestoreSeconds), dur(rep.TotalSeconds))
-	fmt.Fprintf(out, "  image: %s raw, %s sent (%.1fx), %.0f MB/s\n", humanBytes(raw), humanBytes(rep.ArchiveBytes), rep.CompressionRatio, rep.ThroughputMBps)
+	fmt.Fprintf(out, "  image: %s raw, %s sent (%.1fx), %.0f MB/s\n", humanBytes(raw), humanBytes(rep.ArchiveBytes), rep.CompressionRatio, rep.ThroughputBytesPerSecond/1e6)
 	if o.Lazy {
 		fmt.Fprintf(out, "  lazy: %s of memory followed in %s after the job resumed\n", humanBytes(rep.PageBytes), dur(rep.PagesSeconds))
 	}

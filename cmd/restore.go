@@ -98,10 +98,7 @@ func runRestore(ctx context.Context, out io.Writer, g *Global, o RestoreOptions,
 		defer os.RemoveAll(dir)
 		err = restoreExtracted(ctx, out, e, dir, m, as, ropts, o.JSON)
 	}
-	if err != nil && ctx.Err() != nil {
-		return fmt.Errorf("restore interrupted; nothing was restored (%w)", context.Cause(ctx))
-	}
-	return err
+	return interrupted(ctx, err, "nothing was restored")
 }
 
 // restoreExtracted restores a verified, extracted image and reports it.
@@ -124,7 +121,7 @@ func restoreExtracted(ctx context.Context, out io.Writer, e *env, dir string, m 
 	if asJSON {
 		return writeJSON(out, rep)
 	}
-	fmt.Fprintf(out, "restored %s (%d containers) in %s\n", rep.Path, len(rep.Containers), dur(rep.ElapsedSeconds))
+	fmt.Fprintf(out, "restored %s (%s) in %s\n", rep.Path, plural(len(rep.Containers), "container", "containers"), dur(rep.ElapsedSeconds))
 	paths := append([]string(nil), rep.Containers...)
 	sort.Strings(paths)
 	for _, p := range paths {

@@ -22,7 +22,9 @@ var Version = "0.1.0-dev"
 
 // Global holds the flags every command shares.
 type Global struct {
-	CRIU string // --criu: the CRIU binary to use
+	CRIU    string // --criu: the CRIU binary to use
+	Quiet   bool   // -q: print only errors
+	Verbose bool   // -v: also CRIU's log paths and the timing of each phase
 }
 
 var commands []func(*Global) *cobra.Command
@@ -47,66 +49,131 @@ anything above it.`,
 		SilenceErrors: true,
 	}
 	root.PersistentFlags().StringVar(&g.CRIU, "criu", "", "CRIU binary to use (default: $CR_CRIU, then /usr/local/libexec/cr/criu, then criu on PATH)")
+	root.PersistentFlags().BoolVarP(&g.Quiet, "quiet", "q", false, "print only errors (no progress, no report)")
+	root.PersistentFlags().BoolVarP(&g.Verbose, "verbose", "v", false, "also print CRIU's log paths and the time of each phase")
+	root.MarkFlagsMutuallyExclusive("quiet", "verbose")
+	// Required flags and flag groups are checked here, before cobra would,
+	// so that their errors are usage errors.
+	root.PersistentPreRunE = func(c *cobra.Command, _ []string) error {
+		if err := c.ValidateRequiredFlags(); err != nil {
+			return usageError{err}
+		}
+		if err := c.ValidateFlagGroups(); err != nil {
+			return usageError{err}
+		}
+		return nil
+	}
 	var cmds []*cobra.Command
 	for _, f := range commands {
 		cmds = append(cmds, f(g))
 	}
 	sort.Slice(cmds, func(i, j int) bool { return cmds[i].Name() < cmds[j].Name() })
 	for _, c := range cmds {
-		addExitStatusHelp(c)
-		if args := c.Args; args != nil {
-			c.Args = func(cmd *cobra.Command, a []string) error {
-				if err := args(cmd, a); err != nil {
-					return usageError{err}
-				}
-				return nil
-			}
-		}
 		root.AddCommand(c)
 	}
-	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error { return usageError{err} })
+	setupCommand(root)
 	addCompletions(root)
 	return root
 }
 
-// addExitStatusHelp ends the help of c and of each of its subcommands with
-// the exit-status table.
-func addExitStatusHelp(c *cobra.Command) {
-	if c.Long == "" {
-		c.Long = c.Short
+// setupCommand gives c and every command below it the exit-status table in
+// its help, usage errors for bad arguments and flags, and, for a command
+// that only groups others (cr images), an error for an unknown subcommand.
+func setupCommand(c *cobra.Command) {
+	if c.HasParent() {
+		if c.Long == "" {
+			c.Long = c.Short
+		}
+		c.Long += exitStatusHelp
 	}
-	c.Long += exitStatusHelp
-	for _, sub := range c.Commands() {
-		addExitStatusHelp(sub)
+	if c.HasSubCommands() && c.Run == nil && c.RunE == nil {
+		c.Args = cobra.ArbitraryArgs
+		c.RunE = func(cmd *cobra.Command, a []string) error {
+			if len(a) > 0 {
+				return usageError{fmt.Errorf("unknown command %q for %q (see %s --help)", a[0], cmd.CommandPath(), cmd.CommandPath())}
+			}
+			return cmd.Help()
+		}
+		// Its arguments are its subcommands, which cobra completes.
+		c.ValidArgsFunction = cobra.NoFileCompletions
+	}
+	if args := c.Args; args != nil {
+		c.Args = func(cmd *cobra.Command, a []string) error {
+			if err := args(cmd, a); err != nil {
+				return usageError{err}
+			}
+			return nil
+		}
+	}
+	c.SetFlagErrorFunc(func(c *cobra.Command, err error) error { return usageError{err} })
+	for _, s := range c.Commands() {
+		setupCommand(s)
 	}
 }
 
 // Execute runs cr with os.Args and returns the process exit status.
 func Execute() int {
-	root := NewRoot()
-	err := root.Execute()
-	if err == nil {
-		return 0
-	}
-	if se, ok := err.(exitStatus); ok {
-		return int(se)
-	}
-	fmt.Fprintln(os.Stderr, "Error:", errorText(err))
-	var ce *criubin.CRIUError
-	if errors.As(err, &ce) && len(ce.Lines) > 0 {
-		fmt.Fprintln(os.Stderr, "CRIU said:")
-		for _, l := range ce.Lines {
-			fmt.Fprintln(os.Stderr, "  "+oneLine(l))
-		}
-	}
-	return ExitCode(err)
+	return execute(NewRoot(), os.Args[1:], os.Stdout, os.Stderr)
 }
 
-// exitStatus is returned by commands whose status is another program's
-// (cr enter): no message, just the status.
-type exitStatus int
+// execute runs root with args and reports a failure on errOut: as text, or
+// under --json as one JSON object (see writeError).
+func execute(root *cobra.Command, args []string, out, errOut io.Writer) int {
+	root.SetArgs(args)
+	root.SetOut(out)
+	root.SetErr(errOut)
+	c, err := root.ExecuteC()
+	if err == nil {
+		return ExitOK
+	}
+	code := ExitCode(err)
+	if _, ok := err.(exitStatus); ok {
+		return code
+	}
+	if f := c.Flags().Lookup("json"); f != nil && f.Value.String() == "true" {
+		writeError(errOut, err, code)
+		return code
+	}
+	if ie, ok := err.(interruptedError); ok {
+		fmt.Fprintln(errOut, errorText(ie))
+		return code
+	}
+	fmt.Fprintln(errOut, "Error:", errorText(err))
+	var ce *criubin.CRIUError
+	if errors.As(err, &ce) && len(ce.Lines) > 0 {
+		fmt.Fprintln(errOut, "CRIU said:")
+		for _, l := range ce.Lines {
+			fmt.Fprintln(errOut, "  "+oneLine(l))
+		}
+	}
+	return code
+}
 
-func (e exitStatus) Error() string { return fmt.Sprintf("exit status %d", int(e)) }
+// JSONError is what a command run with --json writes to stderr when it
+// fails: {"error": {...}}; stdout then has nothing.
+type JSONError struct {
+	Error JSONErrorBody `json:"error"`
+}
+
+// JSONErrorBody describes the failure.
+type JSONErrorBody struct {
+	Message string `json:"message"` // what cr would print after "Error: "
+	Code    int    `json:"code"`    // the exit status
+	Kind    string `json:"kind"`    // the exit status's name: "usage", "not_found", "criu", ...
+	// CRIU's own explanation, when CRIU failed.
+	CRIULines []string `json:"criu_lines,omitempty"`
+	CRIULog   string   `json:"criu_log,omitempty"`
+}
+
+func writeError(w io.Writer, err error, code int) {
+	e := JSONErrorBody{Message: err.Error(), Code: code, Kind: errKind(code)}
+	var ce *criubin.CRIUError
+	if errors.As(err, &ce) {
+		e.CRIULines, e.CRIULog = ce.Lines, ce.LogPath
+	}
+	b, _ := json.Marshal(JSONError{Error: e})
+	fmt.Fprintf(w, "%s\n", b)
+}
 
 // env is what most commands need: the tree, loaded, and who is looking.
 type env struct {

@@ -60,7 +60,8 @@ PATH is distinguished from CMD by a leading "/" or by the "--" after it.`,
 }
 
 // splitRunArgs separates [PATH] from CMD: with "--", everything before it
-// is the path; without, a first argument starting with "/" is the path.
+// is the path; without, a first argument starting with "/" is the path
+// (so "cr run /x" is a path without a command).
 // Flag parsing stops at the first argument, so a "--" after PATH arrives
 // as an argument rather than through ArgsLenAtDash. given tells an empty
 // PATH ("") from none.
@@ -79,7 +80,7 @@ func splitRunArgs(args []string, dash int) (path string, given bool, cmd []strin
 		return args[0], true, args[1:]
 	case dash == 0:
 		return "", false, args
-	case dash < 0 && len(args) > 1 && strings.HasPrefix(args[0], "/"):
+	case dash < 0 && len(args) > 0 && strings.HasPrefix(args[0], "/"):
 		return args[0], true, args[1:]
 	}
 	return "", false, args
@@ -87,7 +88,11 @@ func splitRunArgs(args []string, dash int) (path string, given bool, cmd []strin
 
 func runRun(out io.Writer, o RunOptions, path string, command []string) error {
 	if len(command) == 0 {
-		return usageError{fmt.Errorf("no command given")}
+		p := path
+		if p == "" {
+			p = "[PATH]"
+		}
+		return usageError{fmt.Errorf("missing command: cr run %s -- CMD [ARGS...]", p)}
 	}
 	if o.OnEmpty != nstree.OnEmptyDelete && o.OnEmpty != nstree.OnEmptyKeep {
 		return usageError{fmt.Errorf("invalid --on-empty %q: want delete or keep", o.OnEmpty)}

@@ -53,9 +53,6 @@ type ServeOptions struct {
 
 func init() {
 	register(newServeCommand)
-	mapError(migrate.ErrAuth, ExitDenied)
-	mapError(migrate.ErrNoAuth, ExitUsage)
-	mapError(errServeBusy, ExitLocked)
 }
 
 func newServeCommand(g *Global) *cobra.Command {

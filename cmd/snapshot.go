@@ -75,12 +75,6 @@ type RetentionEntry struct {
 
 func init() {
 	register(newSnapshotCommand)
-	mapError(store.ErrLocked, ExitLocked)
-	mapError(store.ErrNotFound, ExitNotFound)
-	mapError(store.ErrNoStore, ExitNotFound)
-	mapError(store.ErrAmbiguous, ExitUsage)
-	mapError(store.ErrDamaged, ExitImage)
-	mapError(dump.ErrBusy, ExitLocked)
 }
 
 func newSnapshotCommand(g *Global) *cobra.Command {
@@ -150,12 +144,12 @@ func runSnapshot(ctx context.Context, out, errOut io.Writer, g *Global, o Snapsh
 		CRIU: criu, CRIUVersion: ver.Code(), CRVersion: Version, StagingDir: stagingDir(e.tree), LeaveRunning: true,
 	})
 	if err != nil {
-		return err
+		return interrupted(ctx, err, e.show(n.Path)+" left running")
 	}
 	defer ck.Cleanup()
 	snap, err := st.Add(ctx, ck.Dir, ck.Manifest, time.Now())
 	if err != nil {
-		return fmt.Errorf("store snapshot: %w", err)
+		return interrupted(ctx, fmt.Errorf("store snapshot: %w", err), e.show(n.Path)+" left running")
 	}
 	rep := SnapshotReport{ID: snap.ID, Path: e.show(snap.Path), Time: snap.Time, FrozenSeconds: ck.Frozen.Seconds(),
 		AddedBytes: snap.AddedBytes, TotalBytes: snap.TotalBytes, Policy: pol.String()}

@@ -118,6 +118,7 @@ func Run(ctx context.Context, t *nstree.Tree, root *nstree.Node, o Options) (*Ch
 	c.Manifest = m
 	if o.LeaveRunning {
 		c.Resume()
+		m.Stats.FrozenMicros = c.Frozen.Microseconds()
 	}
 	return c, nil
 }
@@ -131,7 +132,7 @@ func checkAncestors(root *nstree.Node) error {
 			continue
 		}
 		if s, _ := f.State(); s != freeze.Thawed {
-			return fmt.Errorf("%w: %s is frozen; thaw it, or checkpoint it instead", nstree.ErrState, p.Path)
+			return fmt.Errorf("%w: %s is frozen: thaw %s first, or checkpoint %s instead", nstree.ErrState, p.Path, p.Path, p.Path)
 		}
 	}
 	return nil
@@ -259,6 +260,8 @@ func (c *Checkpoint) run(ctx context.Context, o Options) (*images.Manifest, erro
 			return nil, err
 		}
 	}
+	// Until an archive is written (images.WriteOptions), what is staged.
+	man.Stats.RawBytes = dirSize(c.Dir)
 	return man, nil
 }
 
@@ -497,6 +500,15 @@ func (c *Checkpoint) progress(f func(int64)) (stop func()) {
 		}
 	}()
 	return func() { close(done) }
+}
+
+// FrozenSoFar is how long the source has been frozen: until now while it
+// still is, else until it was resumed.
+func (c *Checkpoint) FrozenSoFar() time.Duration {
+	if !c.resumed && !c.frozenAt.IsZero() {
+		return time.Since(c.frozenAt)
+	}
+	return c.Frozen
 }
 
 // Bytes is the size of the staged images: an upper bound of what the image

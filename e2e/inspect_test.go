@@ -75,9 +75,9 @@ type inspected struct {
 	Empty      bool   `json:"empty"`
 	ImageBytes int64  `json:"image_bytes"`
 	Dump       *struct {
-		FrozenTime   uint32 `json:"frozen_time"`
-		PagesScanned uint64 `json:"pages_scanned"`
-		PagesWritten uint64 `json:"pages_written"`
+		FrozenTime   float64 `json:"frozen_seconds"`
+		PagesScanned uint64  `json:"pages_scanned"`
+		PagesWritten uint64  `json:"pages_written"`
 	} `json:"dump"`
 	Memory struct {
 		MappedBytes int64 `json:"mapped_bytes"`

@@ -39,7 +39,7 @@ type migrateReport struct {
 	TransferSeconds  float64        `json:"transfer_seconds"`
 	RestoreSeconds   float64        `json:"restore_seconds"`
 	RawBytes         int64          `json:"raw_bytes"`
-	BytesSent        int64          `json:"bytes_sent"`
+	BytesSent        int64          `json:"sent_bytes"`
 	ArchiveBytes     int64          `json:"archive_bytes"`
 	CompressionRatio float64        `json:"compression_ratio"`
 	PagesSeconds     float64        `json:"pages_seconds"`

@@ -44,6 +44,14 @@ type WriteOptions struct {
 	Progress func(done int64)
 	// Overwrite lets WriteFile replace an existing file.
 	Overwrite bool
+	// Stats, if set, fills the manifest's Stats (created when nil) just
+	// before the manifest is written: WriteMicros, RawBytes and ImageBytes
+	// are set to what was written so far (everything but the manifest and
+	// its trailer), then Stats is called with them, for the caller to add
+	// what it knows only then, such as how long the source has been
+	// frozen. Without it an archive depends only on the staging dir and
+	// the manifest.
+	Stats func(*Stats)
 }
 
 // WriteResult describes a written archive.
@@ -62,7 +70,7 @@ type WriteResult struct {
 func WriteArchive(ctx context.Context, w io.Writer, src string, m *Manifest, o WriteOptions) (WriteResult, error) {
 	start := time.Now()
 	out := &countWriter{w: w}
-	res, err := writeArchive(ctx, out, src, m, o)
+	res, err := writeArchive(ctx, out, src, m, o, start)
 	res.ImageBytes = out.n
 	res.Elapsed = time.Since(start)
 	if err != nil {
@@ -71,7 +79,7 @@ func WriteArchive(ctx context.Context, w io.Writer, src string, m *Manifest, o W
 	return res, nil
 }
 
-func writeArchive(ctx context.Context, out io.Writer, src string, m *Manifest, o WriteOptions) (WriteResult, error) {
+func writeArchive(ctx context.Context, out *countWriter, src string, m *Manifest, o WriteOptions, start time.Time) (WriteResult, error) {
 	var res WriteResult
 	bw := bufio.NewWriterSize(out, 256<<10)
 	var sink io.Writer = bw
@@ -131,6 +139,28 @@ func writeArchive(ctx context.Context, out io.Writer, src string, m *Manifest, o
 	res.RawBytes = aw.raw
 	if err != nil {
 		return res, err
+	}
+	if o.Stats != nil {
+		// What was written so far, every byte of it: the compressed
+		// blocks in flight count too.
+		if err := aw.tw.Flush(); err != nil {
+			return res, fmt.Errorf("flush tar: %w", err)
+		}
+		if enc != nil {
+			if err := enc.Flush(); err != nil {
+				return res, fmt.Errorf("flush zstd: %w", err)
+			}
+		}
+		if err := bw.Flush(); err != nil {
+			return res, err
+		}
+		if m.Stats == nil {
+			m.Stats = &Stats{}
+		}
+		m.Stats.WriteMicros = time.Since(start).Microseconds()
+		m.Stats.RawBytes = aw.raw
+		m.Stats.ImageBytes = out.n
+		o.Stats(m.Stats)
 	}
 
 	mb, err := json.MarshalIndent(m, "", "  ")

@@ -365,3 +365,47 @@ func TestDecodeManifestRejects(t *testing.T) {
 		t.Fatalf("good manifest: %v", err)
 	}
 }
+
+// The manifest's stats say what was written, as the archive holds it: the
+// time, the raw bytes of every file, the image's bytes before the
+// manifest, and what the caller adds then (the time frozen).
+func TestWriteFillsStats(t *testing.T) {
+	files, dirs := testStaging()
+	src := makeStaging(t, files, dirs)
+	var raw int64
+	for _, f := range files {
+		raw += int64(len(f.data))
+	}
+	for _, compression := range []string{CompressionZstd, CompressionNone} {
+		t.Run(compression, func(t *testing.T) {
+			m := testManifest()
+			m.Stats = &Stats{DumpMicros: 1234, PagesWritten: 7}
+			path := filepath.Join(t.TempDir(), "lab.img")
+			res, err := WriteFile(context.Background(), path, src, m, WriteOptions{
+				Compression: compression,
+				Stats:       func(s *Stats) { s.FrozenMicros = 4321 },
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			vm, err := VerifyFile(context.Background(), path, Limits{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			s := vm.Stats
+			if s == nil {
+				t.Fatal("no stats in the manifest")
+			}
+			if s.FrozenMicros != 4321 || s.DumpMicros != 1234 || s.PagesWritten != 7 {
+				t.Errorf("stats %+v lost what the dumper and the caller filled", *s)
+			}
+			if s.RawBytes != raw || s.WriteMicros <= 0 {
+				t.Errorf("stats %+v: want raw_bytes %d and a write time", *s, raw)
+			}
+			// All but the manifest, its trailer and the end of the archive.
+			if s.ImageBytes <= 0 || s.ImageBytes >= res.ImageBytes || res.ImageBytes-s.ImageBytes > 64<<10 {
+				t.Errorf("image_bytes %d in the manifest, the image has %d", s.ImageBytes, res.ImageBytes)
+			}
+		})
+	}
+}

@@ -577,8 +577,12 @@ func (c *conn) migrate(ctx context.Context) string {
 		return c.fail(errors.New("restore: restorer finished without saying the tree resumed"), true)
 	}
 	c.release()
-	summary := fmt.Sprintf("%s received in %s, restored %d containers in %s",
-		formatBytes(n), received.Round(time.Millisecond), len(r.info.Paths), r.info.Elapsed.Round(time.Millisecond))
+	containers := fmt.Sprintf("%d containers", len(r.info.Paths))
+	if len(r.info.Paths) == 1 {
+		containers = "1 container"
+	}
+	summary := fmt.Sprintf("%s received in %s, restored %s in %s",
+		formatBytes(n), received.Round(time.Millisecond), containers, r.info.Elapsed.Round(time.Millisecond))
 	if c.req.Lazy {
 		if err := c.fc.sendJSON(msgComplete, completeMsg{Elapsed: r.pages}); err != nil {
 			return fmt.Sprintf("done, but COMPLETE not delivered (%v): the sender is in doubt", err)

@@ -163,7 +163,7 @@ func (t *Tree) Enter(n *Node, cmd []string) (int, error) {
 		return 0, fmt.Errorf("%w: %s has no running processes", ErrState, n.Path)
 	}
 	if n.State() != "running" {
-		return 0, fmt.Errorf("%w: %s is frozen; thaw it first", ErrState, n.Path)
+		return 0, fmt.Errorf("%w: %s is frozen: thaw %s first", ErrState, n.Path, n.Path)
 	}
 	if len(cmd) == 0 {
 		cmd = []string{"/bin/sh"}

@@ -77,9 +77,9 @@ type File struct {
 	// Path of a file, directory, device, fifo or tty; "pipe:[<id>]" for a
 	// pipe; the local name of a unix socket.
 	Path   string  `json:"path,omitempty"`
-	Access string  `json:"access,omitempty"` // "r", "w" or "rw", for files
-	Offset uint64  `json:"offset,omitempty"` // file position, for files
-	Size   uint64  `json:"size,omitempty"`   // size of a regular file at dump time
+	Access string  `json:"access,omitempty"`     // "r", "w" or "rw", for files
+	Offset uint64  `json:"offset,omitempty"`     // file position, for files
+	Size   uint64  `json:"size_bytes,omitempty"` // size of a regular file at dump time
 	Socket *Socket `json:"socket,omitempty"`
 }
 
