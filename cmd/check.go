@@ -28,9 +28,11 @@ type CheckItem struct {
 
 // CheckReport is what cr check reports (--json).
 type CheckReport struct {
-	Ready   bool        `json:"ready"`
-	Verdict string      `json:"verdict"`
-	Items   []CheckItem `json:"items"`
+	Ready       bool        `json:"ready"`
+	Verdict     string      `json:"verdict"`
+	CRIUPath    string      `json:"criu_path,omitempty"`
+	CRIUVersion string      `json:"criu_version,omitempty"` // "4.2.1"
+	Items       []CheckItem `json:"items"`
 }
 
 func init() { register(newCheckCommand) }
@@ -92,6 +94,7 @@ func runCheck(ctx context.Context, out io.Writer, g *Global, o CheckOptions) err
 	criuOK := false
 	var criuVer criubin.Version
 	_ = criubin.PrepareCache()
+	var criuVersion string
 	path, err := criubin.Find(g.CRIU)
 	if err != nil {
 		add(CheckItem{Name: "criu", Required: true, Value: "not found", Hint: "run scripts/provision.sh (builds CRIU 4.2.1) or pass --criu"})
@@ -100,6 +103,7 @@ func runCheck(ctx context.Context, out io.Writer, g *Global, o CheckOptions) err
 	} else {
 		criuVer = v
 		ok := v.Code() >= criubin.MinVersion
+		criuVersion = v.String()
 		add(CheckItem{Name: "criu", OK: ok, Required: true, Value: fmt.Sprintf("%s (%s)", path, v), Hint: "CRIU 4.1 or newer is needed (4.2 to dump inet sockets on kernels since 6.16): run scripts/provision.sh"})
 		if ok && root {
 			if err := criubin.Check(ctx, path); err != nil {
@@ -165,7 +169,10 @@ func runCheck(ctx context.Context, out io.Writer, g *Global, o CheckOptions) err
 	if criuOK && cgroupsOK && !o.NoProbe {
 		items = append(items, probeItems(ctx, g, path, criuVer, h)...)
 	}
-	rep := CheckReport{Ready: true, Items: items}
+	rep := CheckReport{Ready: true, Items: items, CRIUVersion: criuVersion}
+	if criuVersion != "" {
+		rep.CRIUPath = path
+	}
 	var missing []string
 	for _, it := range items {
 		if it.Required && !it.OK {

@@ -152,21 +152,24 @@ func runCheckpoint(ctx context.Context, out, errOut io.Writer, g *Global, o Chec
 	}
 	ctx, cancel := interruptible(ctx)
 	defer cancel()
-	prog := newProgress(errOut, o.JSON)
+	prog := newProgress(errOut, g, o.JSON)
+	prog.phase("dumping "+e.show(n.Path), subtreeMemory(n))
 	ck, err := dump.Run(ctx, e.tree, n, dump.Options{
 		CRIU: criu, CRIUVersion: ver.Code(), CRVersion: Version, StagingDir: stagingDir(e.tree),
 		LeaveRunning: o.LeaveRunning,
-		Progress:     func(b int64) { prog.show("dumping: %s staged", humanBytes(b)) },
+		Progress:     prog.update,
 	})
 	prog.done()
 	if err != nil {
 		return interrupted(ctx, err, e.show(n.Path)+" left running")
 	}
 	defer ck.Cleanup()
+	g.verbosef(errOut, "dumped %s in %s with %s (frozen so far %s)", e.show(n.Path), dur(ck.Dump.Seconds()), criu, dur(ck.FrozenSoFar().Seconds()))
 	wstart := time.Now()
+	prog.phase("writing "+o.Output, ck.Bytes())
 	res, err := images.WriteFile(ctx, o.Output, ck.Dir, ck.Manifest, images.WriteOptions{
 		Compression: o.Compress,
-		Progress:    func(b int64) { prog.show("writing: %s", humanBytes(b)) },
+		Progress:    prog.update,
 		Stats: func(s *images.Stats) {
 			if !o.LeaveRunning {
 				s.FrozenMicros = ck.FrozenSoFar().Microseconds() // frozen until written
@@ -182,6 +185,7 @@ func runCheckpoint(ctx context.Context, out, errOut io.Writer, g *Global, o Chec
 		return fmt.Errorf("write image: %w (%s left running)", err, e.show(n.Path))
 	}
 	wdur := time.Since(wstart)
+	g.verbosef(errOut, "wrote %s in %s: %s raw, %s image; CRIU's logs are in it (dump.log beside each container's images)", o.Output, dur(wdur.Seconds()), humanBytes(res.RawBytes), humanBytes(res.ImageBytes))
 	if !o.LeaveRunning {
 		ck.Frozen = time.Since(wstart) + ck.Dump // frozen until written
 		if err := ck.Finish(context.Background()); err != nil {
@@ -213,33 +217,14 @@ func runCheckpoint(ctx context.Context, out, errOut io.Writer, g *Global, o Chec
 	return nil
 }
 
+// subtreeMemory is the memory in use by the processes of the subtree at n:
+// about what a dump of it writes.
+func subtreeMemory(n *nstree.Node) int64 {
+	var b int64
+	n.Walk(func(m *nstree.Node) { b += nstree.UsageOf(mustProcs(m)).RSSBytes })
+	return b
+}
+
 func dur(s float64) string {
 	return time.Duration(s * float64(time.Second)).Round(100 * time.Microsecond).String()
-}
-
-// progress prints a self-overwriting line on a terminal, nothing elsewhere.
-type progress struct {
-	w     io.Writer
-	on    bool
-	shown bool
-}
-
-func newProgress(w io.Writer, quiet bool) *progress {
-	f, ok := w.(*os.File)
-	return &progress{w: w, on: ok && !quiet && isTerminal(f)}
-}
-
-func (p *progress) show(format string, a ...any) {
-	if !p.on {
-		return
-	}
-	p.shown = true
-	fmt.Fprintf(p.w, "\r\x1b[K"+format, a...)
-}
-
-func (p *progress) done() {
-	if p.shown {
-		fmt.Fprint(p.w, "\r\x1b[K")
-		p.shown = false
-	}
 }

@@ -113,7 +113,7 @@ latest of a container with cr restore --store DIR PATH.`,
 				return err
 			}
 			if asJSON {
-				return writeJSON(cmd.OutOrStdout(), map[string]any{"id": s.ID, "path": s.Path, "time": s.Time, "added_bytes": s.AddedBytes, "total_bytes": s.TotalBytes, "manifest": s.Manifest})
+				return writeJSON(cmd.OutOrStdout(), snapshotReport(s))
 			}
 			out := cmd.OutOrStdout()
 			fmt.Fprintf(out, "snapshot %s of %s at %s: %s, %s added\n", s.ID, s.Path, s.Time.Local().Format(time.RFC3339), humanBytes(s.TotalBytes), humanBytes(s.AddedBytes))
@@ -215,7 +215,7 @@ latest of a container with cr restore --store DIR PATH.`,
 				return err
 			}
 			if asJSON {
-				if err := writeJSON(cmd.OutOrStdout(), rep); err != nil {
+				if err := writeJSON(cmd.OutOrStdout(), verifyReport(rep)); err != nil {
 					return err
 				}
 			} else {
@@ -260,6 +260,58 @@ latest of a container with cr restore --store DIR PATH.`,
 	export.Flags().StringVar(&compress, "compress", "zstd", "compression: zstd or none")
 	c.AddCommand(ls, inspect, rm, prune, verify, export)
 	return c
+}
+
+// SnapshotInspect is what cr images inspect --json reports.
+type SnapshotInspect struct {
+	ID          string    `json:"id"`
+	Path        string    `json:"path"`
+	Time        time.Time `json:"time"`
+	AddedBytes  int64     `json:"added_bytes"`
+	TotalBytes  int64     `json:"total_bytes"`
+	CRVersion   string    `json:"cr_version"`
+	CRIUVersion string    `json:"criu_version"` // "4.2.1"
+	Kernel      string    `json:"kernel"`
+	Arch        string    `json:"arch"`
+	// Stats of the dump, as cr inspect reports them.
+	Stats      *InspectStats      `json:"stats,omitempty"`
+	Containers []images.Container `json:"containers"` // the manifest's (docs/image-format.md)
+}
+
+func snapshotReport(s *store.Snapshot) SnapshotInspect {
+	m := s.Manifest
+	return SnapshotInspect{ID: s.ID, Path: s.Path, Time: s.Time, AddedBytes: s.AddedBytes, TotalBytes: s.TotalBytes,
+		CRVersion: m.CRVersion, CRIUVersion: criuVersionString(m.CRIUVersion), Kernel: m.Kernel, Arch: m.Arch,
+		Stats: inspectStats(m.Stats), Containers: m.Containers}
+}
+
+// VerifyResult is what cr images verify --json reports.
+type VerifyResult struct {
+	Snapshots int            `json:"snapshots"` // checked
+	Chunks    int            `json:"chunks"`    // distinct chunks read and checked
+	Damaged   []DamageReport `json:"damaged"`
+}
+
+// DamageReport is one damaged file of a snapshot.
+type DamageReport struct {
+	SnapshotID string `json:"snapshot_id"`
+	File       string `json:"file"`
+	Chunk      string `json:"chunk,omitempty"`
+	Reason     string `json:"reason"`
+}
+
+func verifyReport(r store.VerifyReport) VerifyResult {
+	v := VerifyResult{Snapshots: r.Snapshots, Chunks: r.Chunks, Damaged: []DamageReport{}}
+	for _, d := range r.Damaged {
+		v.Damaged = append(v.Damaged, DamageReport{SnapshotID: d.SnapshotID, File: d.File, Chunk: d.Chunk, Reason: d.Reason})
+	}
+	return v
+}
+
+// criuVersionString is a manifest's CRIU version (40201) as CRIU prints
+// it ("4.2.1").
+func criuVersionString(code int) string {
+	return fmt.Sprintf("%d.%d.%d", code/10000, code/100%100, code%100)
 }
 
 // materializeSnapshot rebuilds a snapshot into a fresh staging directory,

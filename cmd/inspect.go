@@ -195,7 +195,7 @@ func inspectImage(ctx context.Context, image string) (*InspectReport, error) {
 		Version:     m.Version,
 		Created:     m.Created,
 		CRVersion:   m.CRVersion,
-		CRIUVersion: fmt.Sprintf("%d.%d.%d", m.CRIUVersion/10000, m.CRIUVersion/100%100, m.CRIUVersion%100),
+		CRIUVersion: criuVersionString(m.CRIUVersion),
 		Kernel:      m.Kernel,
 		Arch:        m.Arch,
 		Root:        m.Root,

@@ -92,7 +92,7 @@ refused with the reason.`,
   cr migrate --json /lab otherhost --token-file /etc/cr/token | jq .downtime_seconds`,
 		Args: cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return runMigrate(cmd.Context(), cmd.OutOrStdout(), g, o, args[0], args[1])
+			return runMigrate(cmd.Context(), cmd.OutOrStdout(), cmd.ErrOrStderr(), g, o, args[0], args[1])
 		},
 	}
 	c.Flags().StringVar(&o.As, "as", "", "restore at this path on the destination")
@@ -104,7 +104,7 @@ refused with the reason.`,
 	return c
 }
 
-func runMigrate(ctx context.Context, out io.Writer, g *Global, o MigrateOptions, path, host string) error {
+func runMigrate(ctx context.Context, out, errOut io.Writer, g *Global, o MigrateOptions, path, host string) error {
 	au, err := o.Auth.auth()
 	if err != nil {
 		return err
@@ -152,23 +152,33 @@ func runMigrate(ctx context.Context, out io.Writer, g *Global, o MigrateOptions,
 	var ck *dump.Checkpoint
 	var frozenAt, resumedAt time.Time
 	var raw int64
+	prog := newProgress(errOut, g, o.JSON)
+	defer prog.done()
 	mig := migrate.Migration{
 		Request: migrate.Request{Root: n.Path, As: as, CRVersion: Version, Lazy: o.Lazy},
 		Prepare: func(ctx context.Context) (int64, error) {
 			frozenAt = time.Now()
 			var err error
+			prog.phase("dumping "+e.show(n.Path), subtreeMemory(n))
 			ck, err = dump.Run(ctx, e.tree, n, dump.Options{CRIU: criu, CRIUVersion: ver.Code(), CRVersion: Version,
-				StagingDir: stagingDir(e.tree), Lazy: o.Lazy})
+				StagingDir: stagingDir(e.tree), Lazy: o.Lazy, Progress: prog.update})
+			prog.done()
 			if err != nil {
 				return 0, err
 			}
 			raw = ck.Bytes()
+			g.verbosef(errOut, "dumped %s in %s with %s", e.show(n.Path), dur(time.Since(frozenAt).Seconds()), criu)
 			return raw + 1<<20, nil
 		},
 		Body: func(ctx context.Context, w io.Writer) error {
-			_, err := images.WriteArchive(ctx, w, ck.Dir, ck.Manifest, images.WriteOptions{
-				Stats: func(s *images.Stats) { s.FrozenMicros = ck.FrozenSoFar().Microseconds() },
+			prog.phase("sending to "+host, raw)
+			start := time.Now()
+			res, err := images.WriteArchive(ctx, w, ck.Dir, ck.Manifest, images.WriteOptions{
+				Progress: prog.update,
+				Stats:    func(s *images.Stats) { s.FrozenMicros = ck.FrozenSoFar().Microseconds() },
 			})
+			prog.done()
+			g.verbosef(errOut, "sent %s (%s compressed) in %s", humanBytes(res.RawBytes), humanBytes(res.ImageBytes), dur(time.Since(start).Seconds()))
 			return err
 		},
 		Pages: func() map[int]*os.File {
@@ -182,7 +192,9 @@ func runMigrate(ctx context.Context, out io.Writer, g *Global, o MigrateOptions,
 	}
 	info, stats, err := migrate.Migrate(ctx, host, au, mig)
 	if errors.Is(err, migrate.ErrNoLazy) && o.Fallback {
-		fmt.Fprintf(os.Stderr, "cr migrate: %v; migrating stop-and-copy (--fallback)\n", err)
+		if !g.Quiet {
+			fmt.Fprintf(errOut, "cr migrate: %v; migrating stop-and-copy (--fallback)\n", err)
+		}
 		o.Lazy, mig.Request.Lazy = false, false
 		info, stats, err = migrate.Migrate(ctx, host, au, mig)
 	}

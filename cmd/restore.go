@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"sort"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -49,7 +50,7 @@ resume together once all are restored; if any fails, nothing is left.`,
   cr restore --store /var/lib/cr/snapshots 3fa9c2   # a snapshot by id`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return runRestore(cmd.Context(), cmd.OutOrStdout(), g, o, args[0])
+			return runRestore(cmd.Context(), cmd.OutOrStdout(), cmd.ErrOrStderr(), g, o, args[0])
 		},
 	}
 	c.Flags().StringVar(&o.Store, "store", "", "restore a snapshot from this store: IMAGE is then an id, a container path (its latest snapshot) or \"latest\"")
@@ -58,7 +59,7 @@ resume together once all are restored; if any fails, nothing is left.`,
 	return c
 }
 
-func runRestore(ctx context.Context, out io.Writer, g *Global, o RestoreOptions, image string) error {
+func runRestore(ctx context.Context, out, errOut io.Writer, g *Global, o RestoreOptions, image string) error {
 	e, err := openEnv()
 	if err != nil {
 		return err
@@ -84,6 +85,8 @@ func runRestore(ctx context.Context, out io.Writer, g *Global, o RestoreOptions,
 	ropts := restore.Options{CRIU: criu, CRIUVersion: ver.Code(), StagingDir: stagingDir(e.tree)}
 	var dir string
 	var m *images.Manifest
+	prog := newProgress(errOut, g, o.JSON)
+	start := time.Now()
 	if o.Store != "" {
 		dir, m, err = materializeSnapshot(ctx, o.Store, ropts.StagingDir, image)
 	} else {
@@ -92,9 +95,16 @@ func runRestore(ctx context.Context, out io.Writer, g *Global, o RestoreOptions,
 			return oerr
 		}
 		defer f.Close()
-		dir, m, err = restore.Extract(ctx, f, image, ropts)
+		var size int64
+		if fi, err := f.Stat(); err == nil {
+			size = fi.Size()
+		}
+		prog.phase("reading "+image, size)
+		dir, m, err = restore.Extract(ctx, prog.reader(f), image, ropts)
+		prog.done()
 	}
 	if err == nil {
+		g.verbosef(errOut, "verified and extracted %s in %s", image, dur(time.Since(start).Seconds()))
 		defer os.RemoveAll(dir)
 		err = restoreExtracted(ctx, out, e, dir, m, as, ropts, o.JSON)
 	}

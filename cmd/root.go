@@ -53,13 +53,16 @@ anything above it.`,
 	root.PersistentFlags().BoolVarP(&g.Verbose, "verbose", "v", false, "also print CRIU's log paths and the time of each phase")
 	root.MarkFlagsMutuallyExclusive("quiet", "verbose")
 	// Required flags and flag groups are checked here, before cobra would,
-	// so that their errors are usage errors.
+	// so that their errors are usage errors. -q silences stdout.
 	root.PersistentPreRunE = func(c *cobra.Command, _ []string) error {
 		if err := c.ValidateRequiredFlags(); err != nil {
 			return usageError{err}
 		}
 		if err := c.ValidateFlagGroups(); err != nil {
 			return usageError{err}
+		}
+		if g.Quiet {
+			c.SetOut(io.Discard)
 		}
 		return nil
 	}

@@ -49,7 +49,6 @@ type SnapshotOptions struct {
 	Keep     RetentionOptions
 	LockWait time.Duration
 	JSON     bool
-	Verbose  bool
 }
 
 // SnapshotReport is what cr snapshot reports (--json).
@@ -108,7 +107,6 @@ moment leaves every listed snapshot complete and restorable.`,
 	o.Keep.AddFlags(c.Flags())
 	c.Flags().DurationVar(&o.LockWait, "lock-wait", time.Minute, "how long to wait for another cr using the store")
 	c.Flags().BoolVar(&o.JSON, "json", false, "print a JSON report")
-	c.Flags().BoolVarP(&o.Verbose, "verbose", "v", false, "say what was stored, kept and removed")
 	_ = c.MarkFlagRequired("store")
 	return c
 }
@@ -140,14 +138,24 @@ func runSnapshot(ctx context.Context, out, errOut io.Writer, g *Global, o Snapsh
 		return err
 	}
 	defer unlock()
+	prog := newProgress(errOut, g, o.JSON)
+	prog.phase("dumping "+e.show(n.Path), subtreeMemory(n))
 	ck, err := dump.Run(ctx, e.tree, n, dump.Options{
 		CRIU: criu, CRIUVersion: ver.Code(), CRVersion: Version, StagingDir: stagingDir(e.tree), LeaveRunning: true,
+		Progress: prog.update,
 	})
+	prog.done()
 	if err != nil {
 		return interrupted(ctx, err, e.show(n.Path)+" left running")
 	}
 	defer ck.Cleanup()
+	g.verbosef(errOut, "dumped %s in %s with %s, frozen %s", e.show(n.Path), dur(ck.Dump.Seconds()), criu, dur(ck.Frozen.Seconds()))
+	astart := time.Now()
+	prog.phase("storing "+e.show(n.Path), ck.Bytes())
+	st.Progress = prog.update
 	snap, err := st.Add(ctx, ck.Dir, ck.Manifest, time.Now())
+	prog.done()
+	g.verbosef(errOut, "stored in %s", dur(time.Since(astart).Seconds()))
 	if err != nil {
 		return interrupted(ctx, fmt.Errorf("store snapshot: %w", err), e.show(n.Path)+" left running")
 	}
@@ -163,7 +171,7 @@ func runSnapshot(ctx context.Context, out, errOut io.Writer, g *Global, o Snapsh
 	if o.JSON {
 		return writeJSON(out, rep)
 	}
-	if o.Verbose {
+	if g.Verbose {
 		fmt.Fprintf(out, "snapshot %s of %s: frozen %s, %s added, %s in all\n", rep.ID, rep.Path, dur(rep.FrozenSeconds),
 			humanBytes(rep.AddedBytes), humanBytes(rep.TotalBytes))
 		if !pol.Empty() {

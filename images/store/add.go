@@ -101,6 +101,7 @@ type adder struct {
 	seen    map[string]bool // chunks in the store or written by this Add
 	pending []pendingChunk  // written to DIR/tmp, not yet renamed
 	added   int64
+	read    int64 // bytes of the staged files read so far
 }
 
 func (s *Store) add(ctx context.Context, stagingDir string, m *images.Manifest, at time.Time) (snap *Snapshot, err error) {
@@ -267,6 +268,10 @@ func (a *adder) chunkFile(e images.StagedEntry, buf []byte) (jobs []*chunkJob, s
 		}
 		h.Write(chunk)
 		size += int64(len(chunk))
+		a.read += int64(len(chunk))
+		if a.s.Progress != nil {
+			a.s.Progress(a.read)
+		}
 		var b []byte
 		select {
 		case b = <-a.free:

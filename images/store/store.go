@@ -104,6 +104,9 @@ type config struct {
 // call without waiting (ErrLocked if another holder has it).
 type Store struct {
 	dir string
+	// Progress, if set, is called as Add reads the staged files, with
+	// the bytes read so far.
+	Progress func(done int64)
 
 	mu    sync.Mutex
 	locks int // Lock calls of this Store not yet released
