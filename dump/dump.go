@@ -126,16 +126,22 @@ func Run(ctx context.Context, t *nstree.Tree, root *nstree.Node, o Options) (*Ch
 // checkAncestors refuses a subtree whose ancestors are frozen: CRIU could
 // not thaw the containers to dump them and would hang.
 func checkAncestors(root *nstree.Node) error {
-	for p := root.Parent; p != nil; p = p.Parent {
-		f, err := p.Freezer()
-		if err != nil {
-			continue
-		}
-		if s, _ := f.State(); s != freeze.Thawed {
-			return fmt.Errorf("%w: %s is frozen: thaw %s first, or checkpoint %s instead", nstree.ErrState, p.Path, p.Path, p.Path)
-		}
+	if root.Parent == nil {
+		return nil
+	}
+	if by := nstree.FrozenBy(root.Parent); by != root.Parent.Path || frozen(root.Parent) {
+		return fmt.Errorf("%w: %s is frozen: thaw %s first, or checkpoint %s instead", nstree.ErrState, by, by, by)
 	}
 	return nil
+}
+
+func frozen(n *nstree.Node) bool {
+	f, err := n.Freezer()
+	if err != nil {
+		return false
+	}
+	s, _ := f.State()
+	return s != freeze.Thawed
 }
 
 // checkNetns refuses containers that share a network namespace other

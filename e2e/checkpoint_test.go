@@ -368,7 +368,7 @@ func TestCheckpointctlReadsImage(t *testing.T) {
 		t.Errorf("checkpointctl: container %q, runtime %q; want ctlread, cr", c.Name, c.Runtime)
 	}
 	if c.Stats.PagesWritten == 0 || c.Stats.PagesWritten != dump.PagesWritten || c.Stats.PagesScanned != dump.PagesScanned ||
-		c.Stats.FrozenTime != dump.FrozenTime {
+		float64(c.Stats.FrozenTime)/1e6 != dump.FrozenTime { // microseconds there, seconds in cr's JSON
 		t.Errorf("checkpointctl's dump statistics %+v, cr inspect's %+v", c.Stats, *dump)
 	}
 	if c.Size.Pages != int64(c.Stats.PagesWritten)*4096 || c.Size.Total < c.Size.Pages {
@@ -393,38 +393,65 @@ func TestCheckpointctlReadsImage(t *testing.T) {
 	}
 }
 
-// An interrupted checkpoint leaves the job running and no image.
+// An interrupted checkpoint leaves the job running and no image, says so
+// in one line, and exits 130, whether the signal comes during the dump or
+// the write, with or without --leave-running.
 func TestCheckpointInterrupted(t *testing.T) {
 	j := startJob(t, "/intr", "--mem", "256")
 	before := j.ask(t)
-	img := image(t)
-	c := exec.Command(crBin, "checkpoint", "/intr", "-o", img)
-	c.Env = append(os.Environ(), env...)
-	var stderr bytes.Buffer
-	c.Stderr = &stderr
-	if err := c.Start(); err != nil {
-		t.Fatal(err)
+	interrupted := 0
+	for _, tc := range []struct {
+		sig          syscall.Signal
+		leaveRunning bool
+		delay        time.Duration
+	}{
+		{syscall.SIGINT, true, 150 * time.Millisecond},
+		{syscall.SIGINT, true, 450 * time.Millisecond},
+		{syscall.SIGTERM, false, 150 * time.Millisecond}, // last: a checkpoint that finishes ends the job
+	} {
+		img := image(t)
+		args := []string{"checkpoint", "/intr", "-o", img}
+		if tc.leaveRunning {
+			args = append(args, "--leave-running")
+		}
+		c := exec.Command(crBin, args...)
+		c.Env = append(os.Environ(), env...)
+		var stdout, stderr bytes.Buffer
+		c.Stdout, c.Stderr = &stdout, &stderr
+		if err := c.Start(); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(tc.delay) // inside the dump or the write of 256 MiB
+		_ = c.Process.Signal(tc.sig)
+		if err := c.Wait(); err == nil {
+			t.Logf("%v after %s: the checkpoint finished first", tc.sig, tc.delay)
+			if !tc.leaveRunning {
+				t.Skip("the checkpoint finished before the signal arrived; the job is gone")
+			}
+			continue
+		}
+		interrupted++
+		if code := c.ProcessState.ExitCode(); code != 130 || stderr.String() != "interrupted; /intr left running\n" || stdout.Len() > 0 {
+			t.Errorf("%v after %s: exit %d, stdout %q, stderr %q; want exit 130 and \"interrupted; /intr left running\"", tc.sig, tc.delay, code, stdout.String(), stderr.String())
+		}
+		if _, err := os.Stat(img); err == nil {
+			t.Errorf("an interrupted checkpoint left an image")
+		}
+		if ents, _ := os.ReadDir(filepath.Dir(img)); len(ents) != 0 {
+			t.Errorf("an interrupted checkpoint left files: %v", ents)
+		}
+		if l := ls(t)["/intr"]; l.State != "running" {
+			t.Fatalf("job after an interrupted checkpoint: %+v (%s)", l, stderr.String())
+		}
+		if !j.progresses(t, before.Counter) {
+			t.Errorf("job makes no progress after an interrupted checkpoint")
+		}
+		if r := j.ask(t); r.MemSHA != before.MemSHAAtInit {
+			t.Errorf("job memory changed by an interrupted checkpoint")
+		}
 	}
-	time.Sleep(150 * time.Millisecond) // inside the dump or the write of 256 MiB
-	_ = c.Process.Signal(syscall.SIGTERM)
-	err := c.Wait()
-	if err == nil {
-		t.Skipf("checkpoint finished before the signal arrived; nothing to test")
-	}
-	if _, err := os.Stat(img); err == nil {
-		t.Errorf("an interrupted checkpoint left an image")
-	}
-	if ents, _ := os.ReadDir(filepath.Dir(img)); len(ents) != 0 {
-		t.Errorf("an interrupted checkpoint left files: %v", ents)
-	}
-	if l := ls(t)["/intr"]; l.State != "running" {
-		t.Fatalf("job after an interrupted checkpoint: %+v (%s)", l, stderr.String())
-	}
-	if !j.progresses(t, before.Counter) {
-		t.Errorf("job makes no progress after an interrupted checkpoint")
-	}
-	if r := j.ask(t); r.MemSHA != before.MemSHAAtInit {
-		t.Errorf("job memory changed by an interrupted checkpoint")
+	if interrupted == 0 {
+		t.Skip("every checkpoint finished before the signal; nothing was tested")
 	}
 }
 
@@ -494,8 +521,8 @@ func TestRestoreInterrupted(t *testing.T) {
 			interrupted++
 		}
 		t.Logf("after %s: killed by the signal %v: %s", delay, killed, strings.TrimSpace(stderr.String()))
-		if !killed && !strings.Contains(stderr.String(), "restore interrupted; nothing was restored") {
-			t.Errorf("interrupted restore says %q", stderr.String())
+		if code := c.ProcessState.ExitCode(); !killed && (code != 130 || stderr.String() != "interrupted; nothing was restored\n") {
+			t.Errorf("interrupted restore: exit %d, stderr %q; want 130 and \"interrupted; nothing was restored\"", code, stderr.String())
 		}
 		if _, ok := ls(t)["/rintr"]; ok {
 			t.Errorf("an interrupted restore left /rintr")

@@ -321,12 +321,12 @@ func TestMigrateAuthRefused(t *testing.T) {
 		want    string
 		dialled bool // the daemon sees (and logs) the attempt
 	}{
-		{"wrong token", tok, []string{"--token-file", wrong}, 5, "authentication failed", true},
+		{"wrong token", tok, []string{"--token-file", wrong}, 11, "authentication failed", true},
 		{"no credentials", tok, nil, 2, "no authentication configured", false},
 		{"half of mutual TLS", mt, []string{"--cert", m("client.crt")}, 2, "mutual TLS needs a certificate, a key and a CA file: missing [key CA]", false},
-		{"token against mutual TLS", mt, []string{"--token-file", tok.token}, 5, "authentication failed", true},
-		{"client certificate of another CA", mt, []string{"--cert", o("client.crt"), "--key", o("client.key"), "--ca", m("ca.crt")}, 5, "authentication failed", true},
-		{"server certificate of another CA", mt, []string{"--cert", m("client.crt"), "--key", m("client.key"), "--ca", o("ca.crt")}, 5, "authentication failed", true},
+		{"token against mutual TLS", mt, []string{"--token-file", tok.token}, 11, "authentication failed", true},
+		{"client certificate of another CA", mt, []string{"--cert", o("client.crt"), "--key", o("client.key"), "--ca", m("ca.crt")}, 11, "authentication failed", true},
+		{"server certificate of another CA", mt, []string{"--cert", m("client.crt"), "--key", m("client.key"), "--ca", o("ca.crt")}, 11, "authentication failed", true},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

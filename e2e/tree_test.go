@@ -103,8 +103,19 @@ func TestRename(t *testing.T) {
 	}
 	mustCr(t, "thaw", "/rn/new")
 	wantFail(t, 4, "exists", "rename", "/rn/new", "/rn/taken")
-	wantFail(t, 1, "only the last name", "rename", "/rn/new", "/elsewhere/new")
+	wantFail(t, 2, "a container cannot move under another parent", "rename", "/rn/new", "/elsewhere/new")
 	wantFail(t, 3, "no such container", "rename", "/rn/nothing", "/rn/x")
+	// A bare name is the sibling: /rn/new becomes /rn/newer, not /newer.
+	killAtCleanup(t, "/rn")
+	mustCr(t, "rename", "/rn/new", "newer")
+	l = ls(t, "-r")
+	if _, ok := l["/rn/newer"]; !ok || l["/rn/newer/kid"].State != "running" {
+		t.Errorf("after cr rename /rn/new newer: %v", l)
+	}
+	if _, ok := l["/newer"]; ok {
+		t.Errorf("cr rename /rn/new newer made /newer")
+	}
+	wantFail(t, 4, "exists", "rename", "/rn/newer", "taken")
 }
 
 func TestKillSubtree(t *testing.T) {

@@ -163,7 +163,8 @@ func (t *Tree) Enter(n *Node, cmd []string) (int, error) {
 		return 0, fmt.Errorf("%w: %s has no running processes", ErrState, n.Path)
 	}
 	if n.State() != "running" {
-		return 0, fmt.Errorf("%w: %s is frozen: thaw %s first", ErrState, n.Path, n.Path)
+		by := FrozenBy(n)
+		return 0, fmt.Errorf("%w: %s is frozen: thaw %s first", ErrState, n.Path, by)
 	}
 	if len(cmd) == 0 {
 		cmd = []string{"/bin/sh"}
@@ -263,4 +264,19 @@ func (t *Tree) PruneExited() {
 func isTerminal(f *os.File) bool {
 	_, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS)
 	return err == nil
+}
+
+// FrozenBy is the path to thaw for the node at n to run again: the
+// highest of n and its ancestors whose cgroup is frozen (n itself when none
+// is).
+func FrozenBy(n *Node) string {
+	by := n.Path
+	for m := n; m != nil; m = m.Parent {
+		if f, err := m.Freezer(); err == nil {
+			if s, _ := f.State(); s != freeze.Thawed {
+				by = m.Path
+			}
+		}
+	}
+	return by
 }
