@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/spf13/cobra"
+
 	"github.com/cr-dev/cr/nstree"
 )
 
@@ -106,5 +108,36 @@ func TestRenameTarget(t *testing.T) {
 		if got != tc.want || msg != tc.err {
 			t.Errorf("renameTarget(%s, %q) = %q, %q; want %q, %q", tc.abs, tc.arg, got, msg, tc.want, tc.err)
 		}
+	}
+}
+
+// Every command and subcommand's --help, as a user sees it, has examples
+// and the exit-status table.
+func TestEverySubcommandHelp(t *testing.T) {
+	var walk func(c *cobra.Command)
+	n := 0
+	walk = func(c *cobra.Command) {
+		for _, s := range c.Commands() {
+			if s.Name() == "help" || s.Name() == "completion" {
+				continue
+			}
+			args := append(strings.Fields(strings.TrimPrefix(s.CommandPath(), "cr ")), "--help")
+			code, out, errOut := runCr(args...)
+			if code != 0 || errOut != "" {
+				t.Errorf("cr %s: exit %d, stderr %q", strings.Join(args, " "), code, errOut)
+			}
+			if !strings.Contains(out, "\nExamples:\n  cr ") {
+				t.Errorf("cr %s has no examples", strings.Join(args, " "))
+			}
+			if !strings.Contains(out, exitStatusHelp) {
+				t.Errorf("cr %s lacks the exit-status table", strings.Join(args, " "))
+			}
+			n++
+			walk(s)
+		}
+	}
+	walk(NewRoot())
+	if n < 25 {
+		t.Errorf("only %d commands visited", n)
 	}
 }
