@@ -195,27 +195,32 @@ func runCheck(ctx context.Context, out io.Writer, g *Global, o CheckOptions) err
 			return err
 		}
 	} else {
-		tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-		for _, it := range items {
-			mark := "ok"
-			if !it.OK {
-				mark = "--"
-				if it.Required {
-					mark = "FAIL"
-				}
-			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\n", mark, it.Name, it.Value)
-			if !it.OK && it.Hint != "" {
-				fmt.Fprintf(tw, "\t\thint: %s\n", it.Hint)
-			}
-		}
-		tw.Flush()
-		fmt.Fprintln(out, rep.Verdict)
+		printCheck(out, rep)
 	}
 	if !rep.Ready {
 		return exitStatus(ExitEnv)
 	}
 	return nil
+}
+
+// printCheck writes the table of cr check and its verdict.
+func printCheck(out io.Writer, rep CheckReport) {
+	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	for _, it := range rep.Items {
+		mark := "ok"
+		if !it.OK {
+			mark = "--"
+			if it.Required {
+				mark = "FAIL"
+			}
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\n", mark, it.Name, it.Value)
+		if !it.OK && it.Hint != "" {
+			fmt.Fprintf(tw, "\t\thint: %s\n", it.Hint)
+		}
+	}
+	tw.Flush()
+	fmt.Fprintln(out, rep.Verdict)
 }
 
 // netLockItem says how CRIU will lock the network of --net containers

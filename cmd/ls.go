@@ -1,6 +1,7 @@
 package cmd
 
 import (
+	"bytes"
 	"fmt"
 	"io"
 	"strings"
@@ -113,7 +114,8 @@ func runLs(out io.Writer, o LsOptions, p string) error {
 
 // printEntries prints cr ls's table.
 func printEntries(out io.Writer, entries []Entry) error {
-	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	var b bytes.Buffer
+	tw := tabwriter.NewWriter(&b, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "PATH\tSTATE\tPROCS\tMEM\tCPU\tAGE\tCOMMAND")
 	for _, en := range entries {
 		cmd := oneLine(strings.Join(en.Command, " "))
@@ -123,7 +125,8 @@ func printEntries(out io.Writer, entries []Entry) error {
 		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\t%s\n", nstree.Quote(en.Path), en.State, en.Processes, humanBytes(en.MemoryBytes),
 			time.Duration(en.CPUSeconds*float64(time.Second)).Round(10*time.Millisecond), humanAge(en.AgeSeconds), cmd)
 	}
-	return tw.Flush()
+	tw.Flush() // a bytes.Buffer does not fail
+	return writeTrimmed(out, b.Bytes())
 }
 
 func mustProcs(n *nstree.Node) []int {
