@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
 	"text/tabwriter"
 	"time"
 
@@ -12,6 +11,7 @@ import (
 
 	"github.com/cr-dev/cr/images"
 	"github.com/cr-dev/cr/images/store"
+	"github.com/cr-dev/cr/scratch"
 )
 
 func init() { register(newImagesCommand) }
@@ -317,10 +317,10 @@ func criuVersionString(code int) string {
 // materializeSnapshot rebuilds a snapshot into a fresh staging directory,
 // verifying every chunk; ref is an id (or prefix) or a container path for
 // its latest snapshot.
-func materializeSnapshot(ctx context.Context, dir, staging, ref string) (string, *images.Manifest, error) {
+func materializeSnapshot(ctx context.Context, dir, staging, ref string) (*scratch.Entry, *images.Manifest, error) {
 	st, err := store.Open(dir)
 	if err != nil {
-		return "", nil, err
+		return nil, nil, err
 	}
 	var s *store.Snapshot
 	if len(ref) > 0 && ref[0] == '/' {
@@ -331,22 +331,19 @@ func materializeSnapshot(ctx context.Context, dir, staging, ref string) (string,
 		s, err = st.Get(ref)
 	}
 	if err != nil {
-		return "", nil, err
+		return nil, nil, err
 	}
-	if err := os.MkdirAll(staging, 0o700); err != nil {
-		return "", nil, err
-	}
-	tmp, err := os.MkdirTemp(staging, "snap-")
+	tmp, err := scratch.Mkdir(staging, "snap-")
 	if err != nil {
-		return "", nil, err
+		return nil, nil, err
 	}
-	m, err := st.Materialize(ctx, s.ID, tmp)
+	m, err := st.Materialize(ctx, s.ID, tmp.Path)
 	if err != nil {
-		os.RemoveAll(tmp)
+		tmp.Remove()
 		if errors.Is(err, store.ErrDamaged) {
-			return "", nil, fmt.Errorf("snapshot %s is damaged; nothing was restored (cr images verify lists what is): %w", s.ID, err)
+			return nil, nil, fmt.Errorf("snapshot %s is damaged; nothing was restored (cr images verify lists what is): %w", s.ID, err)
 		}
-		return "", nil, err
+		return nil, nil, err
 	}
 	return tmp, m, nil
 }

@@ -16,6 +16,7 @@ import (
 
 	"github.com/cr-dev/cr/images"
 	"github.com/cr-dev/cr/images/criuimg"
+	"github.com/cr-dev/cr/scratch"
 )
 
 // InspectReport is what cr inspect reports (--json): the image as a whole
@@ -177,11 +178,12 @@ func inspectImage(ctx context.Context, image string) (*InspectReport, error) {
 		}
 		base = d
 	}
-	dir, err := os.MkdirTemp(base, "inspect-")
+	tmp, err := scratch.Mkdir(base, "inspect-")
 	if err != nil {
 		return nil, fmt.Errorf("create temporary dir: %w", err)
 	}
-	defer os.RemoveAll(dir)
+	defer tmp.Remove()
+	dir := tmp.Path
 	keep := func(name string) bool { return criuimg.Needs(path.Base(name)) }
 	m, err := images.ExtractSelected(ctx, f, dir, images.Limits{}, keep)
 	if err != nil {

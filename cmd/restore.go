@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"os"
 	"sort"
 	"time"
 
@@ -13,6 +12,7 @@ import (
 	"github.com/cr-dev/cr/images"
 	"github.com/cr-dev/cr/nstree"
 	"github.com/cr-dev/cr/restore"
+	"github.com/cr-dev/cr/scratch"
 )
 
 // RestoreOptions are the flags of cr restore.
@@ -83,7 +83,7 @@ func runRestore(ctx context.Context, out, errOut io.Writer, g *Global, o Restore
 	ctx, cancel := interruptible(ctx)
 	defer cancel()
 	ropts := restore.Options{CRIU: criu, CRIUVersion: ver.Code(), StagingDir: stagingDir(e.tree)}
-	var dir string
+	var dir *scratch.Entry
 	var m *images.Manifest
 	prog := newProgress(errOut, g, o.JSON)
 	start := time.Now()
@@ -105,8 +105,8 @@ func runRestore(ctx context.Context, out, errOut io.Writer, g *Global, o Restore
 	}
 	if err == nil {
 		g.verbosef(errOut, "verified and extracted %s in %s", image, dur(time.Since(start).Seconds()))
-		defer os.RemoveAll(dir)
-		err = restoreExtracted(ctx, out, e, dir, m, as, ropts, o.JSON)
+		defer dir.Remove()
+		err = restoreExtracted(ctx, out, e, dir.Path, m, as, ropts, o.JSON)
 	}
 	return interrupted(ctx, err, "nothing was restored")
 }

@@ -32,6 +32,7 @@ import (
 	"github.com/cr-dev/cr/freeze"
 	"github.com/cr-dev/cr/images"
 	"github.com/cr-dev/cr/nstree"
+	"github.com/cr-dev/cr/scratch"
 )
 
 // Options say how to checkpoint.
@@ -68,7 +69,15 @@ type Checkpoint struct {
 	resumed    bool
 	pages      []PageLink // lazy dumps serving their pages
 	netLock    criubin.NetLock
+	staging    *scratch.Entry
+	logs       *scratch.Entry // the lazy dumps' logs, beside staging
 }
+
+// Prefixes of the staging entries (see package scratch).
+const (
+	stagingPrefix = "ckpt-"
+	logsPrefix    = "ckpt-logs-"
+)
 
 // PageLink is a lazy dump's page server: CRIU, still running, holding the
 // memory of one container back, reached through Proc.Conn.
@@ -101,14 +110,12 @@ func Run(ctx context.Context, t *nstree.Tree, root *nstree.Node, o Options) (*Ch
 		return nil, err
 	}
 	defer unlock()
-	if err := os.MkdirAll(o.StagingDir, 0o700); err != nil {
-		return nil, fmt.Errorf("create staging area: %w", err)
-	}
-	dir, err := os.MkdirTemp(o.StagingDir, "ckpt-")
+	// A staging directory of a checkpoint that was killed is removed here.
+	dir, err := scratch.Mkdir(o.StagingDir, stagingPrefix)
 	if err != nil {
 		return nil, fmt.Errorf("create staging area: %w", err)
 	}
-	c := &Checkpoint{Dir: dir, tree: t, root: root}
+	c := &Checkpoint{Dir: dir.Path, staging: dir, tree: t, root: root}
 	m, err := c.run(ctx, o)
 	if err != nil {
 		c.Resume()
@@ -404,10 +411,14 @@ func (c *Checkpoint) dumpLazy(o Options, index int, m *member) error {
 	if err := os.MkdirAll(imgDir, 0o700); err != nil {
 		return err
 	}
-	if err := os.MkdirAll(c.logDir(), 0o700); err != nil {
-		return err
+	if c.logs == nil {
+		logs, err := scratch.Mkdir(filepath.Dir(c.Dir), logsPrefix)
+		if err != nil {
+			return err
+		}
+		c.logs = logs
 	}
-	log := filepath.Join(c.logDir(), fmt.Sprintf("dump-%d.log", index))
+	log := filepath.Join(c.logs.Path, fmt.Sprintf("dump-%d.log", index))
 	args := []string{"dump", "-t", strconv.Itoa(m.node.InitPid), "-D", imgDir, "-W", work,
 		"-o", log, "-v4", "--leave-running", "--freeze-cgroup", m.node.Leaf(), "--manage-cgroups",
 		"--cgroup-dump-controller", c.tree.CRIUController(), "--file-locks", "--lazy-pages"}
@@ -421,9 +432,6 @@ func (c *Checkpoint) dumpLazy(o Options, index int, m *member) error {
 	c.pages = append(c.pages, PageLink{Container: index, Path: m.node.Path, Proc: p})
 	return nil
 }
-
-// logDir holds the logs of lazy dumps.
-func (c *Checkpoint) logDir() string { return c.Dir + ".logs" }
 
 // endPages ends the page servers of a lazy dump: each CRIU sees its
 // socket close, lets go of its tasks (leaving them frozen) and exits.
@@ -568,8 +576,8 @@ func (c *Checkpoint) Finish(ctx context.Context) error {
 
 // Cleanup removes the staging directory.
 func (c *Checkpoint) Cleanup() {
-	_ = os.RemoveAll(c.Dir)
-	_ = os.RemoveAll(c.logDir())
+	_ = c.staging.Remove()
+	_ = c.logs.Remove()
 }
 
 // copyLog keeps the container's output so far beside its images, so that

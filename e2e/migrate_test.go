@@ -188,7 +188,7 @@ func TestMigrateLazy(t *testing.T) {
 func sourceLazyLogs(t *testing.T) []string {
 	var out []string
 	for _, n := range sourceStaging(t) {
-		if strings.HasSuffix(n, ".logs") {
+		if strings.HasPrefix(n, "ckpt-logs-") {
 			out = append(out, n)
 		}
 	}

@@ -14,11 +14,14 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"strings"
 	"syscall"
 	"time"
 
 	"github.com/klauspost/compress/zstd"
 	"golang.org/x/sys/unix"
+
+	"github.com/cr-dev/cr/scratch"
 )
 
 // Compression names accepted by WriteOptions.Compression.
@@ -303,9 +306,11 @@ func (c *countWriter) Write(p []byte) (int, error) {
 }
 
 // WriteFile writes the archive of src to path atomically: to a temporary file
-// ".<name>.tmp-*" in the same directory, synced, then renamed to path, and
-// the directory synced. On any error or cancellation nothing is left at path
-// nor in the directory. An existing path is an error (wrapping fs.ErrExist)
+// ".<name>.tmp-<16 hex digits>" in the same directory, synced, then renamed
+// to path, and the directory synced. On any error or cancellation nothing is
+// left at path nor in the directory; if the writer is killed, the next
+// WriteFile of the same name (or of any *.cr) in that directory removes the
+// temporary file (it is a scratch entry, locked while its writer lives). An existing path is an error (wrapping fs.ErrExist)
 // unless o.Overwrite is set. The file is created with mode 0600: images hold
 // process memory.
 func WriteFile(ctx context.Context, path string, src string, m *Manifest, o WriteOptions) (WriteResult, error) {
@@ -353,14 +358,16 @@ func writeFile(ctx context.Context, path string, src string, m *Manifest, o Writ
 	if dir == "" {
 		dir = "."
 	}
-	tmp, err := os.CreateTemp(dir, "."+base+".tmp-*")
+	// The temporary file of an earlier write that was killed goes first.
+	sweepTemp(dir)
+	tmpE, err := scratch.Create(dir, tempPrefix(base))
 	if err != nil {
 		return res, err
 	}
+	tmp := tmpE.File()
 	defer func() {
 		if err != nil {
-			tmp.Close()
-			os.Remove(tmp.Name())
+			tmpE.Remove()
 		}
 	}()
 	res, err = WriteArchive(ctx, tmp, src, m, o)
@@ -373,17 +380,31 @@ func writeFile(ctx context.Context, path string, src string, m *Manifest, o Writ
 	if err := tmp.Sync(); err != nil {
 		return res, err
 	}
-	if err := tmp.Close(); err != nil {
-		return res, err
-	}
+	// Renamed while still locked: a sweep never sees it unowned.
 	if err := rename(tmp.Name(), path, o.Overwrite); err != nil {
 		return res, err
 	}
+	tmpE.Release()
 	if err := syncDir(dir); err != nil {
 		os.Remove(path)
 		return res, err
 	}
 	return res, nil
+}
+
+// tempPrefix is the name of the temporary file of an image named base,
+// before its random part: ".<base>.tmp-".
+func tempPrefix(base string) string { return "." + base + ".tmp-" }
+
+// sweepTemp removes from dir the temporary files that writers of images
+// killed before they finished left (see package scratch): those of any
+// image whose name ends in ".cr", the conventional extension.
+func sweepTemp(dir string) {
+	scratch.SweepMatch(dir, func(name string) bool {
+		i := strings.LastIndex(name, ".tmp-")
+		return strings.HasPrefix(name, ".") && i > 0 && strings.HasSuffix(name[:i], ".cr") &&
+			scratch.IsName(name, name[:i]+".tmp-")
+	}, scratch.Files, nil)
 }
 
 // rename moves oldpath to newpath, refusing to replace newpath unless

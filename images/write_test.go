@@ -14,6 +14,8 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+
+	"github.com/cr-dev/cr/scratch"
 )
 
 func TestRoundTrip(t *testing.T) {
@@ -407,5 +409,54 @@ func TestWriteFillsStats(t *testing.T) {
 				t.Errorf("image_bytes %d in the manifest, the image has %d", s.ImageBytes, res.ImageBytes)
 			}
 		})
+	}
+}
+
+// The temporary file a killed writer left beside an image (unlocked: its
+// owner is gone) is removed by the next write in that directory; a write
+// in progress (locked) and other files are left alone.
+func TestWriteFileSweepsKilledWritersTemp(t *testing.T) {
+	files, dirs := testStaging()
+	src := makeStaging(t, files, dirs)
+	out := t.TempDir()
+	dead := []string{
+		filepath.Join(out, ".lab.cr.tmp-0123456789abcdef"),   // the same image
+		filepath.Join(out, ".other.cr.tmp-fedcba9876543210"), // another image
+	}
+	kept := []string{
+		filepath.Join(out, ".notes.txt.tmp-0123456789abcdef"), // not an image
+		filepath.Join(out, ".lab.cr.tmp-123"),                 // not cr's name
+	}
+	for _, p := range append(append([]string(nil), dead...), kept...) {
+		if err := os.WriteFile(p, []byte("partial"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	live, err := scratch.Create(out, ".busy.cr.tmp-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer live.Remove()
+	kept = append(kept, live.Path)
+	if _, err := WriteFile(context.Background(), filepath.Join(out, "lab.cr"), src, testManifest(), WriteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range dead {
+		if _, err := os.Stat(p); err == nil {
+			t.Errorf("%s left behind", p)
+		}
+	}
+	for _, p := range kept {
+		if _, err := os.Stat(p); err != nil {
+			t.Errorf("%s removed: %v", p, err)
+		}
+	}
+	ents, _ := os.ReadDir(out)
+	var names []string
+	for _, e := range ents {
+		names = append(names, e.Name())
+	}
+	if len(ents) != 1+len(kept) {
+		t.Errorf("directory holds %v", names)
 	}
 }

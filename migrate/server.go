@@ -10,7 +10,6 @@ import (
 	"log"
 	"net"
 	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -18,6 +17,7 @@ import (
 	"time"
 
 	"github.com/cr-dev/cr/images"
+	"github.com/cr-dev/cr/scratch"
 )
 
 // ServerConfig configures the receiver. Zero durations and counts take the
@@ -28,8 +28,9 @@ type ServerConfig struct {
 	// Auth is mandatory: Serve refuses to start without a complete mode.
 	Auth Auth
 	// StagingDir receives the images, one "incoming-*" directory per
-	// migration, removed when the migration ends. It is created (0700) if
-	// missing; leftovers of a previous run are removed at start.
+	// migration (a scratch entry), removed when the migration ends. It is
+	// created (0700) if missing; leftovers of a server that died are
+	// removed at start.
 	StagingDir string
 	// Limits bound every received image. Limits.MaxBytes (default
 	// images.DefaultMaxBytes) is the hard limit on the size a sender may
@@ -174,20 +175,14 @@ func newServer(cfg ServerConfig) (*server, error) {
 }
 
 // prepareStaging creates the staging directory and removes what an earlier
-// server left in it.
+// server left in it (the directories whose owner is gone: see package
+// scratch).
 func prepareStaging(dir string) error {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("create staging directory: %w", err)
 	}
-	old, err := filepath.Glob(filepath.Join(dir, stagingPrefix+"*"))
-	if err != nil {
-		return err
-	}
-	for _, p := range old {
-		if err := os.RemoveAll(p); err != nil {
-			return fmt.Errorf("clean staging directory: %w", err)
-		}
-	}
+	// Any incoming-* whose owner is gone, also those named by an older cr.
+	scratch.SweepMatch(dir, func(name string) bool { return strings.HasPrefix(name, stagingPrefix) }, scratch.Dirs, nil)
 	return nil
 }
 
@@ -542,12 +537,13 @@ func (c *conn) migrate(ctx context.Context) string {
 		stopPing()
 		return c.reject(reason)
 	}
-	dir, err := os.MkdirTemp(c.s.cfg.StagingDir, stagingPrefix)
+	staged, err := scratch.Mkdir(c.s.cfg.StagingDir, stagingPrefix)
 	if err != nil {
 		stopPing()
 		return c.reject("create staging directory: " + err.Error())
 	}
-	defer os.RemoveAll(dir)
+	defer staged.Remove()
+	dir := staged.Path
 	if err := c.fc.sendJSON(msgAccept, acceptMsg{IdleMillis: c.s.cfg.IdleTimeout.Milliseconds()}); err != nil {
 		return "failed: " + err.Error()
 	}

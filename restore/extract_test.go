@@ -66,7 +66,7 @@ func TestExtractChecksSpace(t *testing.T) {
 	o := Options{StagingDir: staging, Limits: images.Limits{MaxBytes: 1 << 50}}
 	dir, _, err := Extract(context.Background(), bytes.NewReader(img), "huge.cr", o)
 	if err == nil {
-		os.RemoveAll(dir)
+		dir.Remove()
 		t.Fatal("a huge image was extracted")
 	}
 	if !errors.Is(err, images.ErrTooLarge) || !strings.Contains(err.Error(), "free in the staging directory") {

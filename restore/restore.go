@@ -28,6 +28,7 @@ import (
 	"github.com/cr-dev/cr/criubin"
 	"github.com/cr-dev/cr/images"
 	"github.com/cr-dev/cr/nstree"
+	"github.com/cr-dev/cr/scratch"
 )
 
 // Options say how to restore.
@@ -63,39 +64,44 @@ type Result struct {
 type lazyDaemon struct {
 	path string
 	proc *criubin.PageProc
-	work string
+	work *scratch.Entry
 }
 
 // stop kills the daemon and removes its work directory.
 func (d *lazyDaemon) stop() {
 	d.proc.Kill()
-	os.RemoveAll(d.work)
+	d.work.Remove()
 }
 
 // ErrIncompatible: the image cannot be restored on this host.
 var ErrIncompatible = errors.New("image not restorable here")
 
+// Prefixes of the staging entries (see package scratch): an extracted
+// image, and CRIU's work directory for one container.
+const (
+	StagingPrefix = "rst-"
+	workPrefix    = "rstwork-"
+)
+
 // Extract verifies the image read from r (the file name, for messages) and
-// unpacks it into a fresh staging directory, which the caller removes.
-// Nothing else is touched.
-func Extract(ctx context.Context, r io.Reader, name string, o Options) (string, *images.Manifest, error) {
-	if err := os.MkdirAll(o.StagingDir, 0o700); err != nil {
-		return "", nil, fmt.Errorf("create staging area: %w", err)
-	}
-	dir, err := os.MkdirTemp(o.StagingDir, "rst-")
+// unpacks it into a fresh staging directory, owned by this process until
+// the caller removes it. Nothing else is touched. The staging directories
+// of restores that were killed are removed first.
+func Extract(ctx context.Context, r io.Reader, name string, o Options) (*scratch.Entry, *images.Manifest, error) {
+	dir, err := scratch.Mkdir(o.StagingDir, StagingPrefix)
 	if err != nil {
-		return "", nil, fmt.Errorf("create staging area: %w", err)
+		return nil, nil, fmt.Errorf("create staging area: %w", err)
 	}
 	// Every entry's declared size is checked against the free space before
 	// it is written, as cr serve checks a sender's declared size.
 	lim := o.Limits
-	if free, err := images.FreeSpace(dir); err == nil {
+	if free, err := images.FreeSpace(dir.Path); err == nil {
 		lim.Free = free
 	}
-	m, err := images.Extract(ctx, r, dir, lim)
+	m, err := images.Extract(ctx, r, dir.Path, lim)
 	if err != nil {
-		os.RemoveAll(dir)
-		return "", nil, fmt.Errorf("%s: %w", name, err)
+		dir.Remove()
+		return nil, nil, fmt.Errorf("%s: %w", name, err)
 	}
 	return dir, m, nil
 }
@@ -196,7 +202,7 @@ func FromDir(ctx context.Context, t *nstree.Tree, dir string, m *images.Manifest
 			}
 			res.daemons = append(res.daemons, d)
 			o.Pages(i, d.proc.Conn)
-			work = d.work
+			work = d.work.Path
 		}
 		h := &held{restored: make(chan int32, 1), decide: make(chan error, 1), done: make(chan error, 1)}
 		hs = append(hs, h)
@@ -269,16 +275,16 @@ func toSpecs(m *images.Manifest) []nstree.RestoreSpec {
 // startLazyDaemon starts the lazy-pages daemon of container c, in the
 // work directory its restore will use (where the daemon's socket is).
 func startLazyDaemon(o Options, dir string, c images.Container, n *nstree.Node) (*lazyDaemon, error) {
-	work, err := os.MkdirTemp(o.StagingDir, "rstwork-")
+	work, err := scratch.Mkdir(o.StagingDir, workPrefix)
 	if err != nil {
 		return nil, err
 	}
-	log := filepath.Join(work, "lazy-pages.log")
-	args := []string{"lazy-pages", "--page-server", "-D", filepath.Join(dir, c.Dir), "-W", work, "-o", log, "-v4"}
+	log := filepath.Join(work.Path, "lazy-pages.log")
+	args := []string{"lazy-pages", "--page-server", "-D", filepath.Join(dir, c.Dir), "-W", work.Path, "-o", log, "-v4"}
 	p, err := criubin.StartPageProc(o.CRIU, "lazy-pages", args, log)
 	if err != nil {
 		err = criuError(n.Path, log, err)
-		os.RemoveAll(work)
+		work.Remove()
 		return nil, err
 	}
 	return &lazyDaemon{path: n.Path, proc: p, work: work}, nil
@@ -335,10 +341,12 @@ func restoreOne(ctx context.Context, t *nstree.Tree, o Options, dir, work string
 	defer imgF.Close()
 	lazy := o.Pages != nil // work is then the lazy-pages daemon's
 	if !lazy {
-		if work, err = os.MkdirTemp(o.StagingDir, "rstwork-"); err != nil {
+		w, err := scratch.Mkdir(o.StagingDir, workPrefix)
+		if err != nil {
 			return err
 		}
-		defer os.RemoveAll(work)
+		defer w.Remove()
+		work = w.Path
 	}
 	workF, err := os.Open(work)
 	if err != nil {
