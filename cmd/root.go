@@ -15,6 +15,7 @@ import (
 
 	"github.com/cr-dev/cr/criubin"
 	"github.com/cr-dev/cr/nstree"
+	"github.com/cr-dev/cr/restore"
 )
 
 // Version is cr's version, set at build time with -ldflags "-X ...".
@@ -206,6 +207,17 @@ func openEnv() (*env, error) {
 	v, err := t.Viewer(f)
 	if err != nil {
 		return nil, err
+	}
+	if v.Root == "/" {
+		// What the restores of a cr that died left goes first.
+		if msgs := restore.Recover(t); len(msgs) > 0 {
+			for _, m := range msgs {
+				fmt.Fprintf(os.Stderr, "cr: %s\n", m)
+			}
+			if f, err = t.Load(); err != nil {
+				return nil, err
+			}
+		}
 	}
 	return &env{tree: t, forest: f, viewer: v}, nil
 }

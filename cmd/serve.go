@@ -7,8 +7,6 @@ import (
 	"log"
 	"os"
 	"path/filepath"
-	"strings"
-	"time"
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
@@ -118,7 +116,6 @@ func runServe(ctx context.Context, g *Global, o ServeOptions) error {
 		return err
 	}
 	defer st.Close()
-	st.recover(e.tree, log.New(os.Stderr, "", log.LstdFlags))
 	staging := filepath.Join(stagingDir(e.tree), "incoming")
 	lazyErr := lazyRestorable(ctx, criu)
 	ropts := restore.Options{CRIU: criu, CRIUVersion: ver.Code(), StagingDir: st.workDir()}
@@ -138,11 +135,6 @@ func runServe(ctx context.Context, g *Global, o ServeOptions) error {
 		Lazy: func() error { return lazyErr },
 		Restorer: migrate.RestorerFunc(func(ctx context.Context, job *migrate.Job) (migrate.RestoreInfo, error) {
 			target := restore.Target(job.Manifest, job.As)
-			done, err := st.begin(target, job.Lazy)
-			if err != nil {
-				return migrate.RestoreInfo{}, err
-			}
-			defer done()
 			o := ropts
 			if job.Lazy {
 				o.Pages = job.Pages
@@ -189,9 +181,8 @@ var errServeBusy = errors.New("another cr serve uses this staging area")
 
 // serveState is cr serve's own part of the staging area, STAGING/serve,
 // held by one cr serve at a time (a lock): the restores' work directories,
-// emptied at start, and a journal of the targets being restored, so that
-// nodes half restored when cr serve crashed are removed when it starts
-// again.
+// emptied at start. (What the restores of a cr serve that died left in the
+// tree is removed by restore's journal, as for cr restore.)
 type serveState struct {
 	dir  string
 	lock *os.File
@@ -199,7 +190,7 @@ type serveState struct {
 
 func openServeState(staging string) (*serveState, error) {
 	dir := filepath.Join(staging, "serve")
-	if err := os.MkdirAll(filepath.Join(dir, "restoring"), 0o700); err != nil {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("create staging area: %w", err)
 	}
 	f, err := os.OpenFile(filepath.Join(dir, "lock"), os.O_RDWR|os.O_CREATE, 0o600)
@@ -231,121 +222,3 @@ func (s *serveState) Close() { s.lock.Close() }
 
 // workDir is where the restores' work directories go.
 func (s *serveState) workDir() string { return filepath.Join(s.dir, "work") }
-
-// begin records that a tree is being restored at target; done clears the
-// record once the restore is over, whichever way it ended (for a lazy
-// restore: once every page arrived, or the tree was killed).
-func (s *serveState) begin(target string, lazy bool) (done func(), err error) {
-	f, err := os.CreateTemp(filepath.Join(s.dir, "restoring"), "target-")
-	if err != nil {
-		return nil, fmt.Errorf("record restore: %w", err)
-	}
-	rec := target
-	if lazy {
-		rec += "\n" + lazyRecord
-	}
-	_, err = f.WriteString(rec)
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		os.Remove(f.Name())
-		return nil, fmt.Errorf("record restore: %w", err)
-	}
-	return func() { os.Remove(f.Name()) }, nil
-}
-
-// recover removes what the restores of a crashed cr serve left: the
-// subtree at each recorded target, if its restore never finished and no
-// process runs in it (CRIU kills what it restored when cr serve
-// dies before the commit; the wait gives it time). A subtree that runs is
-// left alone: the crash may have come after the sender's commit, and the
-// sender then tells its user to check this host.
-func (s *serveState) recover(t *nstree.Tree, lg *log.Logger) {
-	dir := filepath.Join(s.dir, "restoring")
-	ents, err := os.ReadDir(dir)
-	if err != nil {
-		lg.Printf("read restore records: %v", err)
-		return
-	}
-	for _, ent := range ents {
-		p := filepath.Join(dir, ent.Name())
-		b, err := os.ReadFile(p)
-		if err != nil {
-			lg.Printf("read restore record: %v", err)
-			continue
-		}
-		target, kind, _ := strings.Cut(string(b), "\n")
-		msg := ""
-		if kind == lazyRecord {
-			msg = removeLazyRestored(t, target)
-		} else {
-			msg = removeHalfRestored(t, target)
-		}
-		if msg != "" {
-			lg.Print(msg)
-		}
-		os.Remove(p)
-	}
-}
-
-// lazyRecord marks the record of a lazy restore.
-const lazyRecord = "lazy"
-
-// removeLazyRestored removes the tree of a lazy restore whose memory had
-// not all arrived when cr serve died: CRIU's lazy-pages daemon went with
-// it, and the job finds zeros where pages were missing, so it cannot be
-// trusted. The sender, told nothing, keeps its source frozen and its user
-// to check here: this host then has nothing, and the source can be thawed.
-func removeLazyRestored(t *nstree.Tree, target string) string {
-	f, err := t.Load()
-	if err != nil {
-		return fmt.Sprintf("interrupted lazy migration to %s: %v", target, err)
-	}
-	n, ok := f.ByPath[target]
-	if !ok {
-		return ""
-	}
-	// Frozen first, so that it is killed at once, without running on.
-	_ = t.Freeze(context.Background(), n)
-	if err := t.Kill(context.Background(), n, nstree.KillOptions{}); err != nil {
-		return fmt.Sprintf("interrupted lazy migration to %s: %v", target, err)
-	}
-	return fmt.Sprintf("interrupted lazy migration to %s: its memory had not all arrived; killed and removed", target)
-}
-
-// halfRestoredWait bounds the wait for CRIU to kill what it restored.
-const halfRestoredWait = 10 * time.Second
-
-func removeHalfRestored(t *nstree.Tree, target string) string {
-	f, err := t.Load()
-	if err != nil {
-		return fmt.Sprintf("interrupted migration to %s: %v", target, err)
-	}
-	n, ok := f.ByPath[target]
-	if !ok {
-		return ""
-	}
-	// A restore creates its nodes ("running", then "restoring", no init
-	// pid) and records the pids and the time only when it finished.
-	unfinished := true
-	n.Walk(func(m *nstree.Node) {
-		if !m.Restored.IsZero() || m.InitPid != 0 || m.Status != "restoring" && m.Status != "running" {
-			unfinished = false
-		}
-	})
-	if !unfinished {
-		return "" // the restore finished, or something else is there now
-	}
-	deadline := time.Now().Add(halfRestoredWait)
-	for len(nstree.SubtreeProcs(n)) > 0 {
-		if time.Now().After(deadline) {
-			return fmt.Sprintf("interrupted migration to %s: processes run there; left alone (the sender was told to check)", target)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	if err := t.Remove(target); err != nil {
-		return fmt.Sprintf("interrupted migration to %s: %v", target, err)
-	}
-	return fmt.Sprintf("interrupted migration to %s: removed what was restored", target)
-}

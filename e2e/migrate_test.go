@@ -466,7 +466,7 @@ func TestMigrateReceiverKilledRestoring(t *testing.T) {
 	mark := h.log.Len()
 	h.start(t)
 	h.waitClean(t)
-	if !strings.Contains(h.log.From(mark), "interrupted migration to /kr: removed") {
+	if !strings.Contains(h.log.From(mark), "cr: interrupted restore of /kr: removed what was restored\n") {
 		t.Errorf("the restarted cr serve did not say what it removed:\n%s", h.log.From(mark))
 	}
 	// One cr serve at a time owns the staging area.
@@ -797,7 +797,7 @@ func TestMigrateLazyReceiverKilled(t *testing.T) {
 	}
 	h.start(t)
 	waitFor(t, 10*time.Second, "the restarted receiver to remove the job", func() bool {
-		return strings.Contains(h.log.String(), "interrupted lazy migration to /lk: its memory had not all arrived; killed and removed")
+		return strings.Contains(h.log.String(), "cr: interrupted lazy restore of /lk: its memory had not all arrived; killed and removed\n")
 	})
 	if got := h.ls(t); len(got) != 0 {
 		t.Errorf("destination has %v after its restart", got)

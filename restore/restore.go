@@ -58,6 +58,7 @@ type Result struct {
 	tree    *nstree.Tree
 	nodes   []*nstree.Node
 	daemons []*lazyDaemon
+	journal *journal // a lazy restore's, ended by WaitPages
 }
 
 // lazyDaemon is the `criu lazy-pages` of one container of a lazy restore.
@@ -138,8 +139,15 @@ func FromDir(ctx context.Context, t *nstree.Tree, dir string, m *images.Manifest
 	if err := Check(m, o); err != nil {
 		return nil, err
 	}
+	// The journal lets the next cr remove what this restore made if it
+	// dies before the end.
+	j, err := beginJournal(t, target, o.Pages != nil)
+	if err != nil {
+		return nil, err
+	}
 	nodes, err := t.CreateRestored(target, toSpecs(m))
 	if err != nil {
+		j.end()
 		return nil, err
 	}
 	res := &Result{Root: target, Pids: map[string]int{}, Manifest: m, tree: t, nodes: nodes}
@@ -153,8 +161,12 @@ func FromDir(ctx context.Context, t *nstree.Tree, dir string, m *images.Manifest
 				d.stop()
 			}
 			t.RemoveRestored(nodes)
+			j.end()
 		}
 	}()
+	if err := j.created(nodes); err != nil {
+		return nil, err
+	}
 	// Carry each container's log over.
 	for i, c := range m.Containers {
 		if c.Empty {
@@ -228,6 +240,10 @@ func FromDir(ctx context.Context, t *nstree.Tree, dir string, m *images.Manifest
 			return nil, err
 		}
 	}
+	if err := j.resuming(); err != nil {
+		abortAll(err)
+		return nil, err
+	}
 	for _, h := range hs {
 		h.decide <- nil
 	}
@@ -257,6 +273,11 @@ func FromDir(ctx context.Context, t *nstree.Tree, dir string, m *images.Manifest
 		}
 	}
 	ok = true
+	if len(res.daemons) > 0 {
+		res.journal = j // until every page is here: see WaitPages
+	} else {
+		j.end()
+	}
 	res.Elapsed = time.Since(start)
 	return res, nil
 }
@@ -298,6 +319,7 @@ func (r *Result) WaitPages(ctx context.Context) error {
 	if len(r.daemons) == 0 {
 		return nil
 	}
+	defer r.journal.end()
 	errs := make(chan error, len(r.daemons))
 	for _, d := range r.daemons {
 		go func() {

@@ -113,6 +113,13 @@ func Mkdir(parent, prefix string) (*Entry, error) {
 // dir/PREFIX<16 hex digits>, mode 0600, owned by this process.
 func Create(dir, prefix string) (*Entry, error) {
 	Sweep(dir, prefix, Files, nil)
+	return CreateOnly(dir, prefix)
+}
+
+// CreateOnly is Create without the sweep, for entries that their finder
+// must act on before it removes them (a journal's records: see Sweep's
+// claim).
+func CreateOnly(dir, prefix string) (*Entry, error) {
 	for {
 		p := filepath.Join(dir, prefix+randomSuffix())
 		f, err := os.OpenFile(p, os.O_RDWR|os.O_CREATE|os.O_EXCL|unix.O_NOFOLLOW, 0o600)
