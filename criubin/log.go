@@ -2,10 +2,18 @@ package criubin
 
 import (
 	"bufio"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
 	"fmt"
+	"io"
+	"io/fs"
 	"os"
+	"path/filepath"
 	"regexp"
+	"sort"
 	"strings"
+	"time"
 )
 
 // Limits of LogErrors: lines of context before each error line, and lines
@@ -170,3 +178,142 @@ func (e *CRIUError) Error() string {
 }
 
 func (e *CRIUError) Unwrap() error { return e.Err }
+
+// Where the logs of failed CRIU operations are kept: CRIU writes its log in
+// the operation's work directory, which goes when the operation ends, so
+// the log of a failure is copied into the log directory first, under a
+// name no other copy has, and only the newest MaxKeptLogs copies stay.
+const (
+	// LogDirName is the log directory's name in cr's state directory.
+	LogDirName = "criu-logs"
+	// MaxKeptLogs bounds the logs kept in a log directory.
+	MaxKeptLogs = 50
+)
+
+// LogDir is the log directory under cr's state directory.
+func LogDir(stateDir string) string { return filepath.Join(stateDir, LogDirName) }
+
+// keptTime is the kept logs' time stamp: UTC to the nanosecond, so that
+// names sort as the failures happened.
+const keptTime = "20060102T150405.000000000Z"
+
+// keptName is a kept log's name: time, operation, subject, and a random
+// part, so that two failures in the same nanosecond still differ:
+// "20261201T215500.123456789Z-dump-lab_pi-1a2b3c4d.log".
+func keptName(now time.Time, op, what string) string {
+	b := make([]byte, 4)
+	if _, err := rand.Read(b); err != nil {
+		panic(err)
+	}
+	return fmt.Sprintf("%s-%s-%s-%s.log", now.UTC().Format(keptTime), safeName(op), safeName(what), hex.EncodeToString(b))
+}
+
+// safeName makes a container path or an operation a part of a file name.
+func safeName(s string) string {
+	s = strings.Trim(s, "/")
+	if s == "" {
+		s = "root"
+	}
+	b := []byte(s)
+	for i, c := range b {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '-' || c == '+') {
+			b[i] = '_'
+		}
+	}
+	if len(b) > 64 {
+		b = b[:64]
+	}
+	return string(b)
+}
+
+// isKept reports whether name is the name of a kept log.
+func isKept(name string) bool {
+	if len(name) < len(keptTime)+5 || !strings.HasSuffix(name, ".log") || name[len(keptTime)] != '-' {
+		return false
+	}
+	_, err := time.Parse(keptTime, name[:len(keptTime)])
+	return err == nil
+}
+
+// KeepLog copies the CRIU log at src into dir (created, mode 0700) under
+// a new name (see keptName), removes the oldest kept logs beyond
+// MaxKeptLogs, and returns the copy's path.
+func KeepLog(dir, op, what, src string) (string, error) {
+	in, err := os.Open(src)
+	if err != nil {
+		return "", fmt.Errorf("keep criu log: %w", err)
+	}
+	defer in.Close()
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return "", fmt.Errorf("keep criu log: %w", err)
+	}
+	var out *os.File
+	for {
+		out, err = os.OpenFile(filepath.Join(dir, keptName(time.Now(), op, what)), os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+		if !errors.Is(err, fs.ErrExist) {
+			break
+		}
+	}
+	if err != nil {
+		return "", fmt.Errorf("keep criu log: %w", err)
+	}
+	_, err = io.Copy(out, in)
+	if cerr := out.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		os.Remove(out.Name())
+		return "", fmt.Errorf("keep criu log: %w", err)
+	}
+	pruneLogs(dir, MaxKeptLogs)
+	return out.Name(), nil
+}
+
+// pruneLogs removes the oldest kept logs in dir beyond keep.
+func pruneLogs(dir string, keep int) {
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return
+	}
+	var names []string
+	for _, e := range ents {
+		if e.Type().IsRegular() && isKept(e.Name()) {
+			names = append(names, e.Name())
+		}
+	}
+	sort.Strings(names)
+	for len(names) > keep {
+		os.Remove(filepath.Join(dir, names[0]))
+		names = names[1:]
+	}
+}
+
+// Failed is the error of a CRIU op that failed on the container at path,
+// whose log is at log in a work directory that goes: the log is kept in
+// logDir (KeepLog), and the error says CRIU's reason, with its lines and
+// the kept log's path (the original's, if it could not be kept).
+func Failed(op, path, log, logDir string, err error) *CRIUError {
+	kept := log
+	if k, kerr := KeepLog(logDir, op, path, log); kerr == nil {
+		kept = k
+	}
+	e := NewCRIUError(op, kept, err)
+	if e.Reason == "" {
+		e.Reason = err.Error()
+	}
+	e.Reason = path + ": " + e.Reason
+	return e
+}
+
+// KeepErrorLog keeps the log of the CRIUError in err's chain, if there is
+// one and its log exists, in logDir (KeepLog) and points the error at the
+// copy. what names the container in the copy's name.
+func KeepErrorLog(err error, logDir, what string) {
+	var e *CRIUError
+	if !errors.As(err, &e) || e.LogPath == "" {
+		return
+	}
+	if k, kerr := KeepLog(logDir, e.Op, what, e.LogPath); kerr == nil {
+		e.LogPath = k
+	}
+}

@@ -269,3 +269,67 @@ func childOf(t *testing.T, pid int) int {
 	t.Fatalf("process %d started no child", pid)
 	return 0
 }
+
+// Failures in the same second (or nanosecond) never overwrite each
+// other's log, and only the newest MaxKeptLogs stay.
+func TestKeepLogUniqueAndBounded(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "criu-logs")
+	src := filepath.Join(t.TempDir(), "dump.log")
+	other := filepath.Join(dir, "notes.txt")
+	now := time.Now()
+	if a, b := keptName(now, "dump", "/lab"), keptName(now, "dump", "/lab"); a == b {
+		t.Errorf("two logs kept at the same instant share the name %s", a)
+	}
+	var kept []string
+	for i := range MaxKeptLogs + 20 {
+		if err := os.WriteFile(src, []byte(fmt.Sprintf("log %d\n", i)), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		p, err := KeepLog(dir, "dump", "/lab/pi", src)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if filepath.Dir(p) != dir || !strings.Contains(filepath.Base(p), "-dump-lab_pi-") {
+			t.Errorf("kept as %s", p)
+		}
+		kept = append(kept, p)
+		if i == 0 {
+			os.WriteFile(other, nil, 0o600)
+		}
+	}
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ents) != MaxKeptLogs+1 {
+		t.Errorf("%d files kept, want %d logs and notes.txt", len(ents), MaxKeptLogs)
+	}
+	for i, p := range kept {
+		b, err := os.ReadFile(p)
+		switch {
+		case i < 20 && err == nil:
+			t.Errorf("old log %d (%s) not removed", i, p)
+		case i >= 20 && string(b) != fmt.Sprintf("log %d\n", i):
+			t.Errorf("log %d: %q, %v", i, b, err)
+		}
+	}
+	if _, err := os.Stat(other); err != nil {
+		t.Errorf("a file that is not a kept log was removed: %v", err)
+	}
+	if fi, err := os.Stat(dir); err != nil || fi.Mode().Perm() != 0o700 {
+		t.Errorf("log dir: %v, %v", fi, err)
+	}
+}
+
+func TestFailedKeepsLog(t *testing.T) {
+	dir := t.TempDir()
+	src := filepath.Join(t.TempDir(), "restore.log")
+	os.WriteFile(src, []byte("(00.1) Error (criu/cr-restore.c:1): pid 7 is busy\n"), 0o600)
+	e := Failed("restore", "/lab", src, dir, errors.New("exit 1"))
+	if filepath.Dir(e.LogPath) != dir {
+		t.Errorf("log kept at %s, want in %s", e.LogPath, dir)
+	}
+	if want := "criu restore failed: /lab: pid 7 is busy (full log: " + e.LogPath + ")"; e.Error() != want {
+		t.Errorf("error %q, want %q", e.Error(), want)
+	}
+}

@@ -386,7 +386,7 @@ func (c *Checkpoint) dumpOne(ctx context.Context, o Options, m *member) (*images
 	// resumes the tasks instead of the dump going on to completion.
 	check := func(string, int32) error { return ctx.Err() }
 	if _, err := criubin.Swrk(ctx, o.CRIU, rpc.CriuReqType_DUMP, opts, check); err != nil {
-		return nil, criuError("dump", m.node.Path, filepath.Join(work, "dump.log"), c.Dir, err)
+		return nil, c.criuError("dump", m.node.Path, filepath.Join(work, "dump.log"), err)
 	}
 	st, err := crit.GetDumpStats(work)
 	if err != nil {
@@ -427,7 +427,7 @@ func (c *Checkpoint) dumpLazy(o Options, index int, m *member) error {
 	}
 	p, err := criubin.StartPageProc(o.CRIU, "dump", args, log)
 	if err != nil {
-		return criuError("dump", m.node.Path, log, c.Dir, err)
+		return c.criuError("dump", m.node.Path, log, err)
 	}
 	c.pages = append(c.pages, PageLink{Container: index, Path: m.node.Path, Proc: p})
 	return nil
@@ -438,7 +438,9 @@ func (c *Checkpoint) dumpLazy(o Options, index int, m *member) error {
 func (c *Checkpoint) endPages() error {
 	var first error
 	for _, pl := range c.pages {
-		if err := pl.Proc.Close(); err != nil && first == nil {
+		err := pl.Proc.Close()
+		criubin.KeepErrorLog(err, criubin.LogDir(c.tree.StateDir), pl.Path)
+		if err != nil && first == nil {
 			first = fmt.Errorf("%s: %w", pl.Path, err)
 		}
 	}
@@ -447,20 +449,9 @@ func (c *Checkpoint) endPages() error {
 }
 
 // criuError builds the error a user sees: CRIU's own reason and lines, and
-// where the full log was kept (copied out of the staging area, which goes).
-func criuError(op, path, log, staging string, err error) error {
-	kept := log
-	if b, rerr := os.ReadFile(log); rerr == nil {
-		dst := filepath.Join(os.TempDir(), fmt.Sprintf("cr-%s-%s-%d.log", op, strings.ReplaceAll(strings.Trim(path, "/"), "/", "_"), time.Now().Unix()))
-		if os.WriteFile(dst, b, 0o600) == nil {
-			kept = dst
-		}
-	}
-	lines, reason, _ := criubin.LogErrors(kept)
-	if reason == "" {
-		reason = err.Error()
-	}
-	return &criubin.CRIUError{Op: op, Reason: fmt.Sprintf("%s: %s", path, reason), Lines: lines, LogPath: kept, Err: err}
+// where the full log was kept (out of the staging area, which goes).
+func (c *Checkpoint) criuError(op, path, log string, err error) error {
+	return criubin.Failed(op, path, log, criubin.LogDir(c.tree.StateDir), err)
 }
 
 // processes lists a container's processes with their pids inside it.

@@ -311,6 +311,31 @@ func TestCheckpointUndumpable(t *testing.T) {
 	if ents, _ := os.ReadDir(filepath.Join(workDir, "staging")); len(ents) != 0 {
 		t.Errorf("staging area not cleaned: %v", ents)
 	}
+	// CRIU's log is kept in cr's state directory, one per failure, even
+	// for two in the same second.
+	first := keptLog(t, r.err)
+	second := keptLog(t, cr(t, "checkpoint", "/tcp", "-o", img).err)
+	if first == second {
+		t.Errorf("two failures share the log %s", first)
+	}
+}
+
+// keptLog returns the CRIU log a failure's message names, and checks that
+// it is kept in cr's state directory and holds CRIU's error lines.
+func keptLog(t *testing.T, stderr string) string {
+	t.Helper()
+	_, p, ok := strings.Cut(stderr, "(full log: ")
+	p, _, ok2 := strings.Cut(p, ")")
+	if !ok || !ok2 {
+		t.Fatalf("no log named in %q", stderr)
+	}
+	if filepath.Dir(p) != filepath.Join(workDir, "state", "criu-logs") {
+		t.Errorf("CRIU's log kept at %s, want it in $CR_STATE_DIR/criu-logs", p)
+	}
+	if b, err := os.ReadFile(p); err != nil || !strings.Contains(string(b), "Error (") {
+		t.Errorf("kept log %s: %v, %d bytes without CRIU's errors", p, err, len(b))
+	}
+	return p
 }
 
 // checkpointctl is the reference reader of single-container checkpoint

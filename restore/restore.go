@@ -207,7 +207,7 @@ func FromDir(ctx context.Context, t *nstree.Tree, dir string, m *images.Manifest
 		n := nodes[i]
 		work := ""
 		if o.Pages != nil {
-			d, err := startLazyDaemon(o, dir, c, n)
+			d, err := startLazyDaemon(t, o, dir, c, n)
 			if err != nil {
 				abortAll(err)
 				return nil, err
@@ -295,7 +295,7 @@ func toSpecs(m *images.Manifest) []nstree.RestoreSpec {
 
 // startLazyDaemon starts the lazy-pages daemon of container c, in the
 // work directory its restore will use (where the daemon's socket is).
-func startLazyDaemon(o Options, dir string, c images.Container, n *nstree.Node) (*lazyDaemon, error) {
+func startLazyDaemon(t *nstree.Tree, o Options, dir string, c images.Container, n *nstree.Node) (*lazyDaemon, error) {
 	work, err := scratch.Mkdir(o.StagingDir, workPrefix)
 	if err != nil {
 		return nil, err
@@ -304,7 +304,7 @@ func startLazyDaemon(o Options, dir string, c images.Container, n *nstree.Node) 
 	args := []string{"lazy-pages", "--page-server", "-D", filepath.Join(dir, c.Dir), "-W", work.Path, "-o", log, "-v4"}
 	p, err := criubin.StartPageProc(o.CRIU, "lazy-pages", args, log)
 	if err != nil {
-		err = criuError(n.Path, log, err)
+		err = criuError(t, n.Path, log, err)
 		work.Remove()
 		return nil, err
 	}
@@ -324,6 +324,7 @@ func (r *Result) WaitPages(ctx context.Context) error {
 	for _, d := range r.daemons {
 		go func() {
 			if err := d.proc.Wait(); err != nil {
+				criubin.KeepErrorLog(err, criubin.LogDir(r.tree.StateDir), d.path)
 				errs <- fmt.Errorf("%s: memory transfer failed: %w", d.path, err)
 				return
 			}
@@ -403,23 +404,15 @@ func restoreOne(ctx context.Context, t *nstree.Tree, o Options, dir, work string
 		return nil
 	})
 	if err != nil {
-		return criuError(n.Path, filepath.Join(work, "restore.log"), err)
+		return criuError(t, n.Path, filepath.Join(work, "restore.log"), err)
 	}
 	return nil
 }
 
-func criuError(path, log string, err error) error {
-	kept := filepath.Join(os.TempDir(), fmt.Sprintf("cr-restore-%s-%d.log", strings.ReplaceAll(strings.Trim(path, "/"), "/", "_"), time.Now().UnixNano()))
-	if b, rerr := os.ReadFile(log); rerr == nil {
-		_ = os.WriteFile(kept, b, 0o600)
-	} else {
-		kept = log
-	}
-	lines, reason, _ := criubin.LogErrors(kept)
-	if reason == "" {
-		reason = err.Error()
-	}
-	return &criubin.CRIUError{Op: "restore", Reason: fmt.Sprintf("%s: %s", path, reason), Lines: lines, LogPath: kept, Err: err}
+// criuError is the error of a failed CRIU run for the container at path,
+// its log kept out of the work directory, which goes.
+func criuError(t *nstree.Tree, path, log string, err error) error {
+	return criubin.Failed("restore", path, log, criubin.LogDir(t.StateDir), err)
 }
 
 func copyFile(src, dst string) {
