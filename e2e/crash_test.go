@@ -239,3 +239,31 @@ func TestRestoreKilledLeavesNothing(t *testing.T) {
 		t.Errorf("cr ls shows %d containers, want /krs only", len(got))
 	}
 }
+
+// A migration whose sender is killed while it streams: the receiver drops
+// it, the source stays here (frozen: thawed by hand), and the next
+// migration leaves no staging at the source and moves the job intact.
+func TestMigrateSenderKilledLeavesNothing(t *testing.T) {
+	h := newHost(t, "token")
+	j := startJob(t, "/kmg", "--mem", "256")
+	before := j.ask(t)
+	killCrWhen(t, "while it streams", func() bool { return len(h.incoming(t)) > 0 }, migrateArgs(h, "/kmg")...)
+	if len(staged("ckpt-")) == 0 {
+		t.Fatal("the killed sender left no staging directory: nothing to test")
+	}
+	h.waitClean(t)
+	if got := h.ls(t); len(got) != 0 {
+		t.Fatalf("destination has %v after the sender died", got)
+	}
+	runsIntact(t, j, before)
+	mustCr(t, migrateArgs(h, "/kmg")...)
+	if s := sourceStaging(t); len(s) != 0 {
+		t.Errorf("source staging after the next migration: %v", s)
+	}
+	if _, ok := ls(t)["/kmg"]; ok {
+		t.Errorf("source still has /kmg")
+	}
+	if after := h.ask(t, j, "/kmg"); after.Pid != before.Pid || after.MemSHA != before.MemSHAAtInit {
+		t.Errorf("job at the destination: pid %d, memory %s; want pid %d, memory %s", after.Pid, after.MemSHA, before.Pid, before.MemSHAAtInit)
+	}
+}
