@@ -19,7 +19,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -29,6 +28,7 @@ import (
 	"github.com/cr-dev/cr/freeze"
 	"github.com/cr-dev/cr/nstree"
 	"github.com/cr-dev/cr/restore"
+	"github.com/cr-dev/cr/scratch"
 )
 
 // Kind is one kind of job the probe checkpoints.
@@ -106,55 +106,44 @@ func reason(err error) string {
 	return err.Error()
 }
 
-// cgroupPrefix names the probes' cgroup parents: cr-probe-PID.
-const cgroupPrefix = "cr-probe-"
+// scratchPrefix names the probes' private trees: their state directory
+// under Options.Scratch, a scratch entry (see package scratch), and their
+// cgroup parent, which has the same name.
+const scratchPrefix = "cr-probe-"
 
-// scratchTree makes a private tree: a state directory under o.Scratch and
-// a cgroup parent of its own, named by this process's pid so that one a
-// killed probe left is recognised (its pid is gone) and removed.
+// scratchTree makes a private tree: a state directory under o.Scratch,
+// held by this process while it lives, and a cgroup parent of the same
+// name. What a killed probe left (its lock gone) is removed first.
 func scratchTree(o Options) (*nstree.Tree, func(), error) {
-	removeStale(o)
 	if err := os.MkdirAll(o.Scratch, 0o700); err != nil {
 		return nil, nil, fmt.Errorf("probe: %w", err)
 	}
-	name := fmt.Sprintf("%s%d", cgroupPrefix, os.Getpid())
-	state := filepath.Join(o.Scratch, name)
-	t := &nstree.Tree{StateDir: state, CgroupParent: name, BinDir: o.BinDir, Hier: o.Hier}
+	scratch.Sweep(o.Scratch, scratchPrefix, scratch.Dirs, func(path string, _ *os.File) bool {
+		removeTree(privateTree(o, path))
+		return true
+	})
+	dir, err := scratch.MkdirOnly(o.Scratch, scratchPrefix)
+	if err != nil {
+		return nil, nil, fmt.Errorf("probe: %w", err)
+	}
+	t := privateTree(o, dir.Path)
 	cleanup := func() {
-		killAll(t)
-		_ = os.RemoveAll(state)
-		removeCgroups(t.CgroupBase())
+		removeTree(t)
+		_ = dir.Remove()
 	}
 	return t, cleanup, nil
 }
 
-// removeStale removes what a probe killed before its cleanup left: scratch
-// trees of processes that are gone.
-func removeStale(o Options) {
-	ents, _ := os.ReadDir(o.Hier.Mount)
-	for _, e := range ents {
-		if !stale(e.Name()) {
-			continue
-		}
-		t := &nstree.Tree{StateDir: filepath.Join(o.Scratch, e.Name()), CgroupParent: e.Name(), BinDir: o.BinDir, Hier: o.Hier}
-		killAll(t)
-		_ = os.RemoveAll(t.StateDir)
-		removeCgroups(t.CgroupBase())
-	}
+// privateTree is the probe's tree whose state directory is state.
+func privateTree(o Options, state string) *nstree.Tree {
+	return &nstree.Tree{StateDir: state, CgroupParent: filepath.Base(state), BinDir: o.BinDir, Hier: o.Hier}
 }
 
-// stale reports whether name is a probe's cgroup parent whose process is
-// gone.
-func stale(name string) bool {
-	s, ok := strings.CutPrefix(name, cgroupPrefix)
-	if !ok {
-		return false
-	}
-	pid, err := strconv.Atoi(s)
-	if err != nil || strconv.Itoa(pid) != s || pid <= 0 {
-		return false
-	}
-	return pid != os.Getpid() && syscall.Kill(pid, 0) == syscall.ESRCH
+// removeTree kills every container of a private tree and removes its
+// cgroups.
+func removeTree(t *nstree.Tree) {
+	killAll(t)
+	removeCgroups(t.CgroupBase())
 }
 
 // killAll kills every container of t and removes its nodes.

@@ -81,6 +81,13 @@ func Mkdir(parent, prefix string) (*Entry, error) {
 		return nil, err
 	}
 	Sweep(parent, prefix, Dirs, nil)
+	return MkdirOnly(parent, prefix)
+}
+
+// MkdirOnly is Mkdir without the sweep, for entries that their finder
+// must act on before it removes them (see Sweep's claim). parent must
+// exist.
+func MkdirOnly(parent, prefix string) (*Entry, error) {
 	for {
 		p := filepath.Join(parent, prefix+randomSuffix())
 		if err := os.Mkdir(p, 0o700); err != nil {
