@@ -121,8 +121,12 @@ func runsIntact(t *testing.T, j *job, before Report) {
 	if got := filterPrefix(ls(t), j.path); len(got) != 1 {
 		t.Fatalf("containers at %s: %v, want exactly one", j.path, got)
 	}
-	if st := ls(t)[j.path].State; st == "frozen" {
+	if st := ls(t)[j.path].State; st != "running" {
+		t.Logf("%s is %s after the crash; thawing it", j.path, st)
 		mustCr(t, "thaw", j.path)
+		if st := ls(t)[j.path].State; st != "running" {
+			t.Fatalf("%s is %s after cr thaw", j.path, st)
+		}
 	}
 	now := j.ask(t)
 	if now.Pid != before.Pid || now.MemSHA != before.MemSHAAtInit {
