@@ -62,7 +62,10 @@ and synced to disk, and is then killed and removed; with it, the subtree runs
 on and is frozen only for the dump itself, not for compression or writing.
 If anything fails (CRIU, disk, Ctrl-C, SIGTERM) the subtree is thawed and
 left running as before, no image is left behind, and CRIU's own reason is
-shown with the path of its full log.`,
+shown with the path of its full log (kept in $CR_STATE_DIR/criu-logs, the
+newest 50). If cr itself is killed, the subtree stays (frozen, at worst:
+cr thaw resumes it) and the next checkpoint removes its staging and its
+partial image.`,
 		Example: `  cr checkpoint /lab -o lab.cr
   cr checkpoint --leave-running --json /lab/pi | jq .frozen_seconds
   cr restore lab.cr`,

@@ -42,7 +42,9 @@ version, architecture) before creating anything, then recreate the subtree at
 its original path, or at --as PATH, and restore every container with CRIU:
 every pid inside each container is the one it had, SysV IPC objects keep
 their ids and contents, and the jobs continue where they were. The containers
-resume together once all are restored; if any fails, nothing is left.`,
+resume together once all are restored; if any fails, nothing is left. If cr
+itself is killed, the next cr command removes what it had made (nodes,
+processes, staging).`,
 		Example: `  cr restore lab.cr
   cr restore --as /lab-copy lab.cr
   cr restore --json lab.cr | jq .init_pids
