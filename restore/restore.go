@@ -80,7 +80,7 @@ var ErrIncompatible = errors.New("image not restorable here")
 // Prefixes of the staging entries (see package scratch): an extracted
 // image, and CRIU's work directory for one container.
 const (
-	StagingPrefix = "rst-"
+	stagingPrefix = "rst-"
 	workPrefix    = "rstwork-"
 )
 
@@ -89,7 +89,7 @@ const (
 // the caller removes it. Nothing else is touched. The staging directories
 // of restores that were killed are removed first.
 func Extract(ctx context.Context, r io.Reader, name string, o Options) (*scratch.Entry, *images.Manifest, error) {
-	dir, err := scratch.Mkdir(o.StagingDir, StagingPrefix)
+	dir, err := scratch.Mkdir(o.StagingDir, stagingPrefix)
 	if err != nil {
 		return nil, nil, fmt.Errorf("create staging area: %w", err)
 	}
