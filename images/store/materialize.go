@@ -18,6 +18,7 @@ import (
 	"syscall"
 
 	"github.com/cr-dev/cr/images"
+	"github.com/cr-dev/cr/scratch"
 )
 
 // maxChunkFile bounds what is read of one chunk file: a zstd frame of at
@@ -250,23 +251,25 @@ func writeFile(root *os.Root, id string, f FileRef, results <-chan chan fetched,
 
 // Export writes the snapshot id (or unique id prefix) as a single image
 // file at path (images.WriteFile: atomic, mode 0600), going through a
-// temporary staging dir next to path that is removed afterwards.
+// temporary staging dir next to path that is removed afterwards (a
+// scratch entry: one that a killed export left goes with the next export
+// there).
 func (s *Store) Export(ctx context.Context, id string, path string, o images.WriteOptions) error {
 	if !o.Overwrite {
 		if _, err := os.Lstat(path); err == nil {
 			return fmt.Errorf("export snapshot to %s: %w", path, fs.ErrExist)
 		}
 	}
-	tmp, err := os.MkdirTemp(filepath.Dir(path), ".cr-export-*")
+	tmp, err := scratch.Mkdir(filepath.Dir(path), ".cr-export-")
 	if err != nil {
 		return fmt.Errorf("export snapshot: %w", err)
 	}
-	defer os.RemoveAll(tmp)
-	m, err := s.Materialize(ctx, id, tmp)
+	defer tmp.Remove()
+	m, err := s.Materialize(ctx, id, tmp.Path)
 	if err != nil {
 		return fmt.Errorf("export: %w", err)
 	}
-	if _, err := images.WriteFile(ctx, path, tmp, m, o); err != nil {
+	if _, err := images.WriteFile(ctx, path, tmp.Path, m, o); err != nil {
 		return fmt.Errorf("export: %w", err)
 	}
 	return nil

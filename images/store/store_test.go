@@ -369,6 +369,11 @@ func TestExport(t *testing.T) {
 		t.Fatal(err)
 	}
 	outDir := t.TempDir()
+	// What an export killed half-way left there goes too.
+	killed := filepath.Join(outDir, ".cr-export-0123456789abcdef")
+	if err := os.MkdirAll(filepath.Join(killed, "checkpoint"), 0o700); err != nil {
+		t.Fatal(err)
+	}
 	image := filepath.Join(outDir, "job.img")
 	if err := s.Export(ctx, snap.ID[:6], image, images.WriteOptions{}); err != nil {
 		t.Fatal(err)
