@@ -541,11 +541,14 @@ func TestMigrateRestoreFails(t *testing.T) {
 		!strings.Contains(msg, "bad size") || !strings.Contains(msg, "/rf left running here") {
 		t.Fatalf("migration whose restore fails: want exit 1, the destination's failure with CRIU's reason and the source running, got exit %d: %s", code, msg)
 	}
-	// CRIU's log is kept at the destination, as the message says.
+	// CRIU's log is kept at the destination, as the message says, in its
+	// cr's state directory.
 	if i := strings.Index(msg, "full log: "); i < 0 {
 		t.Errorf("the error does not name CRIU's log: %s", msg)
-	} else if log := strings.Fields(msg[i+len("full log: "):])[0]; !strings.HasPrefix(strings.TrimRight(log, ")"), filepath.Join(h.dir, "tmp")) {
-		t.Errorf("CRIU's log %s is not in the destination's temporary directory", log)
+	} else if log := strings.TrimRight(strings.Fields(msg[i+len("full log: "):])[0], ")"); filepath.Dir(log) != filepath.Join(h.dir, "state", "criu-logs") {
+		t.Errorf("CRIU's log %s is not in the destination's $CR_STATE_DIR/criu-logs", log)
+	} else if b, err := os.ReadFile(log); err != nil || !strings.Contains(string(b), "bad size") {
+		t.Errorf("CRIU's kept log %s: %v, without CRIU's reason", log, err)
 	}
 	sourceRunsOn(t, j, before)
 	h.waitClean(t)
