@@ -225,7 +225,7 @@ func TestRestoreKilledLeavesNothing(t *testing.T) {
 
 	r := cr(t, "restore", img)
 	killAtCleanup(t, "/krs")
-	if r.code != 0 || !strings.HasPrefix(r.out, "restored /krs (1 containers)") ||
+	if r.code != 0 || !strings.HasPrefix(r.out, "restored /krs (1 container) in ") ||
 		r.err != "cr: interrupted restore of /krs: removed what was restored\n" {
 		t.Fatalf("restore after the killed ones: %s", r)
 	}
