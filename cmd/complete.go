@@ -49,6 +49,7 @@ var completions = map[string]func(c *cobra.Command){
 	"run": func(c *cobra.Command) {
 		c.ValidArgsFunction = completeRun
 		flagValues(c, "on-empty", onEmptyValues)
+		flagValues(c, "until", untilValues)
 		_ = c.RegisterFlagCompletionFunc("cwd", completeDirs)
 	},
 	"restore": func(c *cobra.Command) {
@@ -78,6 +79,7 @@ var completions = map[string]func(c *cobra.Command){
 var (
 	compressions  = []string{"zstd\tcompressed with zstd (default)", "none\tuncompressed"}
 	onEmptyValues = []string{nstree.OnEmptyDelete + "\tthe node goes when its job ends (default)", nstree.OnEmptyKeep + "\tthe node stays, empty, with the exit status"}
+	untilValues   = []string{nstree.UntilJob + "\tuntil the job exits (default)", nstree.UntilEmpty + "\tuntil its last process exits (daemons)"}
 )
 
 // addCompletions attaches the functions of completions to root's commands

@@ -145,6 +145,7 @@ func TestErrorsGolden(t *testing.T) {
 		{"ls", "--bogus"},
 		{"run", "/x"},
 		{"run", "--on-empty", "never", "/x", "--", "true"},
+		{"run", "--until", "forever", "/x", "--", "true"},
 		{"checkpoint", "--compress", "xz", "/lab"},
 		{"kill", "-s", "NOPE", "/lab"},
 		{"migrate", "/lab", "otherhost"},

@@ -91,6 +91,7 @@ type InspectContainer struct {
 	Env        []string          `json:"env,omitempty"`
 	Namespaces []string          `json:"namespaces,omitempty"`
 	OnEmpty    string            `json:"on_empty,omitempty"`
+	Until      string            `json:"until,omitempty"`
 	Limits     map[string]string `json:"limits,omitempty"`
 	Created    time.Time         `json:"created"`
 	InitPid    int               `json:"init_pid,omitempty"` // host pid at dump time
@@ -223,7 +224,7 @@ func inspectContainer(dir string, m *images.Manifest, c images.Container, sizes 
 	ic := InspectContainer{
 		Path: c.Path, Original: path.Join(m.Root, c.Path), Empty: c.Empty,
 		Command: c.Command, Cwd: c.Cwd, Env: c.Env, Namespaces: c.Namespaces,
-		OnEmpty: c.OnEmpty, Limits: c.Limits, Created: c.Created, InitPid: c.InitPid,
+		OnEmpty: c.OnEmpty, Until: c.Until, Limits: c.Limits, Created: c.Created, InitPid: c.InitPid,
 		Dump: inspectDump(c.Dump), Processes: []InspectProcess{},
 	}
 	if c.Dir == "" {
@@ -325,6 +326,9 @@ func printContainer(out *bytes.Buffer, c InspectContainer) {
 	fmt.Fprintf(out, "  created %s", c.Created.Local().Format(timeLayout))
 	if len(c.Namespaces) > 0 {
 		fmt.Fprintf(out, ", namespaces %s", strings.Join(c.Namespaces, " "))
+	}
+	if c.Until == "empty" {
+		fmt.Fprintf(out, ", until empty")
 	}
 	fmt.Fprintf(out, ", CRIU images %s\n", humanBytes(c.ImageBytes))
 	if d := c.Dump; d != nil {

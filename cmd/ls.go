@@ -32,6 +32,7 @@ type Entry struct {
 	AgeSeconds  float64   `json:"age_seconds"`
 	Command     []string  `json:"command,omitempty"`
 	OnEmpty     string    `json:"on_empty"`
+	Until       string    `json:"until"` // "job" or "empty"
 	ExitCode    *int      `json:"exit_code,omitempty"`
 	Children    int       `json:"children"`
 }
@@ -103,7 +104,7 @@ func runLs(out io.Writer, o LsOptions, p string) error {
 			Path: e.show(n.Path), Name: n.Name, ID: n.ID, State: n.State(),
 			Processes: u.Processes, MemoryBytes: u.RSSBytes, CPUSeconds: u.CPU.Seconds(),
 			Created: n.Created, AgeSeconds: now.Sub(n.Created).Seconds(),
-			Command: n.Command, OnEmpty: n.OnEmpty, ExitCode: n.ExitCode, Children: len(n.Children),
+			Command: n.Command, OnEmpty: n.OnEmpty, Until: untilOf(n.Until), ExitCode: n.ExitCode, Children: len(n.Children),
 		})
 	}
 	if o.JSON {
@@ -127,6 +128,15 @@ func printEntries(out io.Writer, entries []Entry) error {
 	}
 	tw.Flush() // a bytes.Buffer does not fail
 	return writeTrimmed(out, b.Bytes())
+}
+
+// untilOf names a container's mode; configs written before there were
+// modes have none.
+func untilOf(u string) string {
+	if u == "" {
+		return nstree.UntilJob
+	}
+	return u
 }
 
 func mustProcs(n *nstree.Node) []int {

@@ -19,6 +19,7 @@ type RunOptions struct {
 	Mount   bool
 	Net     bool
 	OnEmpty string
+	Until   string
 }
 
 func init() { register(newRunCommand) }
@@ -36,10 +37,18 @@ The container has its own pid, ipc and uts namespaces (mount and network with
 --mount and --net), its own cgroup, and cr's init as pid 1, which captures the
 job's output into the container's log (cr logs). The job runs with the
 caller's working directory and environment unless --cwd/--env say otherwise.
-PATH is distinguished from CMD by a leading "/" or by the "--" after it.`,
+PATH is distinguished from CMD by a leading "/" or by the "--" after it.
+
+The container lives until its job exits (--until job, the default): then
+whatever the job left behind is killed, so a job that daemonizes (forks and
+exits) takes its daemon with it. With --until empty it lives until the last
+process in it is gone, so a daemon keeps it, and is checkpointed, with all
+its processes; the exit status it keeps is the job's. --on-empty then says
+what happens to the node.`,
 		Example: `  cr run /lab/pi -- python3 -c 'import time; time.sleep(1e6)'
   cr run -- sleep 1000                     # gets /unnamed1
   cr run --on-empty keep /batch/job1 -- make test
+  cr run --until empty --net /db/redis -- redis-server --daemonize yes
   cr run --env HOME=/tmp --cwd /tmp /x -- env`,
 		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -56,6 +65,7 @@ PATH is distinguished from CMD by a leading "/" or by the "--" after it.`,
 	c.Flags().BoolVar(&o.Mount, "mount", false, "give the container its own mount namespace and /proc")
 	c.Flags().BoolVar(&o.Net, "net", false, "give the container its own network namespace (loopback only)")
 	c.Flags().StringVar(&o.OnEmpty, "on-empty", nstree.OnEmptyDelete, "what happens when the job ends: delete (the node goes) or keep")
+	c.Flags().StringVar(&o.Until, "until", nstree.UntilJob, "how long the container lives: job (until the job exits) or empty (until its last process exits)")
 	return c
 }
 
@@ -97,6 +107,9 @@ func runRun(out io.Writer, o RunOptions, path string, command []string) error {
 	if o.OnEmpty != nstree.OnEmptyDelete && o.OnEmpty != nstree.OnEmptyKeep {
 		return usageError{fmt.Errorf("invalid --on-empty %q: want delete or keep", o.OnEmpty)}
 	}
+	if o.Until != nstree.UntilJob && o.Until != nstree.UntilEmpty {
+		return usageError{fmt.Errorf("invalid --until %q: want job or empty", o.Until)}
+	}
 	for _, kv := range o.Env {
 		if !strings.Contains(kv, "=") {
 			return usageError{fmt.Errorf("invalid --env %q: want KEY=VALUE", kv)}
@@ -106,7 +119,7 @@ func runRun(out io.Writer, o RunOptions, path string, command []string) error {
 	if err != nil {
 		return err
 	}
-	ro := nstree.RunOptions{Command: command, Cwd: o.Cwd, Env: o.Env, Mount: o.Mount, Net: o.Net, OnEmpty: o.OnEmpty, Under: e.viewer.Root}
+	ro := nstree.RunOptions{Command: command, Cwd: o.Cwd, Env: o.Env, Mount: o.Mount, Net: o.Net, OnEmpty: o.OnEmpty, Until: o.Until, Under: e.viewer.Root}
 	if ro.Cwd == "" {
 		if ro.Cwd, err = os.Getwd(); err != nil {
 			return err

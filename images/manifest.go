@@ -98,6 +98,7 @@ type Container struct {
 	Env        []string          `json:"env,omitempty"`
 	Namespaces []string          `json:"namespaces,omitempty"` // "pid", "ipc", "uts", "mnt", "net"
 	OnEmpty    string            `json:"on_empty,omitempty"`   // "delete" or "keep"
+	Until      string            `json:"until,omitempty"`      // "job" (or absent) or "empty"
 	Limits     map[string]string `json:"limits,omitempty"`
 	Created    time.Time         `json:"created"`
 	// InitPid is the host pid of the container init at dump time

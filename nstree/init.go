@@ -118,7 +118,11 @@ func InitMain(args []string) int {
 		}()
 	}
 	code := in.supervise(job.Pid, sigs)
-	// The job is gone: end what it left behind, then drain its output.
+	if in.jobExited(code) == UntilEmpty {
+		untilEmpty(sigs)
+	}
+	// The job (under --until empty: the last process) is gone: end what
+	// it left behind, then drain its output.
 	_ = unix.Kill(-1, unix.SIGKILL)
 	reapAll(true)
 	done := make(chan struct{})
@@ -221,6 +225,54 @@ func (in *initProc) supervise(job int, sigs <-chan os.Signal) int {
 	return 0
 }
 
+// jobExited reads the container's mode from its config, where cr run and
+// a restore put it (so a restored container follows its image), and under
+// UntilEmpty records the job's exit status at once: the container itself
+// runs on. A config that cannot be read means UntilJob.
+func (in *initProc) jobExited(code int) string {
+	in.mu.Lock()
+	t, id, err := in.node()
+	in.mu.Unlock()
+	if err != nil {
+		return UntilJob
+	}
+	unlock, err := t.Lock()
+	if err != nil {
+		return UntilJob
+	}
+	defer unlock()
+	c, err := t.readConfig(id)
+	if err != nil || c.Until != UntilEmpty {
+		return UntilJob
+	}
+	c.ExitCode = &code
+	_ = t.WriteConfig(c)
+	return UntilEmpty
+}
+
+// untilEmpty reaps orphans until no process but the init is left in the
+// container's pid namespace. kill(-1, 0) from the init of a pid namespace
+// reaches every other process in it, zombies included, and fails with
+// ESRCH when there is none. A process that joined the namespace from
+// outside (cr enter's command) is not the init's child until its parent
+// exits, so the namespace is looked at every second as well as on SIGCHLD.
+// No signal is forwarded once the job is gone: cr kill signals every
+// process of the container itself.
+func untilEmpty(sigs <-chan os.Signal) {
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for {
+		reapAll(false)
+		if err := unix.Kill(-1, 0); err == unix.ESRCH {
+			return
+		}
+		select {
+		case <-sigs:
+		case <-tick.C:
+		}
+	}
+}
+
 // reapAll reaps children until none is left (block) or none is ready.
 func reapAll(block bool) {
 	opt := unix.WNOHANG
@@ -270,7 +322,9 @@ func (in *initProc) appendLog(b []byte) {
 	f.Close()
 }
 
-// finish records the job's exit and applies the on-empty policy.
+// finish records the job's exit and applies the on-empty policy. Under
+// UntilEmpty it runs when the last process is gone, and the exit status
+// it records is still the job's.
 func (in *initProc) finish(code int) {
 	in.mu.Lock()
 	t, id, err := in.node()

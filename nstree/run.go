@@ -28,6 +28,7 @@ type RunOptions struct {
 	Mount   bool // own mount namespace (with its own /proc)
 	Net     bool // own network namespace (only lo)
 	OnEmpty string
+	Until   string // UntilJob (default) or UntilEmpty
 }
 
 // InitArg is argv[1] of the container init: main dispatches on it before
@@ -46,6 +47,12 @@ func (t *Tree) Run(o RunOptions) (string, error) {
 	}
 	if o.OnEmpty != OnEmptyDelete && o.OnEmpty != OnEmptyKeep {
 		return "", fmt.Errorf("invalid --on-empty %q (want delete or keep)", o.OnEmpty)
+	}
+	if o.Until == "" {
+		o.Until = UntilJob
+	}
+	if o.Until != UntilJob && o.Until != UntilEmpty {
+		return "", fmt.Errorf("invalid --until %q (want job or empty)", o.Until)
 	}
 	exe, err := t.initBinary()
 	if err != nil {
@@ -71,7 +78,7 @@ func (t *Tree) Run(o RunOptions) (string, error) {
 		return "", err
 	}
 	undo := func() { t.removeCreated(created) }
-	node.Command, node.Cwd, node.Env = o.Command, o.Cwd, o.Env
+	node.Command, node.Cwd, node.Env, node.Until = o.Command, o.Cwd, o.Env, o.Until
 	node.Namespaces = []string{"pid", "ipc", "uts"}
 	if o.Mount {
 		node.Namespaces = append(node.Namespaces, "mnt")

@@ -44,6 +44,15 @@ const (
 	OnEmptyKeep   = "keep"
 )
 
+// How long a container lives (cr run --until): UntilJob, the default, ends
+// it when its job (the first process) exits; UntilEmpty when the last
+// process in its pid namespace is gone, so that daemons the job started
+// keep it alive. A config or manifest without the field means UntilJob.
+const (
+	UntilJob   = "job"
+	UntilEmpty = "empty"
+)
+
 // Tree is the tree of containers of this host.
 type Tree struct {
 	StateDir     string
@@ -115,6 +124,7 @@ type Config struct {
 	Env        []string  `json:"env,omitempty"`
 	Namespaces []string  `json:"namespaces,omitempty"`
 	OnEmpty    string    `json:"on_empty"`
+	Until      string    `json:"until,omitempty"`    // UntilJob ("" too) or UntilEmpty
 	Implicit   bool      `json:"implicit,omitempty"` // created on demand as an intermediate node; has no job
 	Created    time.Time `json:"created"`
 	InitPid    int       `json:"init_pid,omitempty"` // host pid of the container init
