@@ -215,6 +215,7 @@ type Entry struct {
 	Command   []string `json:"command"`
 	ExitCode  *int     `json:"exit_code"`
 	Memory    int64    `json:"memory_bytes"`
+	Until     string   `json:"until"`
 }
 
 func ls(t testing.TB, args ...string) map[string]Entry {

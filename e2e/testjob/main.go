@@ -45,7 +45,11 @@ func main() {
 	connect := flag.String("connect", "", "hold a TCP connection to this address (CRIU cannot dump it without --tcp-established)")
 	tick := flag.Duration("tick", 10*time.Millisecond, "counter period")
 	sockets := flag.Bool("sockets", false, "hold a TCP listener and a UDP socket on loopback, and use them at every report")
+	daemonize := flag.Bool("daemonize", false, "fork the job as a daemon in a session of its own, wait for its first report, and exit 0 (as redis-server --daemonize yes)")
 	flag.Parse()
+	if *daemonize {
+		daemonizeSelf(*report)
+	}
 
 	r := &jobreport.Report{}
 	var counter atomic.Int64
@@ -144,6 +148,35 @@ func main() {
 			writeReport()
 		}
 	}
+}
+
+// daemonizeSelf starts the job again without --daemonize as a daemon (its
+// own session, stdio on /dev/null, not waited for) and exits 0 once the
+// daemon has written its first report: the first process ends, the daemon
+// is an orphan of the container's init.
+func daemonizeSelf(report string) {
+	var args []string
+	for _, a := range os.Args[1:] {
+		if a != "--daemonize" && a != "-daemonize" {
+			args = append(args, a)
+		}
+	}
+	if report != "" {
+		_ = os.Remove(report)
+	}
+	c := exec.Command("/proc/self/exe", args...)
+	c.SysProcAttr = &unix.SysProcAttr{Setsid: true}
+	if err := c.Start(); err != nil {
+		die(err)
+	}
+	fmt.Printf("daemon %d started\n", c.Process.Pid)
+	for report != "" {
+		if _, err := os.Stat(report); err == nil {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	os.Exit(0)
 }
 
 func die(err error) {
