@@ -112,6 +112,12 @@ EOT
 }
 
 apt_install iproute2 util-linux
+# redis-server: the e2e test of a daemonizing service (it runs its own, in a
+# container). Debian starts a system redis when it installs one: not ours.
+if ! dpkg-query -W -f='${Status}' redis-server 2>/dev/null | grep -q 'install ok installed'; then
+	apt_install redis-server
+	if command -v systemctl >/dev/null; then systemctl disable --now redis-server >/dev/null 2>&1 || true; fi
+fi
 command -v go >/dev/null || die "go is not installed (expected Go >= 1.25 at /usr/local/go)"
 [ -f "$here/go.mod" ] && { (cd "$here" && go mod download) || die "go mod download failed"; }
 
