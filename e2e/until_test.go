@@ -102,12 +102,18 @@ func initPid(t *testing.T, path string) int {
 // forked) in an --until empty container is checkpointed with its server
 // and restored with its 100k keys; the image and the restored container
 // keep the mode.
-func TestUntilEmptyRedisCheckpoint(t *testing.T) {
+// redisSample are the keys the redis tests read back.
+var redisSample = []string{"key:1", "key:2", "key:777", "key:31337", "key:50000", "key:99999", "key:100000"}
+
+// startRedis starts redis-server --daemonize yes in an --until empty
+// container at path with its own network, loads 100k keys and returns
+// what MGET of redisSample gives.
+func startRedis(t *testing.T, path string) string {
+	t.Helper()
 	if _, err := exec.LookPath("redis-server"); err != nil {
 		t.Skip("redis-server is not installed (scripts/provision.sh installs it)")
 	}
 	dir := t.TempDir()
-	const path = "/redis"
 	mustCr(t, "run", "--until", "empty", "--net", path, "--", "redis-server", "--daemonize", "yes",
 		"--bind", "127.0.0.1", "--port", "6379", "--save", "", "--appendonly", "no", "--logfile", "",
 		"--dir", dir, "--pidfile", filepath.Join(dir, "redis.pid"))
@@ -127,12 +133,25 @@ func TestUntilEmptyRedisCheckpoint(t *testing.T) {
 	if got := redisCli(t, pid, "EVAL", load, "0"); got != "100000" {
 		t.Fatalf("loading 100000 keys: %q", got)
 	}
-	sample := []string{"key:1", "key:2", "key:777", "key:31337", "key:50000", "key:99999", "key:100000"}
-	want := redisCli(t, pid, append([]string{"MGET"}, sample...)...)
-	if !strings.Contains(want, "value:") {
+	want := redisCli(t, pid, append([]string{"MGET"}, redisSample...)...)
+	if strings.Count(want, "value:") != len(redisSample) {
 		t.Fatalf("MGET before the checkpoint: %q", want)
 	}
+	return want
+}
+
+// redis-server --daemonize yes (the launcher exits once the server has
+// forked) in an --until empty container is checkpointed with its server
+// and restored with its 100k keys; the image and the restored container
+// keep the mode.
+func TestUntilEmptyRedisCheckpoint(t *testing.T) {
+	const path = "/redis"
+	want := startRedis(t, path)
+	sample := redisSample
 	before := insidePids(t, path)
+	if len(before) != 2 {
+		t.Fatalf("%s has processes %v, want the init and redis-server", path, before)
+	}
 
 	img := image(t)
 	mustCr(t, "checkpoint", path, "-o", img)
@@ -160,7 +179,7 @@ func TestUntilEmptyRedisCheckpoint(t *testing.T) {
 	if after := insidePids(t, path); !slices.Equal(after, before) {
 		t.Errorf("restored pids %v, want %v", after, before)
 	}
-	pid = initPid(t, path)
+	pid := initPid(t, path)
 	if got := redisCli(t, pid, "DBSIZE"); got != "100000" {
 		t.Errorf("DBSIZE after restore: %q, want 100000", got)
 	}
@@ -174,4 +193,39 @@ func TestUntilEmptyRedisCheckpoint(t *testing.T) {
 	// the server ends the container (and the default policy removes it).
 	_ = exec.Command("nsenter", "--net=/proc/"+strconv.Itoa(pid)+"/ns/net", "redis-cli", "-p", "6379", "SHUTDOWN", "NOSAVE").Run()
 	waitFor(t, 30*time.Second, path+" to go after its server", func() bool { _, ok := ls(t)[path]; return !ok })
+}
+
+// The same server migrates to another host, where a client in its network
+// namespace finds every key, and where the container still lives until
+// its server is gone.
+func TestUntilEmptyRedisMigrate(t *testing.T) {
+	h := newHost(t, "token")
+	const path = "/mredis"
+	want := startRedis(t, path)
+	before := insidePids(t, path)
+	mustCr(t, migrateArgs(h, path)...)
+	gone(t, path)
+	if e := h.ls(t)[path]; e.State != "running" || e.Until != "empty" || e.Processes != 2 {
+		t.Errorf("migrated %s: %+v, want running, until empty, 2 processes", path, e)
+	}
+	var after []int
+	var pid int
+	for _, p := range h.ps(t, path) {
+		after = append(after, p.Pid)
+		if p.Pid == 1 {
+			pid = p.HostPid
+		}
+	}
+	slices.Sort(after)
+	if !slices.Equal(after, before) || pid == 0 {
+		t.Fatalf("migrated pids %v, want %v", after, before)
+	}
+	if got := redisCli(t, pid, "DBSIZE"); got != "100000" {
+		t.Errorf("DBSIZE after migration: %q, want 100000", got)
+	}
+	if got := redisCli(t, pid, append([]string{"MGET"}, redisSample...)...); got != want {
+		t.Errorf("MGET after migration:\n%s\nwant:\n%s", got, want)
+	}
+	_ = exec.Command("nsenter", "--net=/proc/"+strconv.Itoa(pid)+"/ns/net", "redis-cli", "-p", "6379", "SHUTDOWN", "NOSAVE").Run()
+	waitFor(t, 30*time.Second, path+" to go at the destination after its server", func() bool { _, ok := h.ls(t)[path]; return !ok })
 }
