@@ -95,6 +95,7 @@ func TestCompleteSignals(t *testing.T) {
 func TestCompleteEnums(t *testing.T) {
 	wantCompletion(t, []string{"run", "--on-empty", ""}, []string{"delete\tthe node goes when its job ends (default)", "keep\tthe node stays, empty, with the exit status"}, dirNoFiles)
 	wantCompletion(t, []string{"run", "--on-empty", "k"}, []string{"keep\tthe node stays, empty, with the exit status"}, dirNoFiles)
+	wantCompletion(t, []string{"run", "--until", ""}, []string{"job\tuntil the job exits (default)", "empty\tuntil its last process exits (daemons)"}, dirNoFiles)
 	wantCompletion(t, []string{"checkpoint", "--compress", ""}, []string{"zstd\tcompressed with zstd (default)", "none\tuncompressed"}, dirNoFiles)
 	wantCompletion(t, []string{"images", "export", "--store", "/x", "--compress", "n"}, []string{"none\tuncompressed"}, dirNoFiles)
 	wantCompletion(t, []string{"snapshot", "--store", ""}, nil, dirDirs)
