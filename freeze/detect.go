@@ -150,3 +150,26 @@ func unescapeOctal(s string) string {
 	}
 	return b.String()
 }
+
+// V1Mounts returns the mount point of each v1 controller hierarchy in the
+// mount table at mountinfoPath, by controller name ("memory", "cpu", ...;
+// a hierarchy that co-mounts several, such as cpu,cpuacct, is listed under
+// each). The first mount of a controller wins.
+func V1Mounts(mountinfoPath string) (map[string]string, error) {
+	mounts, err := readMountinfo(mountinfoPath)
+	if err != nil {
+		return nil, fmt.Errorf("detect cgroup hierarchies: %w", err)
+	}
+	out := map[string]string{}
+	for _, m := range mounts {
+		if m.fstype != "cgroup" {
+			continue
+		}
+		for o := range strings.SplitSeq(m.superOpts, ",") {
+			if _, ok := out[o]; !ok && o != "rw" && o != "ro" && !strings.Contains(o, "=") {
+				out[o] = m.point
+			}
+		}
+	}
+	return out, nil
+}
