@@ -9,6 +9,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/cr-dev/cr/images/store"
+	"github.com/cr-dev/cr/limits"
 	"github.com/cr-dev/cr/nstree"
 )
 
@@ -35,6 +36,7 @@ var completions = map[string]func(c *cobra.Command){
 	"logs": func(c *cobra.Command) { c.ValidArgsFunction = argsThen(completeContainers) },
 	"ls":   func(c *cobra.Command) { c.ValidArgsFunction = argsThen(completeContainers) },
 	"ps":   func(c *cobra.Command) { c.ValidArgsFunction = argsThen(completeContainers) },
+	"set":  func(c *cobra.Command) { c.ValidArgsFunction = completeSet },
 	"rename": func(c *cobra.Command) {
 		c.ValidArgsFunction = argsThen(completeContainers, completeParents)
 	},
@@ -307,4 +309,16 @@ func completeSignals(_ *cobra.Command, _ []string, toComplete string) ([]cobra.C
 		}
 	}
 	return out, cobra.ShellCompDirectiveNoFileComp
+}
+
+// completeSet completes cr set's PATH, then the limits' names.
+func completeSet(c *cobra.Command, args []string, toComplete string) ([]cobra.Completion, cobra.ShellCompDirective) {
+	if len(args) == 0 {
+		return completeContainers(c, args, toComplete)
+	}
+	var out []cobra.Completion
+	for _, n := range limits.Names {
+		out = append(out, n+"=")
+	}
+	return out, cobra.ShellCompDirectiveNoFileComp | cobra.ShellCompDirectiveNoSpace
 }

@@ -12,6 +12,7 @@ import (
 	"github.com/cr-dev/cr/images"
 	"github.com/cr-dev/cr/images/criuimg"
 	"github.com/cr-dev/cr/images/store"
+	"github.com/cr-dev/cr/limits"
 	"github.com/cr-dev/cr/migrate"
 	"github.com/cr-dev/cr/nstree"
 	"github.com/cr-dev/cr/restore"
@@ -58,6 +59,8 @@ var sentinels = []struct {
 	{nstree.ErrOutside, ExitDenied},
 	{nstree.ErrNoCgroups, ExitEnv},
 	{nstree.ErrState, ExitState},
+	{nstree.ErrLimit, ExitUsage},
+	{limits.ErrUnsupported, ExitEnv},
 	{freeze.ErrNoFreezer, ExitEnv},
 	{errNoImage, ExitNotFound},
 	{fs.ErrExist, ExitExists},

@@ -10,6 +10,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/cr-dev/cr/limits"
 	"github.com/cr-dev/cr/nstree"
 )
 
@@ -35,6 +36,9 @@ type Entry struct {
 	Until       string    `json:"until"` // "job" or "empty"
 	ExitCode    *int      `json:"exit_code,omitempty"`
 	Children    int       `json:"children"`
+	// Limits are the node's own resource limits by name (cr set); its
+	// ancestors' apply too.
+	Limits map[string]string `json:"limits,omitempty"`
 }
 
 func init() { register(newLsCommand) }
@@ -105,6 +109,7 @@ func runLs(out io.Writer, o LsOptions, p string) error {
 			Processes: u.Processes, MemoryBytes: u.RSSBytes, CPUSeconds: u.CPU.Seconds(),
 			Created: n.Created, AgeSeconds: now.Sub(n.Created).Seconds(),
 			Command: n.Command, OnEmpty: n.OnEmpty, Until: untilOf(n.Until), ExitCode: n.ExitCode, Children: len(n.Children),
+			Limits: n.NodeLimits().Map(),
 		})
 	}
 	if o.JSON {
@@ -117,14 +122,15 @@ func runLs(out io.Writer, o LsOptions, p string) error {
 func printEntries(out io.Writer, entries []Entry) error {
 	var b bytes.Buffer
 	tw := tabwriter.NewWriter(&b, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "PATH\tSTATE\tPROCS\tMEM\tCPU\tAGE\tCOMMAND")
+	fmt.Fprintln(tw, "PATH\tSTATE\tPROCS\tMEM\tCPU\tAGE\tLIMITS\tCOMMAND")
 	for _, en := range entries {
 		cmd := oneLine(strings.Join(en.Command, " "))
 		if en.ExitCode != nil {
 			cmd += fmt.Sprintf(" (exited %d)", *en.ExitCode)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\t%s\n", nstree.Quote(en.Path), en.State, en.Processes, humanBytes(en.MemoryBytes),
-			time.Duration(en.CPUSeconds*float64(time.Second)).Round(10*time.Millisecond), humanAge(en.AgeSeconds), cmd)
+		lim, _ := limits.FromMap(en.Limits)
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\n", nstree.Quote(en.Path), en.State, en.Processes, humanBytes(en.MemoryBytes),
+			time.Duration(en.CPUSeconds*float64(time.Second)).Round(10*time.Millisecond), humanAge(en.AgeSeconds), strings.ReplaceAll(lim.String(), " ", ","), cmd)
 	}
 	tw.Flush() // a bytes.Buffer does not fail
 	return writeTrimmed(out, b.Bytes())

@@ -9,8 +9,32 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/cr-dev/cr/limits"
 	"github.com/cr-dev/cr/nstree"
 )
+
+// limitFlag is one limit's flag: its text, checked when given.
+type limitFlag struct {
+	m    map[string]string
+	name string
+}
+
+func (f limitFlag) String() string { return f.m[f.name] }
+func (f limitFlag) Type() string {
+	switch f.name {
+	case limits.NameMemory, limits.NameMemoryHigh:
+		return "size"
+	}
+	return "n"
+}
+func (f limitFlag) Set(v string) error {
+	var l limits.Limits
+	if err := l.Set(f.name, v); err != nil {
+		return err
+	}
+	f.m[f.name] = v
+	return nil
+}
 
 // RunOptions are the flags of cr run.
 type RunOptions struct {
@@ -20,6 +44,7 @@ type RunOptions struct {
 	Net     bool
 	OnEmpty string
 	Until   string
+	Limits  map[string]string // limit name to text, from --memory, --cpus, ...
 }
 
 func init() { register(newRunCommand) }
@@ -35,7 +60,9 @@ Without PATH the container gets a generated name (/unnamed1, /unnamed2, ...).
 Missing intermediate nodes are created (cr run /lab/pi -- ... creates /lab).
 The container has its own pid, ipc and uts namespaces (mount and network with
 --mount and --net), its own cgroup, and cr's init as pid 1, which captures the
-job's output into the container's log (cr logs). The job runs with the
+job's output into the container's log (cr logs). --memory, --memory-high,
+--cpus, --cpu-weight and --pids limit the container's whole subtree (see
+cr set); they cannot exceed an ancestor's. The job runs with the
 caller's working directory and environment unless --cwd/--env say otherwise.
 PATH is distinguished from CMD by a leading "/" or by the "--" after it.
 
@@ -49,7 +76,8 @@ what happens to the node.`,
   cr run -- sleep 1000                     # gets /unnamed1
   cr run --on-empty keep /batch/job1 -- make test
   cr run --until empty --net /db/redis -- redis-server --daemonize yes
-  cr run --env HOME=/tmp --cwd /tmp /x -- env`,
+  cr run --env HOME=/tmp --cwd /tmp /x -- env
+  cr run --memory 512M --cpus 1.5 --pids 200 /lab/build -- make`,
 		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			path, given, command := splitRunArgs(args, cmd.ArgsLenAtDash())
@@ -66,6 +94,16 @@ what happens to the node.`,
 	c.Flags().BoolVar(&o.Net, "net", false, "give the container its own network namespace (loopback only)")
 	c.Flags().StringVar(&o.OnEmpty, "on-empty", nstree.OnEmptyDelete, "what happens when the job ends: delete (the node goes) or keep")
 	c.Flags().StringVar(&o.Until, "until", nstree.UntilJob, "how long the container lives: job (until the job exits) or empty (until its last process exits)")
+	o.Limits = map[string]string{}
+	for _, f := range []struct{ name, usage string }{
+		{limits.NameMemory, "memory limit of the container's subtree, such as 512M (bytes, or k, m, g, t)"},
+		{limits.NameMemoryHigh, "memory throttling threshold, such as 400M (cgroup v2 only)"},
+		{limits.NameCPUs, "CPU time limit in CPUs, such as 1.5"},
+		{limits.NameCPUWeight, "CPU weight relative to siblings, 1 to 10000 (default 100)"},
+		{limits.NamePids, "maximum number of processes and threads"},
+	} {
+		c.Flags().Var(limitFlag{o.Limits, f.name}, f.name, f.usage)
+	}
 	return c
 }
 
@@ -115,11 +153,15 @@ func runRun(out io.Writer, o RunOptions, path string, command []string) error {
 			return usageError{fmt.Errorf("invalid --env %q: want KEY=VALUE", kv)}
 		}
 	}
+	lim, err := limits.FromMap(o.Limits)
+	if err != nil {
+		return usageError{err}
+	}
 	e, err := openEnv()
 	if err != nil {
 		return err
 	}
-	ro := nstree.RunOptions{Command: command, Cwd: o.Cwd, Env: o.Env, Mount: o.Mount, Net: o.Net, OnEmpty: o.OnEmpty, Until: o.Until, Under: e.viewer.Root}
+	ro := nstree.RunOptions{Command: command, Cwd: o.Cwd, Env: o.Env, Mount: o.Mount, Net: o.Net, OnEmpty: o.OnEmpty, Until: o.Until, Under: e.viewer.Root, Limits: lim}
 	if ro.Cwd == "" {
 		if ro.Cwd, err = os.Getwd(); err != nil {
 			return err

@@ -17,18 +17,34 @@ import (
 	"github.com/cr-dev/cr/freeze"
 )
 
-// makeCgroups creates the node's cgroup directory and its ".tasks" leaf.
+// makeCgroups creates the node's cgroup directory and its ".tasks" leaf,
+// and the same in each v1 controller hierarchy the limits use (mirrors).
+// A mirror that cannot be made (a read-only hierarchy) is left out: then
+// limits cannot be set there (Apply fails) and the node has none.
 func makeCgroups(dir string) error {
 	if err := os.MkdirAll(filepath.Join(dir, TasksLeaf), 0o755); err != nil {
 		return fmt.Errorf("create cgroup: %w", err)
 	}
+	for _, m := range mirrors(dir) {
+		_ = os.MkdirAll(filepath.Join(m, TasksLeaf), 0o755)
+	}
 	return nil
 }
 
-// removeCgroups removes dir and everything below it, deepest first. Cgroup
-// directories can only be removed once empty of processes; it waits a little
-// for exiting processes to leave.
+// removeCgroups removes dir and everything below it, deepest first, and
+// its mirrors in the v1 controller hierarchies. Cgroup directories can only
+// be removed once empty of processes; it waits a little for exiting
+// processes to leave.
 func removeCgroups(dir string) error {
+	for _, d := range append([]string{dir}, mirrors(dir)...) {
+		if err := removeCgroupTree(d); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func removeCgroupTree(dir string) error {
 	var dirs []string
 	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {

@@ -12,4 +12,5 @@ var (
 	ErrNoCgroups   = errors.New("no usable cgroup hierarchy")
 	ErrBusy        = errors.New("container busy")
 	ErrState       = errors.New("wrong container state")
+	ErrLimit       = errors.New("invalid limits")
 )

@@ -155,6 +155,9 @@ func initStage1(c InitConfig) error {
 	if err := JoinCgroup(c.Leaf); err != nil {
 		return err
 	}
+	if err := joinMirrors(c.Leaf); err != nil { // the limits' v1 controllers
+		return err
+	}
 	if err := unix.Unshare(unix.CLONE_NEWCGROUP); err != nil {
 		return fmt.Errorf("create cgroup namespace: %w", err)
 	}
@@ -353,6 +356,7 @@ func (in *initProc) finish(code int) {
 	if err := JoinCgroup(t.Hier.Mount); err != nil {
 		return
 	}
+	leaveMirrors()
 	f, err := t.Load()
 	if err != nil {
 		return

@@ -198,8 +198,16 @@ func (t *Tree) Enter(n *Node, cmd []string) (int, error) {
 	args = append(args, cmd...)
 	// The shell joins the container's cgroup, then becomes nsenter, whose
 	// child (the command) is born in the container's pid namespace.
-	script := `echo $$ > "$1/cgroup.procs" || exit 125; shift; exec nsenter "$@"`
-	c := exec.Command("/bin/sh", append([]string{"-c", script, "cr-enter", n.Leaf()}, args...)...)
+	// It joins the mirrors of the leaf in the v1 controller hierarchies too
+	// (the limits), listed with the leaf, separated by ":".
+	script := `IFS=:; for d in $1; do echo $$ > "$d/cgroup.procs" || exit 125; done; unset IFS; shift; exec nsenter "$@"`
+	leaves := n.Leaf()
+	for _, m := range mirrors(n.Leaf()) {
+		if _, err := os.Stat(m); err == nil {
+			leaves += ":" + m
+		}
+	}
+	c := exec.Command("/bin/sh", append([]string{"-c", script, "cr-enter", leaves}, args...)...)
 	var err error
 	if tty {
 		err = enterTerminal(c, os.Stdin)

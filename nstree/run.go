@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/cr-dev/cr/limits"
 )
 
 // RunOptions say what job to start and how.
@@ -28,7 +30,8 @@ type RunOptions struct {
 	Mount   bool // own mount namespace (with its own /proc)
 	Net     bool // own network namespace (only lo)
 	OnEmpty string
-	Until   string // UntilJob (default) or UntilEmpty
+	Until   string        // UntilJob (default) or UntilEmpty
+	Limits  limits.Limits // for the new node's subtree, set before the job starts
 }
 
 // InitArg is argv[1] of the container init: main dispatches on it before
@@ -86,6 +89,11 @@ func (t *Tree) Run(o RunOptions) (string, error) {
 	if o.Net {
 		node.Namespaces = append(node.Namespaces, "net")
 	}
+	if err := t.applyLimits(node, o.Limits); err != nil {
+		undo()
+		return "", err
+	}
+	node.Limits = o.Limits.Map()
 	node.Status = "starting"
 	if err := t.WriteConfig(&node.Config); err != nil {
 		undo()

@@ -132,6 +132,9 @@ type Config struct {
 	ExitCode   *int      `json:"exit_code,omitempty"`
 	Exited     time.Time `json:"exited,omitzero"`
 	Restored   time.Time `json:"restored,omitzero"` // when it was last restored from an image
+	// Limits are the node's resource limits by name (limits.Limits.Map),
+	// for its whole subtree.
+	Limits map[string]string `json:"limits,omitempty"`
 }
 
 // Node is a container in a loaded tree.
