@@ -16,6 +16,7 @@ import (
 
 	"github.com/cr-dev/cr/images"
 	"github.com/cr-dev/cr/images/criuimg"
+	"github.com/cr-dev/cr/limits"
 	"github.com/cr-dev/cr/scratch"
 )
 
@@ -331,6 +332,14 @@ func printContainer(out *bytes.Buffer, c InspectContainer) {
 		fmt.Fprintf(out, ", until empty")
 	}
 	fmt.Fprintf(out, ", CRIU images %s\n", humanBytes(c.ImageBytes))
+	if len(c.Limits) > 0 {
+		lim, err := limits.FromMap(c.Limits)
+		s := lim.String()
+		if err != nil {
+			s = fmt.Sprintf("invalid (%v)", err)
+		}
+		fmt.Fprintf(out, "  limits: %s\n", oneLine(s))
+	}
 	if d := c.Dump; d != nil {
 		fmt.Fprintf(out, "  dump: frozen %s (freezing %s, memdump %s, memwrite %s), pages scanned %d, written %d",
 			dur(d.FrozenSeconds), dur(d.FreezingSeconds), dur(d.MemdumpSeconds), dur(d.MemwriteSeconds),

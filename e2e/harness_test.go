@@ -102,7 +102,9 @@ func run(m *testing.M) int {
 // tree and reports it.
 func cleanupTree() string {
 	var left []string
-	for _, mnt := range []string{"/sys/fs/cgroup/unified", "/sys/fs/cgroup", "/sys/fs/cgroup/freezer"} {
+	// The v1 controller hierarchies hold the mirrors of the containers' cgroups
+	// (the limits).
+	for _, mnt := range []string{"/sys/fs/cgroup/unified", "/sys/fs/cgroup", "/sys/fs/cgroup/freezer", "/sys/fs/cgroup/memory", "/sys/fs/cgroup/cpu", "/sys/fs/cgroup/cpu,cpuacct", "/sys/fs/cgroup/pids"} {
 		base := filepath.Join(mnt, cgName)
 		if _, err := os.Stat(base); err != nil {
 			continue

@@ -66,15 +66,25 @@ func leaveMirrors() {
 	}
 }
 
-// MoveToMirrors puts each pid into the mirrors of the cgroup leaf: a
+// MoveToMirrors puts the processes of the cgroup leaf into its mirrors: a
 // restored process comes back in cr's own hierarchy only (CRIU restores
 // the cgroups of that hierarchy alone), and joins the limits here, before
 // it resumes.
-func MoveToMirrors(leaf string, pids []int) error {
-	for _, m := range mirrors(leaf) {
+func MoveToMirrors(leaf string) error {
+	ms := mirrors(leaf)
+	if len(ms) == 0 {
+		return nil
+	}
+	pids, err := Procs(leaf)
+	if err != nil {
+		return err
+	}
+	for _, m := range ms {
 		if err := os.MkdirAll(m, 0o755); err != nil {
 			return fmt.Errorf("create cgroup: %w", err)
 		}
+		// v1 memory: the restored pages' charges move with the tasks.
+		_ = os.WriteFile(filepath.Join(m, "memory.move_charge_at_immigrate"), []byte("3"), 0)
 		for _, p := range pids {
 			if err := os.WriteFile(filepath.Join(m, "cgroup.procs"), []byte(fmt.Sprint(p)), 0); err != nil && !errors.Is(err, os.ErrNotExist) {
 				return fmt.Errorf("move %d to %s: %w", p, m, err)

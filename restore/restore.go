@@ -167,6 +167,10 @@ func FromDir(ctx context.Context, t *nstree.Tree, dir string, m *images.Manifest
 	if err := j.created(nodes); err != nil {
 		return nil, err
 	}
+	// The limits are in place before any process is restored.
+	if err := t.ApplyRestoredLimits(nodes); err != nil {
+		return nil, err
+	}
 	// Carry each container's log over.
 	for i, c := range m.Containers {
 		if c.Empty {
@@ -220,6 +224,12 @@ func FromDir(ctx context.Context, t *nstree.Tree, dir string, m *images.Manifest
 		hs = append(hs, h)
 		go func() {
 			h.done <- restoreOne(ctx, t, o, dir, work, c, n, func(pid int32) error {
+				// CRIU restored the cgroups of cr's own hierarchy only:
+				// the limits' v1 controllers get the tasks here, before
+				// they resume.
+				if err := nstree.MoveToMirrors(n.Leaf()); err != nil {
+					return err
+				}
 				h.restored <- pid
 				return <-h.decide
 			})
@@ -287,7 +297,7 @@ func toSpecs(m *images.Manifest) []nstree.RestoreSpec {
 	for _, c := range m.Containers {
 		specs = append(specs, nstree.RestoreSpec{Rel: c.Path, Config: nstree.Config{
 			Command: c.Command, Cwd: c.Cwd, Env: c.Env, Namespaces: c.Namespaces, OnEmpty: c.OnEmpty, Until: c.Until,
-			Created: c.Created, Implicit: c.Empty && len(c.Command) == 0,
+			Created: c.Created, Implicit: c.Empty && len(c.Command) == 0, Limits: c.Limits,
 		}})
 	}
 	return specs
