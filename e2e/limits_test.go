@@ -232,3 +232,36 @@ func TestLimitsSurviveCheckpoint(t *testing.T) {
 		}
 	}
 }
+
+func TestLimitsViewer(t *testing.T) {
+	l := limitsLayout(t)
+	start(t, "/vsl", "sleep", "1000")
+	start(t, "/vsl/inner", "sleep", "1000")
+	// From inside /vsl its own limits are read-only; those below are not.
+	r := cr(t, "enter", "/vsl", "--", crBin, "set", "/", "memory=1G")
+	if r.code != 5 || !strings.Contains(r.err, `"/" is your own container`) {
+		t.Errorf("cr set / from inside /vsl: %s", r)
+	}
+	r = cr(t, "enter", "/vsl", "--", crBin, "set", "/inner", "memory=64M")
+	if r.code != 0 || r.out != "/inner: memory=64M\n" {
+		t.Errorf("cr set /inner from inside /vsl: %s", r)
+	}
+	if got, err := l.Read(nodeRel(t, "/vsl/inner")); err != nil || got.Memory != 64<<20 {
+		t.Errorf("/vsl/inner limits %+v, %v", got, err)
+	}
+	if got, err := l.Read(nodeRel(t, "/vsl")); err != nil || got.Memory != 0 {
+		t.Errorf("/vsl limits %+v, %v: want none", got, err)
+	}
+	inLimitedCgroups(t, l, "/vsl/inner")
+	// cr enter puts its command in the limited cgroups too (seen from
+	// inside the container's cgroup namespace: its leaf is the root).
+	out := mustCr(t, "enter", "/vsl/inner", "--", "cat", "/proc/self/cgroup")
+	for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
+		if f := strings.SplitN(line, ":", 3); len(f) == 3 && (strings.Contains(f[1], "memory") || strings.Contains(f[1], "pids")) && f[2] != "/" {
+			t.Errorf("cr enter's command is outside the container's %s cgroup: %s", f[1], line)
+		}
+	}
+	if !strings.Contains(out, "memory:/\n") {
+		t.Errorf("cr enter's command has no memory cgroup of the container:\n%s", out)
+	}
+}
