@@ -102,41 +102,57 @@ func run(m *testing.M) int {
 // tree and reports it.
 func cleanupTree() string {
 	var left []string
-	// The v1 controller hierarchies hold the mirrors of the containers' cgroups
-	// (the limits).
-	for _, mnt := range []string{"/sys/fs/cgroup/unified", "/sys/fs/cgroup", "/sys/fs/cgroup/freezer", "/sys/fs/cgroup/memory", "/sys/fs/cgroup/cpu", "/sys/fs/cgroup/cpu,cpuacct", "/sys/fs/cgroup/pids"} {
-		base := filepath.Join(mnt, cgName)
-		if _, err := os.Stat(base); err != nil {
-			continue
-		}
-		var dirs []string
-		_ = filepath.WalkDir(base, func(p string, d os.DirEntry, err error) error {
-			if err == nil && d.IsDir() {
-				dirs = append(dirs, p)
+	for _, mnt := range []string{"/sys/fs/cgroup/unified", "/sys/fs/cgroup", "/sys/fs/cgroup/freezer"} {
+		left = append(left, cleanupCgroups(filepath.Join(mnt, cgName))...)
+	}
+	// The v1 controller hierarchies hold the mirrors of the containers'
+	// cgroups (the limits), for this run's parent and the other trees'
+	// (cgName-other, cgName-dstN), whose bases a test's cleanup leaves.
+	for _, mnt := range []string{"/sys/fs/cgroup/memory", "/sys/fs/cgroup/cpu", "/sys/fs/cgroup/cpu,cpuacct", "/sys/fs/cgroup/pids"} {
+		bases, _ := filepath.Glob(filepath.Join(mnt, cgName+"*"))
+		for _, b := range bases {
+			if n := filepath.Base(b); n == cgName || strings.HasPrefix(n, cgName+"-") {
+				left = append(left, cleanupCgroups(b)...)
 			}
-			return nil
-		})
-		_ = os.WriteFile(filepath.Join(base, "cgroup.kill"), []byte("1"), 0)
-		_ = os.WriteFile(filepath.Join(base, "cgroup.freeze"), []byte("0"), 0)
-		for _, d := range dirs {
-			if b, _ := os.ReadFile(filepath.Join(d, "cgroup.procs")); len(bytes.TrimSpace(b)) > 0 {
-				left = append(left, "processes in "+d)
-				for _, f := range strings.Fields(string(b)) {
-					if pid, err := strconv.Atoi(f); err == nil {
-						_ = syscall.Kill(pid, syscall.SIGKILL)
-					}
-				}
-			}
-		}
-		time.Sleep(100 * time.Millisecond)
-		for i := len(dirs) - 1; i >= 0; i-- {
-			if dirs[i] != base {
-				left = append(left, "cgroup "+dirs[i])
-			}
-			_ = syscall.Rmdir(dirs[i])
 		}
 	}
 	return strings.Join(left, ", ")
+}
+
+// cleanupCgroups kills and removes whatever is under the cgroup base, and
+// base, and reports what was there.
+func cleanupCgroups(base string) []string {
+	var left []string
+	if _, err := os.Stat(base); err != nil {
+		return nil
+	}
+	var dirs []string
+	_ = filepath.WalkDir(base, func(p string, d os.DirEntry, err error) error {
+		if err == nil && d.IsDir() {
+			dirs = append(dirs, p)
+		}
+		return nil
+	})
+	_ = os.WriteFile(filepath.Join(base, "cgroup.kill"), []byte("1"), 0)
+	_ = os.WriteFile(filepath.Join(base, "cgroup.freeze"), []byte("0"), 0)
+	for _, d := range dirs {
+		if b, _ := os.ReadFile(filepath.Join(d, "cgroup.procs")); len(bytes.TrimSpace(b)) > 0 {
+			left = append(left, "processes in "+d)
+			for _, f := range strings.Fields(string(b)) {
+				if pid, err := strconv.Atoi(f); err == nil {
+					_ = syscall.Kill(pid, syscall.SIGKILL)
+				}
+			}
+		}
+	}
+	time.Sleep(100 * time.Millisecond)
+	for i := len(dirs) - 1; i >= 0; i-- {
+		if dirs[i] != base {
+			left = append(left, "cgroup "+dirs[i])
+		}
+		_ = syscall.Rmdir(dirs[i])
+	}
+	return left
 }
 
 // result of one cr invocation.

@@ -30,6 +30,12 @@ var hostLayout = sync.OnceValue(func() limits.Layout {
 // Layout is where the tree's resource controllers live.
 func (t *Tree) Layout() limits.Layout { return hostLayout() }
 
+// CgroupBases is CgroupBase and its mirrors in the v1 controller
+// hierarchies: every directory the tree's cgroups are under.
+func (t *Tree) CgroupBases() []string {
+	return append([]string{t.CgroupBase()}, mirrors(t.CgroupBase())...)
+}
+
 // mirrors returns dir's mirrors in the v1 controller hierarchies.
 func mirrors(dir string) []string {
 	l := hostLayout()

@@ -143,7 +143,9 @@ func privateTree(o Options, state string) *nstree.Tree {
 // cgroups.
 func removeTree(t *nstree.Tree) {
 	killAll(t)
-	removeCgroups(t.CgroupBase())
+	for _, b := range t.CgroupBases() {
+		removeCgroups(b)
+	}
 }
 
 // killAll kills every container of t and removes its nodes.
