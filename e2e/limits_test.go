@@ -36,18 +36,25 @@ func limitsLayout(t *testing.T) limits.Layout {
 // <parent>/<id>/<id>..., from cr ls --json's ids.
 func nodeRel(t *testing.T, path string) string {
 	t.Helper()
+	return nodeRelIn(t, func(args ...string) string { return mustCr(t, args...) }, cgName, path)
+}
+
+// nodeRelIn is nodeRel for the tree that crf runs cr on, whose cgroup
+// parent is cg.
+func nodeRelIn(t *testing.T, crf func(...string) string, cg, path string) string {
+	t.Helper()
 	var es []struct {
 		Path string `json:"path"`
 		ID   string `json:"id"`
 	}
-	if err := json.Unmarshal([]byte(mustCr(t, "ls", "--json", "-r")), &es); err != nil {
+	if err := json.Unmarshal([]byte(crf("ls", "--json", "-r")), &es); err != nil {
 		t.Fatal(err)
 	}
 	ids := map[string]string{}
 	for _, e := range es {
 		ids[e.Path] = e.ID
 	}
-	rel := cgName
+	rel := cg
 	for i := 1; i <= len(path); i++ {
 		if i == len(path) || path[i] == '/' {
 			id, ok := ids[path[:i]]
@@ -64,8 +71,16 @@ func nodeRel(t *testing.T, path string) string {
 // the node's leaf of every controller hierarchy.
 func inLimitedCgroups(t *testing.T, l limits.Layout, path string) {
 	t.Helper()
-	want := "/" + nodeRel(t, path) + "/.tasks"
-	procs := ps(t, path)
+	inLimitedCgroupsIn(t, l, func(args ...string) string { return mustCr(t, args...) }, cgName, path)
+}
+
+func inLimitedCgroupsIn(t *testing.T, l limits.Layout, crf func(...string) string, cg, path string) {
+	t.Helper()
+	want := "/" + nodeRelIn(t, crf, cg, path) + "/.tasks"
+	var procs []Proc
+	if err := json.Unmarshal([]byte(crf("ps", "--json", path)), &procs); err != nil {
+		t.Fatal(err)
+	}
 	if len(procs) == 0 {
 		t.Fatalf("%s has no processes", path)
 	}
@@ -264,4 +279,22 @@ func TestLimitsViewer(t *testing.T) {
 	if !strings.Contains(out, "memory:/\n") {
 		t.Errorf("cr enter's command has no memory cgroup of the container:\n%s", out)
 	}
+}
+
+func TestLimitsMigrate(t *testing.T) {
+	l := limitsLayout(t)
+	h := newHost(t, "token")
+	mustCr(t, "run", "--memory", "128M", "--cpus", "0.5", "--pids", "50", "/mlim", "--", "sleep", "1000")
+	killAtCleanup(t, "/mlim")
+	mustCr(t, migrateArgs(h, "/mlim")...)
+	dst := func(args ...string) string { return h.mustCr(t, args...) }
+	got, err := l.Read(nodeRelIn(t, dst, h.cg, "/mlim"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := (limits.Limits{Memory: 128 << 20, CPUs: 0.5, Pids: 50}); got != want {
+		t.Errorf("limits at the destination %+v, want %+v", got, want)
+	}
+	inLimitedCgroupsIn(t, l, dst, h.cg, "/mlim")
+	h.mustCr(t, "kill", "--grace", "1s", "/mlim")
 }
