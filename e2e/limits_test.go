@@ -224,6 +224,14 @@ func TestLimitsSurviveCheckpoint(t *testing.T) {
 	if out := mustCr(t, "inspect", img); !strings.Contains(out, "  limits: memory=256M cpus=1.5 pids=100\n") {
 		t.Errorf("cr inspect shows no limits:\n%s", out)
 	}
+	// Under a parent with less memory the image's limits are refused, and
+	// nothing is restored.
+	start(t, "/small", "sleep", "1000")
+	mustCr(t, "set", "/small", "memory=64M")
+	wantFail(t, 2, "/small/lck: limit exceeds an ancestor's: memory=256M is more than /small's memory=64M", "restore", img, "--as", "/small/lck")
+	if _, ok := ls(t)["/small/lck"]; ok {
+		t.Error("a refused restore left its node")
+	}
 	for _, as := range []string{"", "/lck2"} {
 		args := []string{"restore", img}
 		path := "/lck"
