@@ -40,20 +40,20 @@ func Detect() (Hierarchy, error) {
 // /sys/fs/cgroup/unified, then the first listed), else the v1 freezer
 // hierarchy. It returns an error wrapping ErrNoFreezer if there is neither.
 func DetectFrom(mountinfoPath string) (Hierarchy, error) {
-	mounts, err := readMountinfo(mountinfoPath)
+	mounts, err := ReadMountinfo(mountinfoPath)
 	if err != nil {
 		return Hierarchy{}, fmt.Errorf("detect cgroup hierarchy: %w", err)
 	}
 	var h Hierarchy
 	var v2, v1 []string
 	for _, m := range mounts {
-		switch m.fstype {
+		switch m.FSType {
 		case "cgroup2":
-			v2 = append(v2, m.point)
+			v2 = append(v2, m.Point)
 		case "cgroup":
-			v1 = append(v1, m.point)
-			if h.V1Freezer == "" && hasOption(m.superOpts, "freezer") {
-				h.V1Freezer = m.point
+			v1 = append(v1, m.Point)
+			if h.V1Freezer == "" && hasOption(m.SuperOpts, "freezer") {
+				h.V1Freezer = m.Point
 			}
 		}
 	}
@@ -79,20 +79,25 @@ func preferred(points []string, want ...string) string {
 	return points[0]
 }
 
-type mount struct {
-	point, fstype, superOpts string
+// Mount is one line of a mount table: what cr's packages read of it.
+type Mount struct {
+	Point     string // where it is mounted, unescaped
+	FSType    string
+	SuperOpts string // the file system's own options
 }
 
-// readMountinfo parses the fields of a mountinfo file that Detect needs.
-// See proc_pid_mountinfo(5): the mount point is field 5, and the file
-// system type and super options follow the "-" separator.
-func readMountinfo(path string) ([]mount, error) {
+// ReadMountinfo parses the fields of a mountinfo file (/proc/PID/mountinfo,
+// DefaultMountinfo for the caller's) that cr reads, in the file's order
+// (parents before their children). See proc_pid_mountinfo(5): the mount
+// point is field 5, and the file system type and super options follow the
+// "-" separator. It is the one mountinfo parser of cr.
+func ReadMountinfo(path string) ([]Mount, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, err
 	}
 	defer f.Close()
-	var mounts []mount
+	var mounts []Mount
 	sc := bufio.NewScanner(f)
 	sc.Buffer(make([]byte, 0, 64*1024), 1024*1024)
 	for n := 1; sc.Scan(); n++ {
@@ -110,10 +115,10 @@ func readMountinfo(path string) ([]mount, error) {
 		if len(fields) < 10 || sep < 0 || len(fields) < sep+4 {
 			return nil, fmt.Errorf("parse %s line %d: malformed", path, n)
 		}
-		mounts = append(mounts, mount{
-			point:     unescapeOctal(fields[4]),
-			fstype:    fields[sep+1],
-			superOpts: fields[sep+3],
+		mounts = append(mounts, Mount{
+			Point:     unescapeOctal(fields[4]),
+			FSType:    fields[sep+1],
+			SuperOpts: fields[sep+3],
 		})
 	}
 	if err := sc.Err(); err != nil {
@@ -156,18 +161,18 @@ func unescapeOctal(s string) string {
 // a hierarchy that co-mounts several, such as cpu,cpuacct, is listed under
 // each). The first mount of a controller wins.
 func V1Mounts(mountinfoPath string) (map[string]string, error) {
-	mounts, err := readMountinfo(mountinfoPath)
+	mounts, err := ReadMountinfo(mountinfoPath)
 	if err != nil {
 		return nil, fmt.Errorf("detect cgroup hierarchies: %w", err)
 	}
 	out := map[string]string{}
 	for _, m := range mounts {
-		if m.fstype != "cgroup" {
+		if m.FSType != "cgroup" {
 			continue
 		}
-		for o := range strings.SplitSeq(m.superOpts, ",") {
+		for o := range strings.SplitSeq(m.SuperOpts, ",") {
 			if _, ok := out[o]; !ok && o != "rw" && o != "ro" && !strings.Contains(o, "=") {
-				out[o] = m.point
+				out[o] = m.Point
 			}
 		}
 	}

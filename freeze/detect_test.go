@@ -92,3 +92,16 @@ func TestDetect(t *testing.T) {
 		}
 	}
 }
+
+func TestUnescapeOctal(t *testing.T) {
+	for in, want := range map[string]string{
+		`/sys/fs/cgroup`:      "/sys/fs/cgroup",
+		`/mnt/with\040space`:  "/mnt/with space",
+		`/tab\011and\134back`: "/tab\tand\\back",
+		`/odd\04`:             `/odd\04`,
+	} {
+		if got := unescapeOctal(in); got != want {
+			t.Errorf("unescapeOctal(%q) = %q, want %q", in, got, want)
+		}
+	}
+}

@@ -4,9 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"os"
 	"path"
-	"slices"
 	"strings"
 	"sync"
 
@@ -133,31 +131,31 @@ func resolveOwnCgroup(p string) string {
 // host had mounted there stays out of reach of the container's processes:
 // they can neither move into a cgroup outside their own, nor change one.
 func scopeCgroupMounts() error {
-	all, err := readMounts()
+	all, err := freeze.ReadMountinfo(freeze.DefaultMountinfo)
 	if err != nil {
 		return err
 	}
-	var mnts []mountEntry
+	var mnts []freeze.Mount
 	for _, m := range all {
-		if m.fstype == "cgroup" || m.fstype == "cgroup2" {
+		if m.FSType == "cgroup" || m.FSType == "cgroup2" {
 			mnts = append(mnts, m)
 		}
 	}
 	for i := len(mnts) - 1; i >= 0; i-- {
 		m := mnts[i]
-		if err := unix.Unmount(m.point, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) {
-			return fmt.Errorf("unmount %s: %w", m.point, err)
+		if err := unix.Unmount(m.Point, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) {
+			return fmt.Errorf("unmount %s: %w", m.Point, err)
 		}
 	}
 	for _, m := range mnts {
 		var opts []string
-		for _, o := range strings.Split(m.opts, ",") {
+		for _, o := range strings.Split(m.SuperOpts, ",") {
 			if o != "rw" && o != "ro" {
 				opts = append(opts, o)
 			}
 		}
-		if err := unix.Mount(m.fstype, m.point, m.fstype, unix.MS_RDONLY|unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, strings.Join(opts, ",")); err != nil {
-			return fmt.Errorf("mount %s on %s: %w", m.fstype, m.point, err)
+		if err := unix.Mount(m.FSType, m.Point, m.FSType, unix.MS_RDONLY|unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, strings.Join(opts, ",")); err != nil {
+			return fmt.Errorf("mount %s on %s: %w", m.FSType, m.Point, err)
 		}
 	}
 	return nil
@@ -169,66 +167,17 @@ func scopeCgroupMounts() error {
 // mount namespace holding them ("doesn't have a proper root mount"), and
 // the container has no business with the host's namespaces.
 func unmountNamespaceFiles() error {
-	all, err := readMounts()
+	all, err := freeze.ReadMountinfo(freeze.DefaultMountinfo)
 	if err != nil {
 		return err
 	}
 	for i := len(all) - 1; i >= 0; i-- {
-		if all[i].fstype != "nsfs" {
+		if all[i].FSType != "nsfs" {
 			continue
 		}
-		if err := unix.Unmount(all[i].point, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
-			return fmt.Errorf("unmount %s: %w", all[i].point, err)
+		if err := unix.Unmount(all[i].Point, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
+			return fmt.Errorf("unmount %s: %w", all[i].Point, err)
 		}
 	}
 	return nil
-}
-
-type mountEntry struct{ point, fstype, opts string }
-
-// readMounts lists the caller's mounts from /proc/self/mountinfo, in its
-// order (parents before their children).
-func readMounts() ([]mountEntry, error) {
-	b, err := os.ReadFile("/proc/self/mountinfo")
-	if err != nil {
-		return nil, err
-	}
-	var mnts []mountEntry
-	for _, line := range strings.Split(string(b), "\n") {
-		fields := strings.Fields(line)
-		i := slices.Index(fields, "-")
-		if i < 5 || i+3 >= len(fields) {
-			continue
-		}
-		mnts = append(mnts, mountEntry{unescapeMount(fields[4]), fields[i+1], fields[i+3]})
-	}
-	return mnts, nil
-}
-
-// unescapeMount undoes mountinfo's octal escapes (\040 for a space).
-func unescapeMount(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+3 < len(s) {
-			var v byte
-			ok := true
-			for _, c := range s[i+1 : i+4] {
-				if c < '0' || c > '7' {
-					ok = false
-					break
-				}
-				v = v*8 + byte(c-'0')
-			}
-			if ok {
-				b.WriteByte(v)
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
 }

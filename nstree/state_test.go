@@ -51,16 +51,3 @@ func TestStateOfFrozenNodeWithoutProcesses(t *testing.T) {
 		}
 	}
 }
-
-func TestUnescapeMount(t *testing.T) {
-	for in, want := range map[string]string{
-		`/sys/fs/cgroup`:      "/sys/fs/cgroup",
-		`/mnt/with\040space`:  "/mnt/with space",
-		`/tab\011and\134back`: "/tab\tand\\back",
-		`/odd\04`:             `/odd\04`,
-	} {
-		if got := unescapeMount(in); got != want {
-			t.Errorf("unescapeMount(%q) = %q, want %q", in, got, want)
-		}
-	}
-}
