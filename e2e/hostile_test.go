@@ -1,8 +1,6 @@
 package e2e
 
 import (
-	"archive/tar"
-	"bytes"
 	"context"
 	"net"
 	"os"
@@ -12,9 +10,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/klauspost/compress/zstd"
-
 	"github.com/cr-dev/cr/images"
+	"github.com/cr-dev/cr/internal/imagetest"
 )
 
 // stateNodes counts the nodes in the private tree's state directory: what
@@ -185,7 +182,7 @@ func TestRestoreChecksSpace(t *testing.T) {
 		t.Skipf("/dev/shm has %d bytes free: more than the default limit, which would refuse the image anyway", free)
 	}
 	img := filepath.Join(t.TempDir(), "huge.cr")
-	if err := os.WriteFile(img, hugeImage(t, size, 64<<20), 0o600); err != nil {
+	if err := os.WriteFile(img, imagetest.Huge(t, size, 64<<20), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	before := stateNodes(t)
@@ -210,37 +207,6 @@ func TestRestoreChecksSpace(t *testing.T) {
 	if n := stateNodes(t); n != before {
 		t.Errorf("the refused restore created %d nodes", n-before)
 	}
-}
-
-// hugeImage is a crafted image whose first file declares size bytes, of
-// which only have follow (zeros: the image stays small).
-func hugeImage(t *testing.T, size, have int64) []byte {
-	t.Helper()
-	var buf bytes.Buffer
-	zw, err := zstd.NewWriter(&buf)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tw := tar.NewWriter(zw)
-	hdr := []byte(`{"format":"cr-image","version":1}` + "\n")
-	must := func(err error) {
-		t.Helper()
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
-	must(tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: images.HeaderFile, Mode: 0o644, Size: int64(len(hdr))}))
-	_, err = tw.Write(hdr)
-	must(err)
-	must(tw.WriteHeader(&tar.Header{Typeflag: tar.TypeDir, Name: "checkpoint/", Mode: 0o700}))
-	must(tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: "checkpoint/pages-1.img", Mode: 0o600, Size: size}))
-	zeros := make([]byte, 1<<20)
-	for n := int64(0); n < have; n += int64(len(zeros)) {
-		_, err := tw.Write(zeros)
-		must(err)
-	}
-	must(zw.Close()) // the entry stays incomplete, as in a truncated image
-	return buf.Bytes()
 }
 
 // TestMigrateDuringHandshakeFlood: 64 silent connections to cr serve from

@@ -1,7 +1,6 @@
 package restore
 
 import (
-	"archive/tar"
 	"bytes"
 	"context"
 	"errors"
@@ -10,42 +9,9 @@ import (
 	"syscall"
 	"testing"
 
-	"github.com/klauspost/compress/zstd"
-
 	"github.com/cr-dev/cr/images"
+	"github.com/cr-dev/cr/internal/imagetest"
 )
-
-// hugeImage is a crafted image whose first file declares size bytes, of
-// which only have follow (zeros, so the image is small).
-func hugeImage(t *testing.T, size, have int64) []byte {
-	t.Helper()
-	var buf bytes.Buffer
-	zw, err := zstd.NewWriter(&buf)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tw := tar.NewWriter(zw)
-	hdr := []byte(`{"format":"cr-image","version":1}` + "\n")
-	must := func(err error) {
-		t.Helper()
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
-	must(tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: images.HeaderFile, Mode: 0o644, Size: int64(len(hdr))}))
-	_, err = tw.Write(hdr)
-	must(err)
-	must(tw.WriteHeader(&tar.Header{Typeflag: tar.TypeDir, Name: "checkpoint/", Mode: 0o700}))
-	must(tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: "checkpoint/pages-1.img", Mode: 0o600, Size: size}))
-	zeros := make([]byte, 1<<20)
-	for n := int64(0); n < have; n += int64(len(zeros)) {
-		_, err := tw.Write(zeros)
-		must(err)
-	}
-	// No Flush: the entry stays incomplete, as in a truncated image.
-	must(zw.Close())
-	return buf.Bytes()
-}
 
 func free(t *testing.T, dir string) int64 {
 	var st syscall.Statfs_t
@@ -61,7 +27,7 @@ func free(t *testing.T, dir string) int64 {
 func TestExtractChecksSpace(t *testing.T) {
 	staging := t.TempDir()
 	size := free(t, staging) + 1<<30
-	img := hugeImage(t, size, 32<<20)
+	img := imagetest.Huge(t, size, 32<<20)
 	t.Logf("a %d-byte image declaring %d bytes", len(img), size)
 	o := Options{StagingDir: staging, Limits: images.Limits{MaxBytes: 1 << 50}}
 	dir, _, err := Extract(context.Background(), bytes.NewReader(img), "huge.cr", o)
