@@ -10,7 +10,6 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
-	"io/fs"
 	"os"
 	"path"
 	"path/filepath"
@@ -19,6 +18,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/cr-dev/cr/internal/treetest"
 	"github.com/cr-dev/cr/nstree"
 )
 
@@ -51,64 +51,18 @@ func fuzzManifest() *Manifest {
 }
 
 // diskEntry is what a tree holds at one name.
-type diskEntry struct {
-	dir  bool
-	mode uint32
-	size int64
-	sum  string
-}
+type diskEntry = treetest.Entry
 
 // scanTree returns every entry below dst by slash-separated name, failing
 // unless parent holds only dst and dst only directories and regular files
-// without special mode bits. It makes every directory 0700 and every file
-// 0600 as it goes, so that it and the next step can read them whoever runs
-// the test; the modes it returns are those it found.
+// without special mode bits (see treetest.Scan, which makes directories
+// 0700 and files 0600 as it goes, so that the next step can read them).
 func scanTree(t *testing.T, parent, dst string) map[string]diskEntry {
 	t.Helper()
 	if ents, err := os.ReadDir(parent); err != nil || len(ents) != 1 || ents[0].Name() != filepath.Base(dst) {
 		t.Fatalf("next to the destination: %v %v", ents, err)
 	}
-	tree := map[string]diskEntry{}
-	var walk func(dir, prefix string)
-	walk = func(dir, prefix string) {
-		ents, err := os.ReadDir(dir)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, e := range ents {
-			p := filepath.Join(dir, e.Name())
-			name := prefix + e.Name()
-			fi, err := os.Lstat(p)
-			if err != nil {
-				t.Fatal(err)
-			}
-			mode := fi.Mode()
-			if mode&^(fs.ModePerm|fs.ModeDir) != 0 || !(mode.IsDir() || mode.IsRegular()) {
-				t.Fatalf("%s: mode %v: not a plain directory or regular file", name, mode)
-			}
-			de := diskEntry{dir: mode.IsDir(), mode: uint32(mode.Perm())}
-			if de.dir {
-				if err := os.Chmod(p, 0o700); err != nil {
-					t.Fatal(err)
-				}
-				tree[name] = de
-				walk(p, name+"/")
-				continue
-			}
-			if err := os.Chmod(p, 0o600); err != nil {
-				t.Fatal(err)
-			}
-			b, err := os.ReadFile(p)
-			if err != nil {
-				t.Fatal(err)
-			}
-			s := sha256.Sum256(b)
-			de.size, de.sum = int64(len(b)), hex.EncodeToString(s[:])
-			tree[name] = de
-		}
-	}
-	walk(dst, "")
-	return tree
+	return treetest.Scan(t, dst)
 }
 
 // assertTreeIsManifest fails unless tree holds exactly m's files, within l.
@@ -117,7 +71,7 @@ func assertTreeIsManifest(t *testing.T, tree map[string]diskEntry, m *Manifest, 
 	var total int64
 	for _, f := range m.Files {
 		got, ok := tree[f.Name]
-		want := diskEntry{dir: f.Dir, mode: f.Mode, size: f.Size, sum: f.SHA256}
+		want := diskEntry{Dir: f.Dir, Mode: f.Mode, Size: f.Size, SHA256: f.SHA256}
 		if !ok || got != want {
 			t.Fatalf("%s: on disk %+v (present %v), manifest %+v", f.Name, got, ok, want)
 		}
@@ -131,7 +85,7 @@ func assertTreeIsManifest(t *testing.T, tree map[string]diskEntry, m *Manifest, 
 		t.Fatalf("extracted %d bytes in %d entries, limits %d bytes and %d entries", total, len(m.Files), l.MaxBytes, l.MaxFiles)
 	}
 	for _, c := range m.Containers {
-		if c.Dir != "" && !tree[c.Dir].dir {
+		if c.Dir != "" && !tree[c.Dir].Dir {
 			t.Fatalf("container %s: dir %q not extracted", c.Path, c.Dir)
 		}
 	}
@@ -189,10 +143,10 @@ func assertWrittenWithin(t *testing.T, b []byte, l Limits) {
 	var total int64
 	tree := scanTree(t, parent, dir)
 	for name, e := range tree {
-		if e.size > l.MaxEntry {
-			t.Fatalf("wrote %s of %d bytes, limit %d per file", name, e.size, l.MaxEntry)
+		if e.Size > l.MaxEntry {
+			t.Fatalf("wrote %s of %d bytes, limit %d per file", name, e.Size, l.MaxEntry)
 		}
-		total += e.size
+		total += e.Size
 	}
 	if total > l.MaxBytes || len(tree) > l.MaxFiles {
 		t.Fatalf("wrote %d bytes in %d entries, limits %d bytes and %d entries", total, len(tree), l.MaxBytes, l.MaxFiles)
@@ -310,11 +264,11 @@ func FuzzExtract(f *testing.F) {
 		}
 		for _, f := range m2.Files {
 			e := tree[f.Name]
-			e.mode = 0o600
-			if e.dir {
-				e.mode = 0o700
+			e.Mode = 0o600
+			if e.Dir {
+				e.Mode = 0o700
 			}
-			if got := (diskEntry{dir: f.Dir, mode: f.Mode, size: f.Size, sum: f.SHA256}); got != e {
+			if got := (diskEntry{Dir: f.Dir, Mode: f.Mode, Size: f.Size, SHA256: f.SHA256}); got != e {
 				t.Fatalf("%s: %+v in the image of the extracted tree, %+v extracted", f.Name, got, e)
 			}
 		}

@@ -7,7 +7,6 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
-	"io/fs"
 	"os"
 	"path"
 	"path/filepath"
@@ -16,6 +15,7 @@ import (
 	"time"
 
 	"github.com/cr-dev/cr/images"
+	"github.com/cr-dev/cr/internal/treetest"
 	"github.com/cr-dev/cr/nstree"
 )
 
@@ -242,7 +242,7 @@ func FuzzMaterialize(f *testing.F) {
 		if rerr != nil || len(ents) > 1 || len(ents) == 1 && ents[0].Name() != "staging" {
 			t.Fatalf("next to the destination: %v %v", ents, rerr)
 		}
-		tree := scanStoreTree(t, dst)
+		tree := treetest.Scan(t, dst)
 		if err != nil {
 			if len(tree) != 0 {
 				t.Fatalf("Materialize failed (%v) and left %d entries", err, len(tree))
@@ -257,7 +257,7 @@ func FuzzMaterialize(f *testing.F) {
 		for _, f := range snap.Files {
 			listed[f.Name] = true
 			got, ok := tree[f.Name]
-			want := storeEntry{dir: f.Dir, mode: f.Mode, size: f.Size, sum: f.SHA256}
+			want := treetest.Entry{Dir: f.Dir, Mode: f.Mode, Size: f.Size, SHA256: f.SHA256}
 			if !ok || got != want {
 				t.Fatalf("%s: on disk %+v (present %v), record %+v", f.Name, got, ok, want)
 			}
@@ -271,69 +271,11 @@ func FuzzMaterialize(f *testing.F) {
 			for l := range listed {
 				above = above || strings.HasPrefix(l, name+"/")
 			}
-			if !e.dir || !above {
+			if !e.Dir || !above {
 				t.Fatalf("%s: on disk, not in the record", name)
 			}
 		}
 	})
-}
-
-type storeEntry struct {
-	dir  bool
-	mode uint32
-	size int64
-	sum  string
-}
-
-// scanStoreTree returns every entry below dst (none if dst does not
-// exist), failing on anything but directories and regular files. It makes
-// directories 0700 and files 0600 as it reads them, so that whoever runs
-// the test can read and remove them.
-func scanStoreTree(t *testing.T, dst string) map[string]storeEntry {
-	t.Helper()
-	tree := map[string]storeEntry{}
-	var walk func(dir, prefix string)
-	walk = func(dir, prefix string) {
-		ents, err := os.ReadDir(dir)
-		if errors.Is(err, fs.ErrNotExist) && dir == dst {
-			return
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, e := range ents {
-			p, name := filepath.Join(dir, e.Name()), prefix+e.Name()
-			fi, err := os.Lstat(p)
-			if err != nil {
-				t.Fatal(err)
-			}
-			mode := fi.Mode()
-			if mode&^(fs.ModePerm|fs.ModeDir) != 0 || !(mode.IsDir() || mode.IsRegular()) {
-				t.Fatalf("%s: mode %v: not a plain directory or regular file", name, mode)
-			}
-			se := storeEntry{dir: mode.IsDir(), mode: uint32(mode.Perm())}
-			if se.dir {
-				if err := os.Chmod(p, 0o700); err != nil {
-					t.Fatal(err)
-				}
-				tree[name] = se
-				walk(p, name+"/")
-				continue
-			}
-			if err := os.Chmod(p, 0o600); err != nil {
-				t.Fatal(err)
-			}
-			b, err := os.ReadFile(p)
-			if err != nil {
-				t.Fatal(err)
-			}
-			sum := sha256.Sum256(b)
-			se.size, se.sum = int64(len(b)), hex.EncodeToString(sum[:])
-			tree[name] = se
-		}
-	}
-	walk(dst, "")
-	return tree
 }
 
 // Kinds of FuzzStoreFile's input.
