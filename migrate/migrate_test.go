@@ -847,3 +847,52 @@ func BenchmarkMigrate(b *testing.B) {
 		}
 	}
 }
+
+// TestCommitOutOfOrder: a COMMIT that comes while the restore is running
+// but before READY, or one with a payload, is refused with a reason that
+// says which (the receiver once said "COMMIT frame, expected COMMIT"),
+// and the restored tree is killed, never resumed.
+func TestCommitOutOfOrder(t *testing.T) {
+	auth := tokenAuth(t)
+	for _, tc := range []struct {
+		name    string
+		ready   bool
+		payload []byte
+		want    string
+	}{
+		{"before ready", false, nil, "protocol violation: COMMIT frame before READY"},
+		{"with payload", true, []byte("xy"), "protocol violation: COMMIT frame with a 2-byte payload, expected none"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			block := make(chan struct{})
+			started := make(chan struct{})
+			r := &fakeRestorer{started: started, block: block}
+			ts := startServer(t, ServerConfig{Auth: auth}, r)
+			valid := newSource(t).archive(t)
+			cl := rawClient(t, ts.addr, auth)
+			cl.begin(t, Request{Root: "/a"}, 16<<20)
+			cl.sendData(valid, true)
+			<-started
+			if tc.ready {
+				close(block)
+				if ft, _, err := cl.fc.recv(maxControl, time.Now().Add(5*time.Second)); err != nil || ft != msgReady {
+					t.Fatalf("got %v %v, want READY", ft, err)
+				}
+			}
+			cl.fc.send(msgCommit, tc.payload)
+			reason := cl.serverError()
+			if !tc.ready {
+				close(block)
+			}
+			cl.tc.Close()
+			if !strings.HasSuffix(reason, tc.want) {
+				t.Errorf("client told %q, want it to end in %q", reason, tc.want)
+			}
+			if _, resumed, _, _ := r.snapshot(); resumed {
+				t.Error("the restored tree was resumed")
+			}
+			ts.log.waitLines(t, 1)
+			ts.assertClean(t)
+		})
+	}
+}

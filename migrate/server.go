@@ -797,6 +797,10 @@ func (c *conn) restore(ctx context.Context, dir string, m *images.Manifest, targ
 				rcancel(fmt.Errorf("sender lost before commit: %w", err))
 			case t == msgAbort:
 				rcancel(c.readAbort(p))
+			case t == msgCommit && !readySent.Load():
+				rcancel(protocolErrorf("COMMIT frame before READY"))
+			case t == msgCommit:
+				rcancel(protocolErrorf("COMMIT frame with a %d-byte payload, expected none", len(p)))
 			default:
 				rcancel(protocolErrorf("%s frame, expected COMMIT", t))
 			}
