@@ -797,12 +797,8 @@ func (c *conn) restore(ctx context.Context, dir string, m *images.Manifest, targ
 				rcancel(fmt.Errorf("sender lost before commit: %w", err))
 			case t == msgAbort:
 				rcancel(c.readAbort(p))
-			case t == msgCommit && !readySent.Load():
-				rcancel(protocolErrorf("COMMIT frame before READY"))
-			case t == msgCommit:
-				rcancel(protocolErrorf("COMMIT frame with a %d-byte payload, expected none", len(p)))
 			default:
-				rcancel(protocolErrorf("%s frame, expected COMMIT", t))
+				rcancel(notCommit(t, p, readySent.Load()))
 			}
 			f := frame{t: t, p: append([]byte(nil), p...), err: err}
 			select {
@@ -844,7 +840,7 @@ func (c *conn) restore(ctx context.Context, dir string, m *images.Manifest, targ
 				case f.t == msgAbort:
 					return c.readAbort(f.p)
 				default:
-					return protocolErrorf("%s frame, expected COMMIT", f.t)
+					return notCommit(f.t, f.p, true)
 				}
 			case <-timer.C:
 				return fmt.Errorf("no commit from the sender within %s", c.s.cfg.ReadyTimeout)
@@ -884,3 +880,15 @@ func (c *conn) restore(ctx context.Context, dir string, m *images.Manifest, targ
 }
 
 func formatBytes(n int64) string { return images.FormatBytes(n) }
+
+// notCommit says why a frame that came while the restore runs is not the
+// COMMIT the receiver waits for.
+func notCommit(t msgType, p []byte, readySent bool) error {
+	switch {
+	case t == msgCommit && !readySent:
+		return protocolErrorf("COMMIT frame before READY")
+	case t == msgCommit:
+		return protocolErrorf("COMMIT frame with a %d-byte payload, expected none", len(p))
+	}
+	return protocolErrorf("%s frame, expected COMMIT", t)
+}
