@@ -2,13 +2,13 @@ package limits
 
 import (
 	"encoding/json"
-
 	"errors"
-	"github.com/cr-dev/cr/freeze"
 	"os"
 	"path/filepath"
 	"reflect"
 	"testing"
+
+	"github.com/cr-dev/cr/freeze"
 )
 
 func writeFiles(t *testing.T, root string, files map[string]string) {
