@@ -224,9 +224,27 @@ func parse(line []byte) (Event, bool) {
 
 // Follow calls f for each event appended after the call (following the
 // rotation), checking every interval, until stop is closed or f returns
-// an error.
-func (j Journal) Follow(interval time.Duration, stop <-chan struct{}, f func(Event) error) error {
+// an error. With history it first calls f for every event already there,
+// oldest first, and then for those that follow, none missed between.
+func (j Journal) Follow(interval time.Duration, stop <-chan struct{}, history bool, f func(Event) error) error {
 	ino, off := fileState(j.Path())
+	if history {
+		old, _, err := readFile(j.Path()+".1", 0)
+		if err != nil {
+			return err
+		}
+		ino, _ = fileState(j.Path())
+		cur, next, err := readFile(j.Path(), 0)
+		if err != nil {
+			return err
+		}
+		off = next
+		for _, ev := range append(old, cur...) {
+			if err := f(ev); err != nil {
+				return err
+			}
+		}
+	}
 	tick := time.NewTicker(interval)
 	defer tick.Stop()
 	for {

@@ -161,7 +161,7 @@ func TestFollow(t *testing.T) {
 	got := make(chan Event, 100)
 	done := make(chan error, 1)
 	go func() {
-		done <- j.Follow(5*time.Millisecond, stop, func(ev Event) error { got <- ev; return nil })
+		done <- j.Follow(5*time.Millisecond, stop, true, func(ev Event) error { got <- ev; return nil })
 	}()
 	time.Sleep(30 * time.Millisecond)
 	for i := 0; i < 10; i++ { // across rotations
@@ -180,7 +180,7 @@ func TestFollow(t *testing.T) {
 	for ev := range got {
 		seen = append(seen, ev.Path)
 	}
-	if want := "/n0 /n1 /n2 /n3 /n4 /n5 /n6 /n7 /n8 /n9"; strings.Join(seen, " ") != want {
+	if want := "/before /n0 /n1 /n2 /n3 /n4 /n5 /n6 /n7 /n8 /n9"; strings.Join(seen, " ") != want {
 		t.Errorf("followed %q, want %q", strings.Join(seen, " "), want)
 	}
 }

@@ -37,7 +37,20 @@ func (l Layout) Counters(rel, leaf string) Counters {
 		}
 	}
 	if l.has("pids") {
-		c.PidsMax = keyed(l.file("pids", rel, "pids.events.local", "pids.events"))["max"]
+		if l.V2["pids"] {
+			// Where the kernel counts a refused fork in the forking
+			// cgroup (pids.events.local), the leaf has it; else the
+			// limited cgroup does.
+			if s, ok := l.file("pids", leaf, "pids.events.local"); ok {
+				c.PidsMax = keyed(s, ok)["max"]
+			} else {
+				c.PidsMax = keyed(l.file("pids", rel, "pids.events"))["max"]
+			}
+		} else {
+			// v1 counts it in the forking cgroup on recent kernels, in
+			// the limited one on older ones.
+			c.PidsMax = keyed(l.file("pids", rel, "pids.events"))["max"] + keyed(l.file("pids", leaf, "pids.events"))["max"]
+		}
 	}
 	return c
 }

@@ -50,6 +50,7 @@ func TestStatsHybrid(t *testing.T) {
 		"pids/cr/a/pids.current":                               "5\n",
 		"pids/cr/a/pids.max":                                   "max\n",
 		"pids/cr/a/pids.events":                                "max 3\n",
+		"pids/cr/a/.tasks/pids.events":                         "max 4\n",
 		"blkio/cr/a/blkio.throttle.io_service_bytes_recursive": "8:0 Read 4096\n8:0 Write 8192\n8:0 Sync 0\n8:16 Read 1\n8:0 Total 12288\nTotal 12289\n",
 		"blkio/cr/a/blkio.bfq.weight":                          "100\n",
 	})
@@ -67,7 +68,7 @@ func TestStatsHybrid(t *testing.T) {
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("Stats:\n got %s\nwant %s", show(got), show(want))
 	}
-	if c := l.Counters(rel, rel+"/.tasks"); c != (Counters{MemoryMax: 42, OOMKill: 2, PidsMax: 3}) {
+	if c := l.Counters(rel, rel+"/.tasks"); c != (Counters{MemoryMax: 42, OOMKill: 2, PidsMax: 7}) {
 		t.Errorf("Counters = %+v", c)
 	}
 	// The block I/O weight goes to the file the host has.

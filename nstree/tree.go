@@ -38,10 +38,15 @@ const (
 	logFile             = "log"
 )
 
-// On-empty policies.
+// On-empty policies: what happens to a node when its last process is gone
+// (an `empty` event is recorded whatever the policy). delete removes it;
+// keep leaves it, empty, with its exit status; notify leaves it too, and
+// is the policy that asks to be told: cr events shows its `empty` event
+// with on_empty "notify", and --on-empty-exec (any policy) runs a command.
 const (
 	OnEmptyDelete = "delete"
 	OnEmptyKeep   = "keep"
+	OnEmptyNotify = "notify"
 )
 
 // How long a container lives (cr run --until): UntilJob, the default, ends
@@ -124,6 +129,9 @@ type Config struct {
 	Env        []string  `json:"env,omitempty"`
 	Namespaces []string  `json:"namespaces,omitempty"`
 	OnEmpty    string    `json:"on_empty"`
+	// OnEmptyExec is a shell command the init runs once when the
+	// container becomes empty (runEmptyExec).
+	OnEmptyExec string `json:"on_empty_exec,omitempty"`
 	Until      string    `json:"until,omitempty"`    // UntilJob ("" too) or UntilEmpty
 	Implicit   bool      `json:"implicit,omitempty"` // created on demand as an intermediate node; has no job
 	Created    time.Time `json:"created"`
