@@ -34,7 +34,7 @@ type RunOptions struct {
 	// OnEmptyExec is run by the init when the container becomes empty.
 	OnEmptyExec string
 	Until       string        // UntilJob (default) or UntilEmpty
-	Limits  limits.Limits // for the new node's subtree, set before the job starts
+	Limits      limits.Limits // for the new node's subtree, set before the job starts
 }
 
 // InitArg is argv[1] of the container init: main dispatches on it before
