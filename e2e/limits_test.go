@@ -89,14 +89,18 @@ func inLimitedCgroupsIn(t *testing.T, l limits.Layout, crf func(...string) strin
 		if err != nil {
 			t.Fatal(err)
 		}
-		for _, c := range []string{"memory", "cpu", "pids"} {
-			if l.V2[c] {
+		for _, c := range []string{"memory", "cpu", "pids", "io"} {
+			if l.V2[c] || l.V1[c] == "" {
 				continue
+			}
+			v1 := c
+			if c == "io" {
+				v1 = "blkio"
 			}
 			found := false
 			for _, line := range strings.Split(string(b), "\n") {
 				f := strings.SplitN(line, ":", 3)
-				if len(f) == 3 && strings.Contains(","+f[1]+",", ","+c+",") {
+				if len(f) == 3 && strings.Contains(","+f[1]+",", ","+v1+",") {
 					found = true
 					if f[2] != want {
 						t.Errorf("process %d (%s) is in %s cgroup %s, want %s", p.HostPid, p.Command, c, f[2], want)

@@ -108,6 +108,11 @@ func InitMain(args []string) int {
 	devnull.Close()
 	outW.Close()
 	errW.Close()
+	// Recorded here, before cr run hears of it, so that it comes before
+	// anything the job does.
+	if t, id, err := in.node(); err == nil {
+		t.Record(events.Event{Type: events.Started, Path: t.pathOf(id), ID: id})
+	}
 	fmt.Fprintf(syncPipe, "ok %d\n", job.Pid)
 	syncPipe.Close()
 

@@ -17,7 +17,6 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/cr-dev/cr/events"
 	"github.com/cr-dev/cr/limits"
 )
 
@@ -113,7 +112,6 @@ func (t *Tree) Run(o RunOptions) (string, error) {
 		undo()
 		return "", err
 	}
-	t.Record(events.Event{Type: events.Started, Path: node.Path, ID: node.ID})
 	return node.Path, nil
 }
 
