@@ -251,6 +251,9 @@ func TestLimitsSurviveCheckpoint(t *testing.T) {
 			t.Errorf("%s: limits after restore %+v, want %+v", path, got, want)
 		}
 		inLimitedCgroups(t, l, path)
+		if evs := events(t, path); len(evs) == 0 || evs[len(evs)-1].Type != "restored" {
+			t.Errorf("cr events %s: %s, want restored last", path, types(evs))
+		}
 		if as == "" {
 			mustCr(t, "kill", "--grace", "1s", path)
 			waitFor(t, 10*time.Second, path+" to go", func() bool { _, ok := ls(t)[path]; return !ok })
@@ -308,5 +311,12 @@ func TestLimitsMigrate(t *testing.T) {
 		t.Errorf("limits at the destination %+v, want %+v", got, want)
 	}
 	inLimitedCgroupsIn(t, l, dst, h.cg, "/mlim")
+	// Each side's journal has its half of the move.
+	if got := types(events(t, "/mlim")); got != "started migrated_out removed" {
+		t.Errorf("cr events /mlim at the source: %s", got)
+	}
+	if got := types(eventsOf(t, dst, "/mlim")); got != "migrated_in" {
+		t.Errorf("cr events /mlim at the destination: %s", got)
+	}
 	h.mustCr(t, "kill", "--grace", "1s", "/mlim")
 }

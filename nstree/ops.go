@@ -13,7 +13,6 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/cr-dev/cr/events"
 	"github.com/cr-dev/cr/freeze"
 )
 
@@ -27,7 +26,6 @@ func (t *Tree) Freeze(ctx context.Context, n *Node) error {
 	if err := f.Freeze(ctx); err != nil {
 		return fmt.Errorf("freeze %s: %w", n.Path, err)
 	}
-	t.RecordSubtree(n, events.Frozen, nil)
 	return nil
 }
 
@@ -35,7 +33,6 @@ func (t *Tree) Freeze(ctx context.Context, n *Node) error {
 // frozen on its own (by a checkpoint that failed half-way, say).
 func (t *Tree) Thaw(ctx context.Context, n *Node) error {
 	var first error
-	thawed := false
 	n.Walk(func(m *Node) {
 		for _, dir := range []string{m.Cgroup, m.Leaf()} {
 			f, err := freeze.New(dir)
@@ -48,12 +45,8 @@ func (t *Tree) Thaw(ctx context.Context, n *Node) error {
 			if err := f.Thaw(ctx); err != nil && first == nil {
 				first = fmt.Errorf("thaw %s: %w", n.Path, err)
 			}
-			thawed = true
 		}
 	})
-	if first == nil && thawed {
-		t.RecordSubtree(n, events.Thawed, nil)
-	}
 	return first
 }
 
