@@ -41,8 +41,8 @@ migrated_out (host), migrated_in, empty_exec (the --on-empty-exec command
 ran; exit_code), and the limits hit: memory_high, memory_max, oom_kill and
 pids_max, each with the count of hits since the last one recorded. Limit
 hits are read by the container's init every 2 seconds and once more when
-the job ends (not inside --mount containers, whose init cannot see its
-node's counters).
+the job ends (inside a --mount container, whose init sees only its own
+cgroup, oom_kill and pids_max only).
 
 Paths are the containers' paths when it happened, shown as you see them.
 With --json each event is one line: {"time":"<RFC 3339 with

@@ -127,14 +127,21 @@ func TestEventsViewer(t *testing.T) {
 }
 
 // A job over its memory limit is OOM-killed, and the journal says so
-// before it says that the job exited.
+// before it says that the job exited; in a --mount container too, whose
+// init sees only its own leaf's counters.
 func TestEventsOOM(t *testing.T) {
-	mustCr(t, "run", "--memory", "64M", "--on-empty", "keep", "/evoom", "--", jobBin, "--report", filepath.Join(t.TempDir(), "r"), "--mem", "128")
-	killAtCleanup(t, "/evoom")
+	t.Run("plain", func(t *testing.T) { testEventsOOM(t, "/evoom", true) })
+	t.Run("mount", func(t *testing.T) { testEventsOOM(t, "/evoomm", false, "--mount") })
+}
+
+func testEventsOOM(t *testing.T, path string, wantMax bool, flags ...string) {
+	args := append([]string{"run", "--memory", "64M", "--on-empty", "keep"}, flags...)
+	mustCr(t, append(args, path, "--", jobBin, "--report", filepath.Join(t.TempDir(), "r"), "--mem", "128")...)
+	killAtCleanup(t, path)
 	waitFor(t, 60*time.Second, "the job to be killed", func() bool {
-		return strings.Contains(types(events(t, "/evoom")), "empty")
+		return strings.Contains(types(events(t, path)), "empty")
 	})
-	evs := events(t, "/evoom")
+	evs := events(t, path)
 	var oom, exited int = -1, -1
 	for i, e := range evs {
 		switch e.Type {
@@ -151,10 +158,10 @@ func TestEventsOOM(t *testing.T) {
 		}
 	}
 	if oom < 0 || exited < 0 || oom > exited {
-		t.Errorf("cr events /evoom: %s: want oom_kill before exited", types(evs))
+		t.Errorf("cr events %s: %s: want oom_kill before exited", path, types(evs))
 	}
-	if !strings.Contains(types(evs), "memory_max") {
-		t.Errorf("cr events /evoom: %s: no memory_max", types(evs))
+	if wantMax && !strings.Contains(types(evs), "memory_max") {
+		t.Errorf("cr events %s: %s: no memory_max", path, types(evs))
 	}
 }
 

@@ -22,17 +22,25 @@ type Counters struct {
 // Counters reads the limit hits recorded for the cgroup rel itself (its
 // limits) and for leaf, the cgroup below it that holds its own processes
 // (whose OOM kills are counted there on v1, and, on v2, whose events
-// .local files count them apart from the descendants' containers).
+// .local files count them apart from the descendants' containers). rel ""
+// reads the leaf's alone: inside a --mount container the cgroup mounts
+// show only the leaf (leaf "." then, their roots).
 func (l Layout) Counters(rel, leaf string) Counters {
 	var c Counters
+	node := func(ctrl string, names ...string) (string, bool) {
+		if rel == "" {
+			return "", false
+		}
+		return l.file(ctrl, rel, names...)
+	}
 	if l.has("memory") {
 		if l.V2["memory"] {
-			ev := keyed(l.file("memory", rel, "memory.events.local", "memory.events"))
+			ev := keyed(node("memory", "memory.events.local", "memory.events"))
 			c.MemoryHigh, c.MemoryMax = ev["high"], ev["max"]
 			c.OOMKill = ev["oom_kill"] + keyed(l.file("memory", leaf, "memory.events.local"))["oom_kill"]
 		} else {
-			c.MemoryMax = number(l.file("memory", rel, "memory.failcnt"))
-			c.OOMKill = keyed(l.file("memory", rel, "memory.oom_control"))["oom_kill"] +
+			c.MemoryMax = number(node("memory", "memory.failcnt"))
+			c.OOMKill = keyed(node("memory", "memory.oom_control"))["oom_kill"] +
 				keyed(l.file("memory", leaf, "memory.oom_control"))["oom_kill"]
 		}
 	}
@@ -44,12 +52,12 @@ func (l Layout) Counters(rel, leaf string) Counters {
 			if s, ok := l.file("pids", leaf, "pids.events.local"); ok {
 				c.PidsMax = keyed(s, ok)["max"]
 			} else {
-				c.PidsMax = keyed(l.file("pids", rel, "pids.events"))["max"]
+				c.PidsMax = keyed(node("pids", "pids.events"))["max"]
 			}
 		} else {
 			// v1 counts it in the forking cgroup on recent kernels, in
 			// the limited one on older ones.
-			c.PidsMax = keyed(l.file("pids", rel, "pids.events"))["max"] + keyed(l.file("pids", leaf, "pids.events"))["max"]
+			c.PidsMax = keyed(node("pids", "pids.events"))["max"] + keyed(l.file("pids", leaf, "pids.events"))["max"]
 		}
 	}
 	return c

@@ -71,6 +71,14 @@ func TestStatsHybrid(t *testing.T) {
 	if c := l.Counters(rel, rel+"/.tasks"); c != (Counters{MemoryMax: 42, OOMKill: 2, PidsMax: 7}) {
 		t.Errorf("Counters = %+v", c)
 	}
+	// Only the leaf, seen at the roots of the mounts (inside --mount).
+	leafOnly := Layout{Base: filepath.Join(l.Base, rel, ".tasks"), V2: l.V2, V1: map[string]string{}}
+	for c, m := range l.V1 {
+		leafOnly.V1[c] = filepath.Join(m, rel, ".tasks")
+	}
+	if c := leafOnly.Counters("", "."); c != (Counters{OOMKill: 2, PidsMax: 4}) {
+		t.Errorf("Counters of the leaf alone = %+v", c)
+	}
 	// The block I/O weight goes to the file the host has.
 	must(t, l.Apply(rel, Limits{BlkioWeight: 500}))
 	if got := readFile(t, filepath.Join(root, "blkio", rel, "blkio.bfq.weight")); got != "500" {

@@ -101,7 +101,16 @@ func (in *initProc) checkLimits() {
 		w.key, w.seen = key, limits.Counters{}
 	}
 	leaf := strings.TrimPrefix(info.Leaf, "/")
-	c := t.Layout().Counters(path.Dir(leaf), leaf)
+	lay := t.Layout()
+	var c limits.Counters
+	if _, err := os.Stat(filepath.Join(lay.Base, leaf)); err == nil {
+		c = lay.Counters(path.Dir(leaf), leaf)
+	} else if in.cfg.Mount {
+		// Inside its own mount namespace the cgroup mounts show only the
+		// container's leaf, at their roots: its own counters, not the
+		// node's (memory_max and memory_high are not seen).
+		c = lay.Counters("", ".")
+	}
 	var p string
 	for _, d := range []struct {
 		typ       string
