@@ -36,7 +36,8 @@ inits that cause them append to (in the state directory, bounded: the newest
 
 The events: started, exited (exit_code, and signal when a signal killed the
 job), empty (the last process is gone; on_empty says what happens to the
-node), removed, frozen, thawed, checkpointed (image), restored,
+node), removed, frozen, thawed, checkpointed (image, or store and
+snapshot for cr snapshot), restored,
 migrated_out (host), migrated_in, empty_exec (the --on-empty-exec command
 ran; exit_code), and the limits hit: memory_high, memory_max, oom_kill and
 pids_max, each with the count of hits since the last one recorded. Limit
@@ -144,6 +145,9 @@ func formatEvent(ev events.Event, asJSON bool) string {
 	}
 	if ev.Image != "" {
 		d = append(d, "image="+oneLine(ev.Image))
+	}
+	if ev.Store != "" {
+		d = append(d, "store="+oneLine(ev.Store), "snapshot="+oneLine(ev.Snapshot))
 	}
 	if ev.Host != "" {
 		d = append(d, "host="+oneLine(ev.Host))

@@ -22,6 +22,8 @@ type Event struct {
 	Count    int64  `json:"count"`
 	OnEmpty  string `json:"on_empty"`
 	Image    string `json:"image"`
+	Store    string `json:"store"`
+	Snapshot string `json:"snapshot"`
 }
 
 // eventsOf runs cr events --json with args and parses its lines, checking

@@ -36,7 +36,7 @@ const (
 	Removed      = "removed"      // the node was removed from the tree
 	Frozen       = "frozen"       // cr freeze
 	Thawed       = "thawed"       // cr thaw
-	Checkpointed = "checkpointed" // cr checkpoint wrote an image (Image)
+	Checkpointed = "checkpointed" // cr checkpoint wrote an image (Image), cr snapshot a snapshot (Store, Snapshot)
 	Restored     = "restored"     // cr restore brought the container back (Image)
 	MigratedOut  = "migrated_out" // cr migrate moved it to Host
 	MigratedIn   = "migrated_in"  // cr serve restored it from a migration
@@ -57,7 +57,9 @@ type Event struct {
 	Signal   string    `json:"signal,omitempty"`
 	Count    int64     `json:"count,omitempty"`
 	OnEmpty  string    `json:"on_empty,omitempty"`
-	Image    string    `json:"image,omitempty"`
+	Image    string    `json:"image,omitempty"`    // a checkpoint's image file
+	Store    string    `json:"store,omitempty"`    // a snapshot's store (cr snapshot)
+	Snapshot string    `json:"snapshot,omitempty"` // and its id
 	Host     string    `json:"host,omitempty"`
 }
 
