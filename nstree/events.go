@@ -15,6 +15,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/cr-dev/cr/events"
+	"github.com/cr-dev/cr/freeze"
 	"github.com/cr-dev/cr/limits"
 )
 
@@ -79,9 +80,10 @@ const LimitPoll = 2 * time.Second
 // has recorded so far, for which node (a restore makes new cgroups, whose
 // counters start again at zero).
 type limitWatch struct {
-	mu   sync.Mutex
-	key  string
-	seen limits.Counters
+	mu     sync.Mutex
+	key    string
+	seen   limits.Counters
+	layout limits.Layout // found again for each node: a migration may bring the init to a host of another layout
 }
 
 // checkLimits records, as events, the limit hits of the init's node since
@@ -98,10 +100,13 @@ func (in *initProc) checkLimits() {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if key := id + " " + ns + " " + info.Leaf; key != w.key {
-		w.key, w.seen = key, limits.Counters{}
+		w.key, w.seen, w.layout = key, limits.Counters{}, limits.Layout{}
+		if h, err := freeze.Detect(); err == nil {
+			w.layout, _ = limits.Detect(h)
+		}
 	}
 	leaf := strings.TrimPrefix(info.Leaf, "/")
-	lay := t.Layout()
+	lay := w.layout
 	var c limits.Counters
 	if _, err := os.Stat(filepath.Join(lay.Base, leaf)); err == nil {
 		c = lay.Counters(path.Dir(leaf), leaf)
