@@ -312,3 +312,26 @@ func TestBlkioWeight(t *testing.T) {
 	wantFail(t, 2, `blkio-weight "5" (want 10 to 1000)`, "set", "/bw/c", "blkio-weight=5")
 	inLimitedCgroups(t, l, "/bw/c")
 }
+
+// --on-empty-exec travels in the image: the restored container runs it.
+func TestOnEmptyExecRestored(t *testing.T) {
+	out := filepath.Join(t.TempDir(), "hook")
+	mustCr(t, "run", "--on-empty", "notify", "--on-empty-exec", `echo "$1 $2" >> `+out, "/hookck", "--", "sleep", "1000")
+	killAtCleanup(t, "/hookck")
+	img := image(t)
+	mustCr(t, "checkpoint", "/hookck", "-o", img)
+	mustCr(t, "restore", "--as", "/hookck2", img)
+	killAtCleanup(t, "/hookck2")
+	mustCr(t, "kill", "-s", "TERM", "/hookck2")
+	waitFor(t, 20*time.Second, "the command to run", func() bool {
+		b, _ := os.ReadFile(out)
+		return len(b) > 0
+	})
+	time.Sleep(200 * time.Millisecond)
+	if b, _ := os.ReadFile(out); string(b) != "/hookck2 143\n" {
+		t.Errorf("the restored container's command wrote %q", b)
+	}
+	if e, ok := ls(t)["/hookck2"]; !ok || e.State != "empty" {
+		t.Errorf("/hookck2 under notify: %+v (present %v), want kept and empty", e, ok)
+	}
+}
