@@ -36,11 +36,11 @@ inits that cause them append to (in the state directory, bounded: the newest
 
 The events: started, exited (exit_code, and signal when a signal killed the
 job), empty (the last process is gone; on_empty says what happens to the
-node), removed, frozen, thawed, checkpointed (image, or store and
-snapshot for cr snapshot), restored,
-migrated_out (host), migrated_in, empty_exec (the --on-empty-exec command
-ran; exit_code), and the limits hit: memory_high, memory_max, oom_kill and
-pids_max, each with the count of hits since the last one recorded. Limit
+node), removed, frozen, thawed, checkpointed (image; store and snapshot for
+cr snapshot), restored, migrated_out (host), migrated_in, empty_exec (the
+--on-empty-exec command ran; exit_code), and the limits hit: memory_high,
+memory_max, oom_kill and pids_max, each with the count of hits since the
+last one recorded. Limit
 hits are read by the container's init every 2 seconds and once more when
 the job ends (inside a --mount container, whose init sees only its own
 cgroup, oom_kill and pids_max only).
