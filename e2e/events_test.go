@@ -2,8 +2,10 @@ package e2e
 
 import (
 	"bufio"
+	"context"
 	"encoding/json"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -169,8 +171,7 @@ func testEventsOOM(t *testing.T, path string, wantMax bool, flags ...string) {
 
 // cr stats --json reports the memory a job uses, its pids and CPU time.
 func TestStatsMemory(t *testing.T) {
-	j := startJob(t, "/stm", "--mem", "64")
-	_ = j
+	startJob(t, "/stm", "--mem", "64")
 	var rss int64
 	var job Proc
 	for _, p := range ps(t, "/stm") {
@@ -226,6 +227,28 @@ func TestStatsMemory(t *testing.T) {
 		t.Errorf("cr stats /stm:\n%s", table)
 	}
 	// --watch with --json: a line per refresh until interrupted.
+	ctx, cancel := context.WithTimeout(context.Background(), 1100*time.Millisecond)
+	defer cancel()
+	c := exec.CommandContext(ctx, crBin, "stats", "--watch", "--json", "--interval", "200ms", "/stm")
+	c.Env, c.Dir = append(os.Environ(), env...), workDir
+	watched, _ := c.Output()
+	var last time.Time
+	n := 0
+	for _, line := range strings.Split(strings.TrimSpace(string(watched)), "\n") {
+		var w struct {
+			Path string    `json:"path"`
+			Time time.Time `json:"time"`
+			CPU  float64   `json:"cpu_percent"`
+		}
+		if err := json.Unmarshal([]byte(line), &w); err != nil || w.Path != "/stm" || !w.Time.After(last) {
+			t.Errorf("cr stats --watch --json line %q: %v", line, err)
+		}
+		last = w.Time
+		n++
+	}
+	if n < 3 || n > 6 {
+		t.Errorf("cr stats --watch --interval 200ms printed %d lines in 1.1 s:\n%s", n, watched)
+	}
 	wantFail(t, 2, "invalid --interval 1ms", "stats", "--watch", "--interval", "1ms")
 }
 
