@@ -66,7 +66,7 @@ vet:
 test: provision vet fuzz-short
 	$(GO) test -count=1 -timeout 40m ./...
 
-# Each fuzz target of images, images/store and migrate, one after another
+# Each fuzz target of images, images/store, migrate and events, one after another
 # (go test -fuzz takes one target per run); see scripts/fuzz.sh.
 fuzz-short:
 	GO=$(GO) bash scripts/fuzz.sh $(FUZZSHORT)

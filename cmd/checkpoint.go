@@ -15,6 +15,7 @@ import (
 
 	"github.com/cr-dev/cr/criubin"
 	"github.com/cr-dev/cr/dump"
+	"github.com/cr-dev/cr/events"
 	"github.com/cr-dev/cr/images"
 	"github.com/cr-dev/cr/nstree"
 )
@@ -188,6 +189,7 @@ func runCheckpoint(ctx context.Context, out, errOut io.Writer, g *Global, o Chec
 		return fmt.Errorf("write image: %w (%s left running)", err, e.show(n.Path))
 	}
 	wdur := time.Since(wstart)
+	e.tree.RecordSubtree(n, events.Checkpointed, func(ev *events.Event) { ev.Image = absPath(o.Output) })
 	g.verbosef(errOut, "wrote %s in %s: %s raw, %s image; CRIU's logs are in it (dump.log beside each container's images)", o.Output, dur(wdur.Seconds()), humanBytes(res.RawBytes), humanBytes(res.ImageBytes))
 	if !o.LeaveRunning {
 		ck.Frozen = time.Since(wstart) + ck.Dump // frozen until written

@@ -33,10 +33,12 @@ var completions = map[string]func(c *cobra.Command){
 		c.ValidArgsFunction = argsThen(completeContainers)
 		_ = c.RegisterFlagCompletionFunc("signal", completeSignals)
 	},
-	"logs": func(c *cobra.Command) { c.ValidArgsFunction = argsThen(completeContainers) },
-	"ls":   func(c *cobra.Command) { c.ValidArgsFunction = argsThen(completeContainers) },
-	"ps":   func(c *cobra.Command) { c.ValidArgsFunction = argsThen(completeContainers) },
-	"set":  func(c *cobra.Command) { c.ValidArgsFunction = completeSet },
+	"logs":   func(c *cobra.Command) { c.ValidArgsFunction = argsThen(completeContainers) },
+	"events": func(c *cobra.Command) { c.ValidArgsFunction = argsThen(completeContainers) },
+	"stats":  func(c *cobra.Command) { c.ValidArgsFunction = argsThen(completeContainers) },
+	"ls":     func(c *cobra.Command) { c.ValidArgsFunction = argsThen(completeContainers) },
+	"ps":     func(c *cobra.Command) { c.ValidArgsFunction = argsThen(completeContainers) },
+	"set":    func(c *cobra.Command) { c.ValidArgsFunction = completeSet },
 	"rename": func(c *cobra.Command) {
 		c.ValidArgsFunction = argsThen(completeContainers, completeParents)
 	},
@@ -80,8 +82,9 @@ var completions = map[string]func(c *cobra.Command){
 // The values of enum flags, with what each means.
 var (
 	compressions  = []string{"zstd\tcompressed with zstd (default)", "none\tuncompressed"}
-	onEmptyValues = []string{nstree.OnEmptyDelete + "\tthe node goes when its job ends (default)", nstree.OnEmptyKeep + "\tthe node stays, empty, with the exit status"}
-	untilValues   = []string{nstree.UntilJob + "\tuntil the job exits (default)", nstree.UntilEmpty + "\tuntil its last process exits (daemons)"}
+	onEmptyValues = []string{nstree.OnEmptyDelete + "\tthe node goes when its job ends (default)", nstree.OnEmptyKeep + "\tthe node stays, empty, with the exit status",
+		nstree.OnEmptyNotify + "\tthe node stays, and its empty event says notify"}
+	untilValues = []string{nstree.UntilJob + "\tuntil the job exits (default)", nstree.UntilEmpty + "\tuntil its last process exits (daemons)"}
 )
 
 // addCompletions attaches the functions of completions to root's commands

@@ -93,7 +93,7 @@ func TestCompleteSignals(t *testing.T) {
 }
 
 func TestCompleteEnums(t *testing.T) {
-	wantCompletion(t, []string{"run", "--on-empty", ""}, []string{"delete\tthe node goes when its job ends (default)", "keep\tthe node stays, empty, with the exit status"}, dirNoFiles)
+	wantCompletion(t, []string{"run", "--on-empty", ""}, []string{"delete\tthe node goes when its job ends (default)", "keep\tthe node stays, empty, with the exit status", "notify\tthe node stays, and its empty event says notify"}, dirNoFiles)
 	wantCompletion(t, []string{"run", "--on-empty", "k"}, []string{"keep\tthe node stays, empty, with the exit status"}, dirNoFiles)
 	wantCompletion(t, []string{"run", "--until", ""}, []string{"job\tuntil the job exits (default)", "empty\tuntil its last process exits (daemons)"}, dirNoFiles)
 	wantCompletion(t, []string{"checkpoint", "--compress", ""}, []string{"zstd\tcompressed with zstd (default)", "none\tuncompressed"}, dirNoFiles)

@@ -5,6 +5,8 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+
+	"github.com/cr-dev/cr/events"
 )
 
 func init() { register(newFreezeCommand); register(newThawCommand) }
@@ -28,7 +30,11 @@ freeze is undone and cr fails.`,
 			}
 			ctx, cancel := context.WithTimeout(cmd.Context(), timeout)
 			defer cancel()
-			return e.tree.Freeze(ctx, n)
+			if err := e.tree.Freeze(ctx, n); err != nil {
+				return err
+			}
+			e.tree.RecordSubtree(n, events.Frozen, nil)
+			return nil
 		},
 	}
 	c.Flags().DurationVar(&timeout, "timeout", 10*time.Second, "how long to wait for the freeze")
@@ -49,7 +55,14 @@ func newThawCommand(g *Global) *cobra.Command {
 			}
 			ctx, cancel := context.WithTimeout(cmd.Context(), timeout)
 			defer cancel()
-			return e.tree.Thaw(ctx, n)
+			if n.State() != "frozen" && n.State() != "freezing" {
+				return e.tree.Thaw(ctx, n) // nothing to record (a leaf frozen on its own is thawed too)
+			}
+			if err := e.tree.Thaw(ctx, n); err != nil {
+				return err
+			}
+			e.tree.RecordSubtree(n, events.Thawed, nil)
+			return nil
 		},
 	}
 	c.Flags().DurationVar(&timeout, "timeout", 10*time.Second, "how long to wait for the thaw")

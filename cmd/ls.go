@@ -74,31 +74,9 @@ func runLs(out io.Writer, o LsOptions, p string) error {
 	if err != nil {
 		return err
 	}
-	abs, err := e.viewer.Resolve(p)
+	nodes, err := e.listNodes(p, o.Recursive)
 	if err != nil {
-		return usageError{err}
-	}
-	var nodes []*nstree.Node
-	add := func(n *nstree.Node) {
-		if o.Recursive {
-			n.Walk(func(m *nstree.Node) { nodes = append(nodes, m) })
-		} else {
-			nodes = append(nodes, n)
-		}
-	}
-	if abs != e.viewer.Root {
-		n, err := e.forest.Lookup(abs)
-		if err != nil {
-			return fmt.Errorf("%w: %s", nstree.ErrNotFound, p)
-		}
-		nodes = append(nodes, n)
-		for _, c := range n.Children {
-			add(c)
-		}
-	} else {
-		for _, c := range e.forest.ChildrenOf(abs) {
-			add(c)
-		}
+		return err
 	}
 	entries := make([]Entry, 0, len(nodes))
 	now := time.Now()
@@ -116,6 +94,39 @@ func runLs(out io.Writer, o LsOptions, p string) error {
 		return writeJSON(out, entries)
 	}
 	return printEntries(out, entries)
+}
+
+// listNodes is what cr ls and cr stats show for the path p the viewer
+// gave ("" for its root): the node and its children, or with recursive
+// its whole subtree; the root's children (or subtrees).
+func (e *env) listNodes(p string, recursive bool) ([]*nstree.Node, error) {
+	abs, err := e.viewer.Resolve(p)
+	if err != nil {
+		return nil, usageError{err}
+	}
+	var nodes []*nstree.Node
+	add := func(n *nstree.Node) {
+		if recursive {
+			n.Walk(func(m *nstree.Node) { nodes = append(nodes, m) })
+		} else {
+			nodes = append(nodes, n)
+		}
+	}
+	if abs != e.viewer.Root {
+		n, err := e.forest.Lookup(abs)
+		if err != nil {
+			return nil, fmt.Errorf("%w: %s", nstree.ErrNotFound, p)
+		}
+		nodes = append(nodes, n)
+		for _, c := range n.Children {
+			add(c)
+		}
+	} else {
+		for _, c := range e.forest.ChildrenOf(abs) {
+			add(c)
+		}
+	}
+	return nodes, nil
 }
 
 // printEntries prints cr ls's table.

@@ -12,6 +12,7 @@ import (
 
 	"github.com/cr-dev/cr/criubin"
 	"github.com/cr-dev/cr/dump"
+	"github.com/cr-dev/cr/events"
 	"github.com/cr-dev/cr/images"
 	"github.com/cr-dev/cr/migrate"
 )
@@ -207,6 +208,7 @@ func runMigrate(ctx context.Context, out, errOut io.Writer, g *Global, o Migrate
 	}
 	switch {
 	case err == nil:
+		e.tree.RecordSubtree(n, events.MigratedOut, func(ev *events.Event) { ev.Host = host })
 		if ferr := ck.Finish(context.Background()); ferr != nil {
 			return fmt.Errorf("migrated, but removing the source failed: %w", ferr)
 		}

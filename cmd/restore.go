@@ -9,6 +9,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/cr-dev/cr/events"
 	"github.com/cr-dev/cr/images"
 	"github.com/cr-dev/cr/nstree"
 	"github.com/cr-dev/cr/restore"
@@ -123,6 +124,7 @@ func restoreExtracted(ctx context.Context, out io.Writer, e *env, dir string, m 
 	if err != nil {
 		return err
 	}
+	e.tree.RecordPaths(res.Containers, events.Restored, nil)
 	rep := RestoreReport{Path: e.show(res.Root), Pids: map[string]int{}, ElapsedSeconds: res.Elapsed.Seconds()}
 	for _, p := range res.Containers {
 		rep.Containers = append(rep.Containers, e.show(p))

@@ -38,13 +38,14 @@ func (f limitFlag) Set(v string) error {
 
 // RunOptions are the flags of cr run.
 type RunOptions struct {
-	Cwd     string
-	Env     []string
-	Mount   bool
-	Net     bool
-	OnEmpty string
-	Until   string
-	Limits  map[string]string // limit name to text, from --memory, --cpus, ...
+	Cwd         string
+	Env         []string
+	Mount       bool
+	Net         bool
+	OnEmpty     string
+	OnEmptyExec string
+	Until       string
+	Limits      map[string]string // limit name to text, from --memory, --cpus, ...
 }
 
 func init() { register(newRunCommand) }
@@ -61,8 +62,8 @@ Missing intermediate nodes are created (cr run /lab/pi -- ... creates /lab).
 The container has its own pid, ipc and uts namespaces (mount and network with
 --mount and --net), its own cgroup, and cr's init as pid 1, which captures the
 job's output into the container's log (cr logs). --memory, --memory-high,
---cpus, --cpu-weight and --pids limit the container's whole subtree (see
-cr set); they cannot exceed an ancestor's. The job runs with the
+--cpus, --cpu-weight, --pids and --blkio-weight limit the container's whole
+subtree (see cr set); they cannot exceed an ancestor's. The job runs with the
 caller's working directory and environment unless --cwd/--env say otherwise.
 PATH is distinguished from CMD by a leading "/" or by the "--" after it.
 
@@ -71,13 +72,24 @@ whatever the job left behind is killed, so a job that daemonizes (forks and
 exits) takes its daemon with it. With --until empty it lives until the last
 process in it is gone, so a daemon keeps it, and is checkpointed, with all
 its processes; the exit status it keeps is the job's. --on-empty then says
-what happens to the node.`,
+what happens to the node: delete (it goes), keep (it stays, empty, with its
+exit status) or notify (it stays, and its "empty" event in cr events says
+notify). Whatever the policy, --on-empty-exec CMD runs once when the
+container becomes empty: "/bin/sh -c CMD cr-on-empty-exec PATH STATUS", so
+$1 is the container's host path and $2 the job's exit status (also in
+CR_PATH, CR_EXIT_STATUS, CR_ID, CR_ON_EMPTY), from the container's init
+after it left the container's cgroups (so the node is empty meanwhile,
+and can be removed), with its output appended to on-empty-exec.log in
+cr's state directory ($CR_STATE_DIR, default /run/cr). The init waits up
+to 60 s for it, then kills it. In a --mount container it runs in the
+container's mount namespace and cgroup.`,
 		Example: `  cr run /lab/pi -- python3 -c 'import time; time.sleep(1e6)'
   cr run -- sleep 1000                     # gets /unnamed1
   cr run --on-empty keep /batch/job1 -- make test
   cr run --until empty --net /db/redis -- redis-server --daemonize yes
   cr run --env HOME=/tmp --cwd /tmp /x -- env
-  cr run --memory 512M --cpus 1.5 --pids 200 /lab/build -- make`,
+  cr run --memory 512M --cpus 1.5 --pids 200 /lab/build -- make
+  cr run --on-empty notify --on-empty-exec 'logger "$1 exited $2"' /batch/job2 -- make test`,
 		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			path, given, command := splitRunArgs(args, cmd.ArgsLenAtDash())
@@ -92,7 +104,8 @@ what happens to the node.`,
 	c.Flags().StringArrayVar(&o.Env, "env", nil, "environment of the job, KEY=VALUE, repeatable (default: the current one)")
 	c.Flags().BoolVar(&o.Mount, "mount", false, "give the container its own mount namespace and /proc")
 	c.Flags().BoolVar(&o.Net, "net", false, "give the container its own network namespace (loopback only)")
-	c.Flags().StringVar(&o.OnEmpty, "on-empty", nstree.OnEmptyDelete, "what happens when the job ends: delete (the node goes) or keep")
+	c.Flags().StringVar(&o.OnEmpty, "on-empty", nstree.OnEmptyDelete, "what happens when the container is empty: delete (the node goes), keep or notify (it stays)")
+	c.Flags().StringVar(&o.OnEmptyExec, "on-empty-exec", "", "shell command to run once when the container is empty ($1: its path, $2: the exit status)")
 	c.Flags().StringVar(&o.Until, "until", nstree.UntilJob, "how long the container lives: job (until the job exits) or empty (until its last process exits)")
 	o.Limits = map[string]string{}
 	for _, f := range []struct{ name, usage string }{
@@ -101,6 +114,7 @@ what happens to the node.`,
 		{limits.NameCPUs, "CPU time limit in CPUs, such as 1.5"},
 		{limits.NameCPUWeight, "CPU weight relative to siblings, 1 to 10000 (default 100)"},
 		{limits.NamePids, "maximum number of processes and threads"},
+		{limits.NameBlkioWeight, "block I/O weight relative to siblings, 10 to 1000 (default 100)"},
 	} {
 		c.Flags().Var(limitFlag{o.Limits, f.name}, f.name, f.usage)
 	}
@@ -142,8 +156,8 @@ func runRun(out io.Writer, o RunOptions, path string, command []string) error {
 		}
 		return usageError{fmt.Errorf("missing command: cr run %s -- CMD [ARGS...]", p)}
 	}
-	if o.OnEmpty != nstree.OnEmptyDelete && o.OnEmpty != nstree.OnEmptyKeep {
-		return usageError{fmt.Errorf("invalid --on-empty %q: want delete or keep", o.OnEmpty)}
+	if !nstree.ValidOnEmpty(o.OnEmpty) {
+		return usageError{fmt.Errorf("invalid --on-empty %q: want delete, keep or notify", o.OnEmpty)}
 	}
 	if o.Until != nstree.UntilJob && o.Until != nstree.UntilEmpty {
 		return usageError{fmt.Errorf("invalid --until %q: want job or empty", o.Until)}
@@ -161,7 +175,7 @@ func runRun(out io.Writer, o RunOptions, path string, command []string) error {
 	if err != nil {
 		return err
 	}
-	ro := nstree.RunOptions{Command: command, Cwd: o.Cwd, Env: o.Env, Mount: o.Mount, Net: o.Net, OnEmpty: o.OnEmpty, Until: o.Until, Under: e.viewer.Root, Limits: lim}
+	ro := nstree.RunOptions{Command: command, Cwd: o.Cwd, Env: o.Env, Mount: o.Mount, Net: o.Net, OnEmpty: o.OnEmpty, OnEmptyExec: o.OnEmptyExec, Until: o.Until, Under: e.viewer.Root, Limits: lim}
 	if ro.Cwd == "" {
 		if ro.Cwd, err = os.Getwd(); err != nil {
 			return err

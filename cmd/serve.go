@@ -13,6 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/cr-dev/cr/criubin"
+	"github.com/cr-dev/cr/events"
 	"github.com/cr-dev/cr/images"
 	"github.com/cr-dev/cr/migrate"
 	"github.com/cr-dev/cr/nstree"
@@ -145,6 +146,7 @@ func runServe(ctx context.Context, g *Global, o ServeOptions) error {
 			if err != nil {
 				return migrate.RestoreInfo{}, err
 			}
+			e.tree.RecordPaths(res.Containers, events.MigratedIn, nil)
 			info := migrate.RestoreInfo{Paths: res.Containers, Pids: res.Pids, Elapsed: res.Elapsed}
 			if job.Lazy {
 				job.Resumed(info)

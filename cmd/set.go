@@ -31,13 +31,17 @@ runs. Each NAME=VALUE changes one limit and leaves the others as they are;
   cpus=N            CPU time, in CPUs (1.5)
   cpu-weight=N      CPU weight relative to siblings, 1 to 10000
   pids=N            maximum number of processes and threads
+  blkio-weight=N    block I/O weight relative to siblings, 10 to 1000
+                    (blkio.weight or blkio.bfq.weight on v1, io.weight or
+                    io.bfq.weight on v2; refused where the host has none)
 
 Limits nest: a container's limit cannot be above an ancestor's, and an
 ancestor's cannot be lowered below a descendant's; either is refused (exit
 status 2). From inside a container you can limit the containers below
 yours but not your own (exit status 5).`,
 		Example: `  cr set /lab memory=1G cpus=2 pids=100
-  cr set /lab/pi cpus=0.5`,
+  cr set /lab/pi cpus=0.5
+  cr set /lab/batch blkio-weight=50`,
 		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return runSet(cmd.OutOrStdout(), o, args[0], args[1:])

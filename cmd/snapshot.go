@@ -11,6 +11,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/cr-dev/cr/dump"
+	"github.com/cr-dev/cr/events"
 	"github.com/cr-dev/cr/images/store"
 )
 
@@ -159,6 +160,7 @@ func runSnapshot(ctx context.Context, out, errOut io.Writer, g *Global, o Snapsh
 	if err != nil {
 		return interrupted(ctx, fmt.Errorf("store snapshot: %w", err), e.show(n.Path)+" left running")
 	}
+	e.tree.RecordSubtree(n, events.Checkpointed, func(ev *events.Event) { ev.Store, ev.Snapshot = absPath(o.Store), snap.ID })
 	rep := SnapshotReport{ID: snap.ID, Path: e.show(snap.Path), Time: snap.Time, FrozenSeconds: ck.Frozen.Seconds(),
 		AddedBytes: snap.AddedBytes, TotalBytes: snap.TotalBytes, Policy: pol.String()}
 	var decisions []store.Decision

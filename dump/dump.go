@@ -192,7 +192,7 @@ func (c *Checkpoint) run(ctx context.Context, o Options) (*images.Manifest, erro
 		}
 		ic := images.Container{
 			Path: rel, Command: nd.Command, Cwd: nd.Cwd, Env: nd.Env, Namespaces: nd.Namespaces,
-			OnEmpty: nd.OnEmpty, Until: nd.Until, Created: nd.Created, InitPid: nd.InitPid,
+			OnEmpty: nd.OnEmpty, OnEmptyExec: nd.OnEmptyExec, Until: nd.Until, Created: nd.Created, InitPid: nd.InitPid,
 			Limits: nd.NodeLimits().Map(),
 		}
 		pids, _ := nstree.Procs(nd.Leaf())

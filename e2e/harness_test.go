@@ -108,7 +108,7 @@ func cleanupTree() string {
 	// The v1 controller hierarchies hold the mirrors of the containers'
 	// cgroups (the limits), for this run's parent and the other trees'
 	// (cgName-other, cgName-dstN), whose bases a test's cleanup leaves.
-	for _, mnt := range []string{"/sys/fs/cgroup/memory", "/sys/fs/cgroup/cpu", "/sys/fs/cgroup/cpu,cpuacct", "/sys/fs/cgroup/pids"} {
+	for _, mnt := range []string{"/sys/fs/cgroup/memory", "/sys/fs/cgroup/cpu", "/sys/fs/cgroup/cpu,cpuacct", "/sys/fs/cgroup/pids", "/sys/fs/cgroup/blkio"} {
 		bases, _ := filepath.Glob(filepath.Join(mnt, cgName+"*"))
 		for _, b := range bases {
 			if n := filepath.Base(b); n == cgName || strings.HasPrefix(n, cgName+"-") {

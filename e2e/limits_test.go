@@ -89,14 +89,18 @@ func inLimitedCgroupsIn(t *testing.T, l limits.Layout, crf func(...string) strin
 		if err != nil {
 			t.Fatal(err)
 		}
-		for _, c := range []string{"memory", "cpu", "pids"} {
-			if l.V2[c] {
+		for _, c := range []string{"memory", "cpu", "pids", "io"} {
+			if l.V2[c] || l.V1[c] == "" {
 				continue
+			}
+			v1 := c
+			if c == "io" {
+				v1 = "blkio"
 			}
 			found := false
 			for _, line := range strings.Split(string(b), "\n") {
 				f := strings.SplitN(line, ":", 3)
-				if len(f) == 3 && strings.Contains(","+f[1]+",", ","+c+",") {
+				if len(f) == 3 && strings.Contains(","+f[1]+",", ","+v1+",") {
 					found = true
 					if f[2] != want {
 						t.Errorf("process %d (%s) is in %s cgroup %s, want %s", p.HostPid, p.Command, c, f[2], want)
@@ -247,6 +251,9 @@ func TestLimitsSurviveCheckpoint(t *testing.T) {
 			t.Errorf("%s: limits after restore %+v, want %+v", path, got, want)
 		}
 		inLimitedCgroups(t, l, path)
+		if evs := events(t, path); len(evs) == 0 || evs[len(evs)-1].Type != "restored" {
+			t.Errorf("cr events %s: %s, want restored last", path, types(evs))
+		}
 		if as == "" {
 			mustCr(t, "kill", "--grace", "1s", path)
 			waitFor(t, 10*time.Second, path+" to go", func() bool { _, ok := ls(t)[path]; return !ok })
@@ -304,5 +311,12 @@ func TestLimitsMigrate(t *testing.T) {
 		t.Errorf("limits at the destination %+v, want %+v", got, want)
 	}
 	inLimitedCgroupsIn(t, l, dst, h.cg, "/mlim")
+	// Each side's journal has its half of the move.
+	if got := types(events(t, "/mlim")); got != "started migrated_out removed" {
+		t.Errorf("cr events /mlim at the source: %s", got)
+	}
+	if got := types(eventsOf(t, dst, "/mlim")); got != "migrated_in" {
+		t.Errorf("cr events /mlim at the destination: %s", got)
+	}
 	h.mustCr(t, "kill", "--grace", "1s", "/mlim")
 }

@@ -78,6 +78,16 @@ func TestSnapshots(t *testing.T) {
 	if n := len(snapshots(t, store)); n != 4 {
 		t.Fatalf("%d snapshots listed, want 4", n)
 	}
+	// Each snapshot is in the journal, with its store and id.
+	var snapEvs []Event
+	for _, ev := range events(t, "/snap") {
+		if ev.Type == "checkpointed" {
+			snapEvs = append(snapEvs, ev)
+		}
+	}
+	if len(snapEvs) != 4 || snapEvs[3].Snapshot != reps[2].ID || snapEvs[3].Store != store {
+		t.Errorf("checkpointed events of /snap: %+v, want 4, the last of snapshot %s in %s", snapEvs, reps[2].ID, store)
+	}
 	// Restore the second of the three: its counter is the one of that time.
 	mustCr(t, "restore", "--store", store, "--as", "/snap-then", reps[1].ID)
 	killAtCleanup(t, "/snap-then")

@@ -92,15 +92,18 @@ type Container struct {
 	// Dir is the archive directory that holds the node's CRIU images:
 	// "checkpoint" for the root container, "containers/<n>/checkpoint" for
 	// the others. Empty when the node has no images (Empty).
-	Dir        string            `json:"dir,omitempty"`
-	Command    []string          `json:"command,omitempty"`
-	Cwd        string            `json:"cwd,omitempty"`
-	Env        []string          `json:"env,omitempty"`
-	Namespaces []string          `json:"namespaces,omitempty"` // "pid", "ipc", "uts", "mnt", "net"
-	OnEmpty    string            `json:"on_empty,omitempty"`   // "delete" or "keep"
-	Until      string            `json:"until,omitempty"`      // "job" (or absent) or "empty"
-	Limits     map[string]string `json:"limits,omitempty"`
-	Created    time.Time         `json:"created"`
+	Dir        string   `json:"dir,omitempty"`
+	Command    []string `json:"command,omitempty"`
+	Cwd        string   `json:"cwd,omitempty"`
+	Env        []string `json:"env,omitempty"`
+	Namespaces []string `json:"namespaces,omitempty"` // "pid", "ipc", "uts", "mnt", "net"
+	OnEmpty    string   `json:"on_empty,omitempty"`   // "delete", "keep" or "notify"
+	// OnEmptyExec is the shell command run when the container becomes
+	// empty (cr run --on-empty-exec).
+	OnEmptyExec string            `json:"on_empty_exec,omitempty"`
+	Until       string            `json:"until,omitempty"` // "job" (or absent) or "empty"
+	Limits      map[string]string `json:"limits,omitempty"`
+	Created     time.Time         `json:"created"`
 	// InitPid is the host pid of the container init at dump time
 	// (informational).
 	InitPid int `json:"init_pid,omitempty"`

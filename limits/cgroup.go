@@ -12,8 +12,17 @@ import (
 	"github.com/cr-dev/cr/freeze"
 )
 
-// The controllers cr limits with.
-var controllers = []string{"memory", "cpu", "pids"}
+// The controllers cr limits with, by their v2 names ("io" is v1's
+// "blkio"), in the order they are written.
+var controllers = []string{"memory", "cpu", "io", "pids"}
+
+// v1Name is a controller's name in cgroup v1.
+func v1Name(c string) string {
+	if c == "io" {
+		return "blkio"
+	}
+	return c
+}
 
 // Layout says where each controller cr uses lives: in the cgroup v2
 // hierarchy cr keeps its containers in (Base), when that hierarchy has it,
@@ -52,7 +61,7 @@ func DetectFrom(mountinfoPath string, h freeze.Hierarchy) (Layout, error) {
 		return Layout{}, err
 	}
 	for _, c := range controllers {
-		if m, ok := v1[c]; ok && !l.V2[c] && m != h.Mount {
+		if m, ok := v1[v1Name(c)]; ok && !l.V2[c] && m != h.Mount {
 			l.V1[c] = m
 		}
 	}
@@ -107,6 +116,7 @@ func (l Layout) Supports(lim Limits) error {
 		need(lim.CPUs > 0, NameCPUs, "cpu", false),
 		need(lim.CPUWeight > 0, NameCPUWeight, "cpu", false),
 		need(lim.Pids > 0, NamePids, "pids", false),
+		need(lim.BlkioWeight > 0, NameBlkioWeight, "io", false),
 	)
 }
 
@@ -127,6 +137,12 @@ func (l Layout) Apply(rel string, lim Limits) error {
 			return err
 		}
 		v2 := l.V2[c]
+		if c == "io" {
+			if err := applyIOWeight(dir, v2, lim.BlkioWeight); err != nil {
+				return err
+			}
+			continue
+		}
 		for _, w := range writes(c, v2, lim) {
 			if err := os.WriteFile(filepath.Join(dir, w[0]), []byte(w[1]), 0); err != nil {
 				return fmt.Errorf("set %s: %w", c, err)
@@ -134,6 +150,65 @@ func (l Layout) Apply(rel string, lim Limits) error {
 		}
 	}
 	return nil
+}
+
+// ioWeightFiles are the files a block I/O weight can be set in, in the
+// order tried: the controller's own, then the BFQ scheduler's.
+func ioWeightFiles(v2 bool) []string {
+	if v2 {
+		return []string{"io.weight", "io.bfq.weight"}
+	}
+	return []string{"blkio.weight", "blkio.bfq.weight"}
+}
+
+// applyIOWeight writes weight (0: the default, 100) to the first weight
+// file the cgroup dir has. With none, a weight is refused and the default
+// is nothing to write.
+func applyIOWeight(dir string, v2 bool, weight uint64) error {
+	for _, f := range ioWeightFiles(v2) {
+		p := filepath.Join(dir, f)
+		if _, err := os.Stat(p); err != nil {
+			continue
+		}
+		w := weight
+		if w == 0 {
+			w = 100
+		}
+		if err := os.WriteFile(p, []byte(strconv.FormatUint(w, 10)), 0); err != nil {
+			return fmt.Errorf("set %s: %w", f, err)
+		}
+		return nil
+	}
+	if weight == 0 {
+		return nil
+	}
+	ctrl := "blkio"
+	if v2 {
+		ctrl = "io"
+	}
+	return fmt.Errorf("%w: %s needs %s, which the %s controller does not offer here", ErrUnsupported,
+		NameBlkioWeight, strings.Join(ioWeightFiles(v2), " or "), ctrl)
+}
+
+// readIOWeight reads the weight of the first weight file dir has ("100",
+// or "default 100" as older kernels write it); 0 for the default.
+func readIOWeight(dir string, v2 bool) uint64 {
+	for _, f := range ioWeightFiles(v2) {
+		b, err := os.ReadFile(filepath.Join(dir, f))
+		if err != nil {
+			continue
+		}
+		first, _, _ := strings.Cut(string(b), "\n")
+		fs := strings.Fields(first)
+		if len(fs) == 0 {
+			return 0
+		}
+		if w, err := strconv.ParseUint(fs[len(fs)-1], 10, 64); err == nil && w != 100 {
+			return w
+		}
+		return 0
+	}
+	return 0
 }
 
 // prepare returns the directory of rel for controller c, making the
@@ -274,5 +349,8 @@ func (l Layout) Read(rel string) (Limits, error) {
 		})
 	}
 	get("pids", "pids.max", func(s string) { lim.Pids = bytesOf(s) })
+	if l.has("io") {
+		lim.BlkioWeight = readIOWeight(dir("io"), l.V2["io"])
+	}
 	return lim, errors.Join(errs...)
 }

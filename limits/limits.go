@@ -1,5 +1,6 @@
 // Package limits owns the resource limits of a container's cgroup: memory
-// (max, and high where cgroup v2 has it), CPU (quota and weight) and pids.
+// (max, and high where cgroup v2 has it), CPU (quota and weight), pids and
+// block I/O weight, and reads their counters and usage (Counters, Stats).
 // It parses them as cr's command line and image manifest spell them, checks
 // that they nest (a child never gets more than its ancestors), and writes
 // and reads them through one interface whether the controllers live in the
@@ -25,19 +26,23 @@ type Limits struct {
 	CPUs       float64 // CPUs' worth of time: cpu.max (v2), cpu.cfs_quota_us/cpu.cfs_period_us (v1)
 	CPUWeight  uint64  // 1..10000; cpu.weight (v2), cpu.shares (v1, scaled)
 	Pids       int64   // pids.max
+	// BlkioWeight is 10..1000 (Podman's --blkio-weight): io.weight or
+	// io.bfq.weight (v2), blkio.weight or blkio.bfq.weight (v1).
+	BlkioWeight uint64
 }
 
 // The names of the limits, as `cr set` and the image manifest spell them.
 const (
-	NameMemory     = "memory"
-	NameMemoryHigh = "memory-high"
-	NameCPUs       = "cpus"
-	NameCPUWeight  = "cpu-weight"
-	NamePids       = "pids"
+	NameMemory      = "memory"
+	NameMemoryHigh  = "memory-high"
+	NameCPUs        = "cpus"
+	NameCPUWeight   = "cpu-weight"
+	NamePids        = "pids"
+	NameBlkioWeight = "blkio-weight"
 )
 
 // Names lists the limits' names in the order cr shows them.
-var Names = []string{NameMemory, NameMemoryHigh, NameCPUs, NameCPUWeight, NamePids}
+var Names = []string{NameMemory, NameMemoryHigh, NameCPUs, NameCPUWeight, NamePids, NameBlkioWeight}
 
 // CPUPeriod is the CFS period cr writes with a CPU quota, in microseconds.
 const CPUPeriod = 100000
@@ -129,6 +134,13 @@ func (l *Limits) Set(name, value string) error {
 			err = fmt.Errorf("%w: pids %q (want a positive number)", ErrInvalid, value)
 		}
 		l.Pids = v
+	case NameBlkioWeight:
+		var v uint64
+		v, err = strconv.ParseUint(value, 10, 64)
+		if err != nil || v < 10 || v > 1000 {
+			err = fmt.Errorf("%w: blkio-weight %q (want 10 to 1000)", ErrInvalid, value)
+		}
+		l.BlkioWeight = v
 	default:
 		err = fmt.Errorf("%w: unknown limit %q (want one of %s)", ErrInvalid, name, strings.Join(Names, ", "))
 	}
@@ -168,6 +180,9 @@ func (l Limits) Map() map[string]string {
 	}
 	if l.Pids > 0 {
 		m[NamePids] = strconv.FormatInt(l.Pids, 10)
+	}
+	if l.BlkioWeight > 0 {
+		m[NameBlkioWeight] = strconv.FormatUint(l.BlkioWeight, 10)
 	}
 	if len(m) == 0 {
 		return nil
@@ -210,7 +225,8 @@ func (l Limits) String() string {
 // CheckNested returns an error wrapping ErrExceedsParent if l sets a limit
 // above the same limit of any of ancestors (a limit an ancestor sets and l
 // leaves unset is inherited, not exceeded: the kernel enforces the
-// ancestor's). CPU weight is relative among siblings and does not nest.
+// ancestor's). CPU and block I/O weights are relative among siblings and
+// do not nest.
 // name is the path of the ancestor for the message.
 func CheckNested(l Limits, ancestors map[string]Limits) error {
 	paths := make([]string, 0, len(ancestors))

@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/cr-dev/cr/events"
 )
 
 // forwarded are the signals the init passes on to the job. The init of a
@@ -106,6 +108,11 @@ func InitMain(args []string) int {
 	devnull.Close()
 	outW.Close()
 	errW.Close()
+	// Recorded here, before cr run hears of it, so that it comes before
+	// anything the job does.
+	if t, id, err := in.node(); err == nil {
+		t.Record(events.Event{Type: events.Started, Path: t.pathOf(id), ID: id})
+	}
 	fmt.Fprintf(syncPipe, "ok %d\n", job.Pid)
 	syncPipe.Close()
 
@@ -117,10 +124,16 @@ func InitMain(args []string) int {
 			in.copyToLog(r)
 		}()
 	}
+	stopWatch := make(chan struct{})
+	go in.watchLimits(stopWatch)
 	code := in.supervise(job.Pid, sigs)
+	in.checkLimits() // what led to the end (an OOM kill) comes before it
+	in.recordExit(code)
 	if in.jobExited(code) == UntilEmpty {
 		untilEmpty(sigs)
 	}
+	close(stopWatch)
+	in.checkLimits()
 	// The job (under --until empty: the last process) is gone: end what
 	// it left behind, then drain its output.
 	_ = unix.Kill(-1, unix.SIGKILL)
@@ -176,6 +189,9 @@ type initProc struct {
 	// copy restored beside the original) runs in a new one.
 	ns   string
 	info NodeInfo
+
+	limits    limitWatch     // the limit hits recorded so far (checkLimits)
+	jobSignal syscall.Signal // the signal that killed the job, if one did
 }
 
 // node returns the tree and id of the init's container. It reads them from
@@ -219,6 +235,7 @@ func (in *initProc) supervise(job int, sigs <-chan os.Signal) int {
 			}
 			if pid == job {
 				if ws.Signaled() {
+					in.jobSignal = ws.Signal()
 					return 128 + int(ws.Signal())
 				}
 				return ws.ExitStatus()
@@ -339,30 +356,37 @@ func (in *initProc) finish(code int) {
 	if err != nil {
 		return
 	}
-	defer unlock()
 	c, err := t.readConfig(id)
 	if err != nil {
+		unlock()
 		return
 	}
 	c.Status, c.ExitCode, c.Exited = "exited", &code, time.Now().UTC()
-	if c.OnEmpty != OnEmptyDelete {
-		_ = t.WriteConfig(c)
-		return
-	}
 	_ = t.WriteConfig(c)
-	// Leave the container's cgroup so that it can be removed. Inside its
-	// own mount namespace the init sees only its own cgroup (read-only):
-	// there the next cr that opens the tree removes the node (PruneExited).
-	if err := JoinCgroup(t.Hier.Mount); err != nil {
-		return
+	p := t.pathOf(id)
+	t.Record(events.Event{Type: events.Empty, Path: p, ID: id, ExitCode: &code, OnEmpty: c.OnEmpty})
+	// Leave the container's cgroup so that it can be removed, or be seen
+	// empty while the --on-empty-exec command runs. Inside its own mount
+	// namespace the init sees only its own cgroup (read-only): there the
+	// next cr that opens the tree removes the node (PruneExited), and the
+	// command runs in the container's cgroup.
+	left := false
+	if c.OnEmpty == OnEmptyDelete || c.OnEmptyExec != "" {
+		if JoinCgroup(t.Hier.Mount) == nil {
+			leaveMirrors()
+			left = true
+		}
 	}
-	leaveMirrors()
-	f, err := t.Load()
-	if err != nil {
-		return
+	if left && c.OnEmpty == OnEmptyDelete {
+		if f, err := t.Load(); err == nil {
+			if n, ok := f.ByID[id]; ok {
+				t.pruneUp(n)
+			}
+		}
 	}
-	if n, ok := f.ByID[id]; ok {
-		t.pruneUp(n)
+	unlock() // the command may well run cr
+	if c.OnEmptyExec != "" {
+		runEmptyExec(t, c, p, code)
 	}
 }
 
@@ -395,7 +419,11 @@ func (t *Tree) removeNode(n *Node) error {
 	if err := os.Remove(filepath.Join(t.nodeDir(n.ID), configFile)); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return err
 	}
-	return os.RemoveAll(t.nodeDir(n.ID))
+	if err := os.RemoveAll(t.nodeDir(n.ID)); err != nil {
+		return err
+	}
+	t.Record(events.Event{Type: events.Removed, Path: n.Path, ID: n.ID})
+	return nil
 }
 
 // loopbackUp sets IFF_UP on lo in the current network namespace.

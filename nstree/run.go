@@ -30,8 +30,10 @@ type RunOptions struct {
 	Mount   bool // own mount namespace (with its own /proc)
 	Net     bool // own network namespace (only lo)
 	OnEmpty string
-	Until   string        // UntilJob (default) or UntilEmpty
-	Limits  limits.Limits // for the new node's subtree, set before the job starts
+	// OnEmptyExec is run by the init when the container becomes empty.
+	OnEmptyExec string
+	Until       string        // UntilJob (default) or UntilEmpty
+	Limits      limits.Limits // for the new node's subtree, set before the job starts
 }
 
 // InitArg is argv[1] of the container init: main dispatches on it before
@@ -48,8 +50,8 @@ func (t *Tree) Run(o RunOptions) (string, error) {
 	if o.OnEmpty == "" {
 		o.OnEmpty = OnEmptyDelete
 	}
-	if o.OnEmpty != OnEmptyDelete && o.OnEmpty != OnEmptyKeep {
-		return "", fmt.Errorf("invalid --on-empty %q (want delete or keep)", o.OnEmpty)
+	if !ValidOnEmpty(o.OnEmpty) {
+		return "", fmt.Errorf("invalid --on-empty %q (want delete, keep or notify)", o.OnEmpty)
 	}
 	if o.Until == "" {
 		o.Until = UntilJob
@@ -81,7 +83,7 @@ func (t *Tree) Run(o RunOptions) (string, error) {
 		return "", err
 	}
 	undo := func() { t.removeCreated(created) }
-	node.Command, node.Cwd, node.Env, node.Until = o.Command, o.Cwd, o.Env, o.Until
+	node.Command, node.Cwd, node.Env, node.Until, node.OnEmptyExec = o.Command, o.Cwd, o.Env, o.Until, o.OnEmptyExec
 	node.Namespaces = []string{"pid", "ipc", "uts"}
 	if o.Mount {
 		node.Namespaces = append(node.Namespaces, "mnt")
@@ -111,6 +113,11 @@ func (t *Tree) Run(o RunOptions) (string, error) {
 		return "", err
 	}
 	return node.Path, nil
+}
+
+// ValidOnEmpty reports whether p is an on-empty policy.
+func ValidOnEmpty(p string) bool {
+	return p == OnEmptyDelete || p == OnEmptyKeep || p == OnEmptyNotify
 }
 
 // generatedName finds the first free unnamedN under dir.

@@ -38,10 +38,15 @@ const (
 	logFile             = "log"
 )
 
-// On-empty policies.
+// On-empty policies: what happens to a node when its last process is gone
+// (an `empty` event is recorded whatever the policy). delete removes it;
+// keep leaves it, empty, with its exit status; notify leaves it too, and
+// is the policy that asks to be told: cr events shows its `empty` event
+// with on_empty "notify", and --on-empty-exec (any policy) runs a command.
 const (
 	OnEmptyDelete = "delete"
 	OnEmptyKeep   = "keep"
+	OnEmptyNotify = "notify"
 )
 
 // How long a container lives (cr run --until): UntilJob, the default, ends
@@ -116,22 +121,25 @@ func (t *Tree) LogPath(id string) string { return filepath.Join(t.nodeDir(id), l
 
 // Config is what cr knows of a container, kept in <state>/c/<id>/config.json.
 type Config struct {
-	ID         string    `json:"id"`
-	Name       string    `json:"name"`
-	Parent     string    `json:"parent,omitempty"` // parent's id; "" at the top
-	Command    []string  `json:"command,omitempty"`
-	Cwd        string    `json:"cwd,omitempty"`
-	Env        []string  `json:"env,omitempty"`
-	Namespaces []string  `json:"namespaces,omitempty"`
-	OnEmpty    string    `json:"on_empty"`
-	Until      string    `json:"until,omitempty"`    // UntilJob ("" too) or UntilEmpty
-	Implicit   bool      `json:"implicit,omitempty"` // created on demand as an intermediate node; has no job
-	Created    time.Time `json:"created"`
-	InitPid    int       `json:"init_pid,omitempty"` // host pid of the container init
-	Status     string    `json:"status"`             // "starting", "running", "exited", "restoring"
-	ExitCode   *int      `json:"exit_code,omitempty"`
-	Exited     time.Time `json:"exited,omitzero"`
-	Restored   time.Time `json:"restored,omitzero"` // when it was last restored from an image
+	ID         string   `json:"id"`
+	Name       string   `json:"name"`
+	Parent     string   `json:"parent,omitempty"` // parent's id; "" at the top
+	Command    []string `json:"command,omitempty"`
+	Cwd        string   `json:"cwd,omitempty"`
+	Env        []string `json:"env,omitempty"`
+	Namespaces []string `json:"namespaces,omitempty"`
+	OnEmpty    string   `json:"on_empty"`
+	// OnEmptyExec is a shell command the init runs once when the
+	// container becomes empty (runEmptyExec).
+	OnEmptyExec string    `json:"on_empty_exec,omitempty"`
+	Until       string    `json:"until,omitempty"`    // UntilJob ("" too) or UntilEmpty
+	Implicit    bool      `json:"implicit,omitempty"` // created on demand as an intermediate node; has no job
+	Created     time.Time `json:"created"`
+	InitPid     int       `json:"init_pid,omitempty"` // host pid of the container init
+	Status      string    `json:"status"`             // "starting", "running", "exited", "restoring"
+	ExitCode    *int      `json:"exit_code,omitempty"`
+	Exited      time.Time `json:"exited,omitzero"`
+	Restored    time.Time `json:"restored,omitzero"` // when it was last restored from an image
 	// Limits are the node's resource limits by name (limits.Limits.Map),
 	// for its whole subtree.
 	Limits map[string]string `json:"limits,omitempty"`

@@ -296,7 +296,7 @@ func toSpecs(m *images.Manifest) []nstree.RestoreSpec {
 	var specs []nstree.RestoreSpec
 	for _, c := range m.Containers {
 		specs = append(specs, nstree.RestoreSpec{Rel: c.Path, Config: nstree.Config{
-			Command: c.Command, Cwd: c.Cwd, Env: c.Env, Namespaces: c.Namespaces, OnEmpty: c.OnEmpty, Until: c.Until,
+			Command: c.Command, Cwd: c.Cwd, Env: c.Env, Namespaces: c.Namespaces, OnEmpty: c.OnEmpty, OnEmptyExec: c.OnEmptyExec, Until: c.Until,
 			Created: c.Created, Implicit: c.Empty && len(c.Command) == 0, Limits: c.Limits,
 		}})
 	}

@@ -11,7 +11,7 @@ time=${1:?usage: fuzz.sh TIME [PKG...]}
 shift
 pkgs=("$@")
 if [ ${#pkgs[@]} -eq 0 ]; then
-	pkgs=(./images ./images/store ./migrate)
+	pkgs=(./images ./images/store ./migrate ./events)
 fi
 out=$(mktemp)
 trap 'rm -f "$out"' EXIT
