@@ -134,10 +134,17 @@ func (j Journal) Append(ev Event) error {
 	return nil
 }
 
+// rotateWait bounds how long a writer that found the journal full waits
+// for another writer's rotation before it appends anyway: long enough that
+// writers do not pile records onto a full file while one rotates, short
+// enough that a rotator frozen with the lock (cr freeze of a container
+// whose init was rotating) never blocks a command.
+const rotateWait = 200 * time.Millisecond
+
 // rotate renames the journal to FILE.1 once it has reached MaxBytes. Only
-// one writer rotates (a lock taken without waiting: a writer that cannot
-// take it appends to the current file), and it checks the size again
-// under the lock, so a file just begun is never rotated away.
+// one writer rotates, under a lock; a writer that finds it taken waits
+// (up to rotateWait) and checks the size again, so a file just begun is
+// never rotated away and a full one does not keep growing meanwhile.
 func (j Journal) rotate() {
 	if st, err := os.Stat(j.Path()); err != nil || st.Size() < j.max() {
 		return
@@ -147,8 +154,11 @@ func (j Journal) rotate() {
 		return
 	}
 	defer unix.Close(lk)
-	if unix.Flock(lk, unix.LOCK_EX|unix.LOCK_NB) != nil {
-		return
+	for deadline := time.Now().Add(rotateWait); unix.Flock(lk, unix.LOCK_EX|unix.LOCK_NB) != nil; {
+		if time.Now().After(deadline) {
+			return
+		}
+		time.Sleep(time.Millisecond)
 	}
 	if st, err := os.Stat(j.Path()); err != nil || st.Size() < j.max() {
 		return
