@@ -26,8 +26,10 @@ FISHDIR := $(PREFIX)/share/fish/vendor_completions.d
 
 all: build
 
+# Static (CGO_ENABLED=0): the container init is cr itself, and inside a
+# --rootfs container there is no host libc to load.
 build:
-	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN) .
+	CGO_ENABLED=0 $(GO) build -ldflags "$(LDFLAGS)" -o $(BIN) .
 
 # Man pages, one per command, from the same tree that prints --help.
 man:

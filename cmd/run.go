@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"strings"
 
 	"github.com/spf13/cobra"
@@ -46,6 +47,7 @@ type RunOptions struct {
 	OnEmptyExec string
 	Until       string
 	Limits      map[string]string // limit name to text, from --memory, --cpus, ...
+	Rootfs      string            // the lower of the container's own root
 }
 
 func init() { register(newRunCommand) }
@@ -65,6 +67,14 @@ job's output into the container's log (cr logs). --memory, --memory-high,
 --cpus, --cpu-weight, --pids and --blkio-weight limit the container's whole
 subtree (see cr set); they cannot exceed an ancestor's. The job runs with the
 caller's working directory and environment unless --cwd/--env say otherwise.
+
+With --rootfs DIR the container has its own root: an overlay whose
+read-only lower is DIR (any number of containers can share it) and whose
+upper, the container's own changes, is kept by cr with the container, a
+fresh /proc, a minimal /dev (null, zero, full, random, urandom, tty, pts,
+shm), a private /tmp, and nothing of the host's mounts. CMD and --cwd
+(default /) are then paths inside DIR. DIR can be an unpacked OCI image,
+the output of debootstrap --variant=minbase, or a static busybox tree.
 PATH is distinguished from CMD by a leading "/" or by the "--" after it.
 
 The container lives until its job exits (--until job, the default): then
@@ -89,7 +99,8 @@ container's mount namespace and cgroup.`,
   cr run --until empty --net /db/redis -- redis-server --daemonize yes
   cr run --env HOME=/tmp --cwd /tmp /x -- env
   cr run --memory 512M --cpus 1.5 --pids 200 /lab/build -- make
-  cr run --on-empty notify --on-empty-exec 'logger "$1 exited $2"' /batch/job2 -- make test`,
+  cr run --on-empty notify --on-empty-exec 'logger "$1 exited $2"' /batch/job2 -- make test
+  cr run --rootfs /srv/rootfs/bookworm /vm1 -- /bin/sh -c 'sleep 1000'`,
 		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			path, given, command := splitRunArgs(args, cmd.ArgsLenAtDash())
@@ -103,6 +114,7 @@ container's mount namespace and cgroup.`,
 	c.Flags().StringVar(&o.Cwd, "cwd", "", "working directory of the job (default: the current one)")
 	c.Flags().StringArrayVar(&o.Env, "env", nil, "environment of the job, KEY=VALUE, repeatable (default: the current one)")
 	c.Flags().BoolVar(&o.Mount, "mount", false, "give the container its own mount namespace and /proc")
+	c.Flags().StringVar(&o.Rootfs, "rootfs", "", "run on an overlay of the directory `DIR` as the container's own root (implies --mount)")
 	c.Flags().BoolVar(&o.Net, "net", false, "give the container its own network namespace (loopback only)")
 	c.Flags().StringVar(&o.OnEmpty, "on-empty", nstree.OnEmptyDelete, "what happens when the container is empty: delete (the node goes), keep or notify (it stays)")
 	c.Flags().StringVar(&o.OnEmptyExec, "on-empty-exec", "", "shell command to run once when the container is empty ($1: its path, $2: the exit status)")
@@ -176,12 +188,26 @@ func runRun(out io.Writer, o RunOptions, path string, command []string) error {
 		return err
 	}
 	ro := nstree.RunOptions{Command: command, Cwd: o.Cwd, Env: o.Env, Mount: o.Mount, Net: o.Net, OnEmpty: o.OnEmpty, OnEmptyExec: o.OnEmptyExec, Until: o.Until, Under: e.viewer.Root, Limits: lim}
+	if o.Rootfs != "" {
+		if ro.Rootfs, err = filepath.Abs(o.Rootfs); err != nil {
+			return usageError{err}
+		}
+		if st, err := os.Stat(ro.Rootfs); err != nil || !st.IsDir() {
+			return usageError{fmt.Errorf("--rootfs %s: not a directory", o.Rootfs)}
+		}
+		if ro.Cwd == "" {
+			ro.Cwd = "/"
+		}
+		if !strings.HasPrefix(ro.Cwd, "/") {
+			return usageError{fmt.Errorf("--cwd %s: with --rootfs, an absolute path inside the root", ro.Cwd)}
+		}
+	}
 	if ro.Cwd == "" {
 		if ro.Cwd, err = os.Getwd(); err != nil {
 			return err
 		}
 	}
-	if st, err := os.Stat(ro.Cwd); err != nil || !st.IsDir() {
+	if st, err := os.Stat(ro.Cwd); ro.Rootfs == "" && (err != nil || !st.IsDir()) {
 		return usageError{fmt.Errorf("working directory %s: not a directory", ro.Cwd)}
 	}
 	if len(ro.Env) == 0 {

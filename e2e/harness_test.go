@@ -67,7 +67,11 @@ func run(m *testing.M) int {
 	crBin = filepath.Join(dir, "cr")
 	jobBin = filepath.Join(dir, "testjob")
 	for _, b := range [][2]string{{crBin, ".."}, {jobBin, "./testjob"}} {
-		out, err := exec.Command("go", "build", "-o", b[0], b[1]).CombinedOutput()
+		// Static, as make build makes cr: both run inside --rootfs
+		// containers, which have no host libc.
+		c := exec.Command("go", "build", "-o", b[0], b[1])
+		c.Env = append(os.Environ(), "CGO_ENABLED=0")
+		out, err := c.CombinedOutput()
 		if err != nil {
 			fmt.Fprintf(os.Stderr, "e2e: build %s: %v\n%s", b[1], err, out)
 			return 1

@@ -16,6 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/cr-dev/cr/events"
+	"github.com/cr-dev/cr/rootfs"
 )
 
 // forwarded are the signals the init passes on to the job. The init of a
@@ -50,11 +51,14 @@ func InitMain(args []string) int {
 	if c.Stage == 1 {
 		return fail("%v", initStage1(c))
 	}
+	if c.Stage == 2 && c.Rootfs != "" {
+		return fail("%v", enterRootfs(c))
+	}
 	unix.CloseOnExec(3)
 	if err := unix.Sethostname([]byte(c.Hostname)); err != nil {
 		return fail("set hostname: %v", err)
 	}
-	if c.Mount {
+	if c.Mount && c.Rootfs == "" {
 		if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
 			return fail("make mounts private: %v", err)
 		}
@@ -181,6 +185,40 @@ func initStage1(c InitConfig) error {
 	return nil
 }
 
+// enterRootfs builds a --rootfs container's root, pivots into it and
+// re-executes the init from inside it as stage 3 (stage 2 without the
+// mount set-up): what CRIU records of the init, its executable and its
+// stdio, must be inside the container's root. It returns only on failure.
+func enterRootfs(c InitConfig) error {
+	spec, err := rootfs.ParseSpec(c.Rootfs)
+	if err != nil {
+		return err
+	}
+	exe, err := os.Readlink("/proc/self/exe")
+	if err != nil {
+		return err
+	}
+	if err := rootfs.Enter(*spec); err != nil {
+		return err
+	}
+	null, err := unix.Open(os.DevNull, unix.O_RDWR|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	for fd := 0; fd < 3; fd++ {
+		if err := unix.Dup3(null, fd, 0); err != nil {
+			return fmt.Errorf("stdio: %w", err)
+		}
+	}
+	unix.Close(null)
+	c.Stage = 3
+	self := filepath.Join(rootfs.BinDir, filepath.Base(exe))
+	if err := unix.Exec(self, append([]string{"cr-init"}, c.args()...), os.Environ()); err != nil {
+		return fmt.Errorf("re-execute the init from %s: %w", self, err)
+	}
+	return nil
+}
+
 type initProc struct {
 	cfg InitConfig
 	mu  sync.Mutex // serialises writes to the log and the node lookups
@@ -211,6 +249,10 @@ func (in *initProc) node() (*Tree, string, error) {
 	info, ok := ownNodeInfo(in.cfg.HierVersion)
 	if !ok {
 		return nil, "", errors.New("find own container: its cgroup does not say")
+	}
+	if in.cfg.Rootfs != "" {
+		// The host's state directory, whichever it is, is bound there.
+		info.StateDir = rootfs.StateDir
 	}
 	in.ns, in.info = ns, info
 	return info.Tree(), info.ID, nil

@@ -18,7 +18,15 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/cr-dev/cr/limits"
+	"github.com/cr-dev/cr/rootfs"
 )
+
+// RootfsLayout is where the overlay of a --rootfs container lives: its
+// upper and work directories are in its node's state directory, and go
+// with it.
+func (t *Tree) RootfsLayout(c *Config) rootfs.Layout {
+	return rootfs.NodeLayout(c.Rootfs, t.nodeDir(c.ID))
+}
 
 // RunOptions say what job to start and how.
 type RunOptions struct {
@@ -34,6 +42,10 @@ type RunOptions struct {
 	OnEmptyExec string
 	Until       string        // UntilJob (default) or UntilEmpty
 	Limits      limits.Limits // for the new node's subtree, set before the job starts
+	// Rootfs, an absolute host path, is the read-only lower of the
+	// container's root (an overlay with an upper of its own): see package
+	// rootfs. It implies Mount; Cwd is then a path inside it.
+	Rootfs string
 }
 
 // InitArg is argv[1] of the container init: main dispatches on it before
@@ -59,9 +71,23 @@ func (t *Tree) Run(o RunOptions) (string, error) {
 	if o.Until != UntilJob && o.Until != UntilEmpty {
 		return "", fmt.Errorf("invalid --until %q (want job or empty)", o.Until)
 	}
+	if o.Rootfs != "" {
+		if err := rootfs.CheckLower(o.Rootfs); err != nil {
+			return "", err
+		}
+		if !filepath.IsAbs(t.StateDir) || !filepath.IsAbs(t.BinDir) {
+			return "", errors.New("--rootfs needs absolute CR_STATE_DIR and CR_BIN_DIR")
+		}
+		o.Mount = true
+	}
 	exe, err := t.initBinary()
 	if err != nil {
 		return "", err
+	}
+	if o.Rootfs != "" {
+		if err := rootfs.CheckStatic(exe); err != nil {
+			return "", err
+		}
 	}
 	unlock, err := t.Lock()
 	if err != nil {
@@ -96,6 +122,13 @@ func (t *Tree) Run(o RunOptions) (string, error) {
 		return "", err
 	}
 	node.Limits = o.Limits.Map()
+	if o.Rootfs != "" {
+		node.Rootfs = o.Rootfs
+		if err := t.RootfsLayout(&node.Config).Prepare(); err != nil {
+			undo()
+			return "", err
+		}
+	}
 	node.Status = "starting"
 	if err := t.WriteConfig(&node.Config); err != nil {
 		undo()
@@ -277,33 +310,37 @@ type InitConfig struct {
 	Hostname    string
 	Mount, Net  bool
 	Cwd         string
+	Rootfs      string // a rootfs.Spec, "" without --rootfs
 	Command     []string
 }
 
 func (c InitConfig) args() []string {
 	a := []string{InitArg, strconv.Itoa(c.Stage), c.Leaf, strconv.Itoa(c.HierVersion), c.Hostname,
-		strconv.FormatBool(c.Mount), strconv.FormatBool(c.Net), c.Cwd, "--"}
+		strconv.FormatBool(c.Mount), strconv.FormatBool(c.Net), c.Cwd, c.Rootfs, "--"}
 	return append(a, c.Command...)
 }
 
 func parseInitArgs(a []string) (InitConfig, error) {
-	if len(a) < 10 || a[0] != InitArg || a[8] != "--" {
+	if len(a) < 11 || a[0] != InitArg || a[9] != "--" {
 		return InitConfig{}, errors.New("bad init arguments")
 	}
 	st, _ := strconv.Atoi(a[1])
 	v, _ := strconv.Atoi(a[3])
 	m, _ := strconv.ParseBool(a[5])
 	n, _ := strconv.ParseBool(a[6])
-	if st != 1 && st != 2 {
+	if st < 1 || st > 3 {
 		return InitConfig{}, errors.New("bad init arguments")
 	}
-	return InitConfig{Stage: st, Leaf: a[2], HierVersion: v, Hostname: a[4], Mount: m, Net: n, Cwd: a[7], Command: a[9:]}, nil
+	return InitConfig{Stage: st, Leaf: a[2], HierVersion: v, Hostname: a[4], Mount: m, Net: n, Cwd: a[7], Rootfs: a[8], Command: a[10:]}, nil
 }
 
 // startInit starts the container init in new namespaces and waits until it
 // has joined its cgroup and exec'd the job (or failed to).
 func (t *Tree) startInit(exe string, n *Node, o RunOptions) (int, error) {
 	ic := InitConfig{Stage: 1, Leaf: n.Leaf(), HierVersion: t.Hier.Version, Hostname: n.Name, Mount: o.Mount, Net: o.Net, Cwd: o.Cwd, Command: o.Command}
+	if o.Rootfs != "" {
+		ic.Rootfs = rootfs.Spec{Layout: t.RootfsLayout(&n.Config), HostState: t.StateDir, HostBin: t.BinDir}.String()
+	}
 	syncR, syncW, err := os.Pipe()
 	if err != nil {
 		return 0, err
@@ -327,7 +364,7 @@ func (t *Tree) startInit(exe string, n *Node, o RunOptions) (int, error) {
 		env = os.Environ()
 	}
 	dir := o.Cwd
-	if dir == "" {
+	if dir == "" || o.Rootfs != "" { // the job's cwd is inside the rootfs
 		dir = "/"
 	}
 	attr := &os.ProcAttr{

@@ -143,6 +143,8 @@ type Config struct {
 	// Limits are the node's resource limits by name (limits.Limits.Map),
 	// for its whole subtree.
 	Limits map[string]string `json:"limits,omitempty"`
+	// Rootfs is the lower of a --rootfs container's root (a host path).
+	Rootfs string `json:"rootfs,omitempty"`
 }
 
 // Node is a container in a loaded tree.
