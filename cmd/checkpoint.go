@@ -26,6 +26,7 @@ type CheckpointOptions struct {
 	LeaveRunning bool
 	Compress     string
 	JSON         bool
+	WithRootfs   bool
 }
 
 // CheckpointReport is what cr checkpoint reports (--json).
@@ -66,8 +67,15 @@ left running as before, no image is left behind, and CRIU's own reason is
 shown with the path of its full log (kept in $CR_STATE_DIR/criu-logs, the
 newest 50). If cr itself is killed, the subtree stays (frozen, at worst:
 cr thaw resumes it) and the next checkpoint removes its staging and its
-partial image.`,
+partial image.
+
+A --rootfs container's image holds its file system's changes (the upper
+layer of its overlay, its tmpfs contents) and its init's executable; its
+lower is named by a content digest and found at restore in that host's
+rootfs cache ($CR_ROOTFS_CACHE, default /var/lib/cr/rootfs), unless
+--with-rootfs carries it in the image too.`,
 		Example: `  cr checkpoint /lab -o lab.cr
+  cr checkpoint --with-rootfs /vm1 -o vm1.cr       # restorable on a host without its rootfs
   cr checkpoint --leave-running --json /lab/pi | jq .frozen_seconds
   cr restore lab.cr`,
 		Args: cobra.ExactArgs(1),
@@ -78,6 +86,7 @@ partial image.`,
 	c.Flags().StringVarP(&o.Output, "output", "o", "", "image file to write (default NAME-TIMESTAMP.cr)")
 	c.Flags().BoolVar(&o.LeaveRunning, "leave-running", false, "keep the subtree running after the dump")
 	c.Flags().StringVar(&o.Compress, "compress", "zstd", "compression: zstd or none")
+	c.Flags().BoolVar(&o.WithRootfs, "with-rootfs", false, "carry the lower of --rootfs containers in the image too")
 	c.Flags().BoolVar(&o.JSON, "json", false, "print a JSON report")
 	return c
 }
@@ -160,8 +169,8 @@ func runCheckpoint(ctx context.Context, out, errOut io.Writer, g *Global, o Chec
 	prog.phase("dumping "+e.show(n.Path), subtreeMemory(n))
 	ck, err := dump.Run(ctx, e.tree, n, dump.Options{
 		CRIU: criu, CRIUVersion: ver.Code(), CRVersion: Version, StagingDir: stagingDir(e.tree),
-		LeaveRunning: o.LeaveRunning,
-		Progress:     prog.update,
+		LeaveRunning: o.LeaveRunning, WithRootfs: o.WithRootfs,
+		Progress: prog.update,
 	})
 	prog.done()
 	if err != nil {

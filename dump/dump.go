@@ -51,6 +51,9 @@ type Options struct {
 	// Progress, if set, is called about every 200 ms with the bytes of
 	// images written so far.
 	Progress func(written int64)
+	// WithRootfs carries the lower layers of --rootfs containers in the
+	// image too (else only their digests).
+	WithRootfs bool
 }
 
 // Checkpoint is a dumped subtree, still frozen (or running again with
@@ -209,6 +212,17 @@ func (c *Checkpoint) run(ctx context.Context, o Options) (*images.Manifest, erro
 		m.ic = ic
 		members = append(members, m)
 	})
+	// The file systems' parts that do not change while the job runs go
+	// in before the freeze.
+	hasRootfs := false
+	for i, m := range members {
+		if !m.ic.Empty && m.node.Rootfs != "" {
+			hasRootfs = true
+			if err := c.stageRootfs(o, i, m); err != nil {
+				return nil, err
+			}
+		}
+	}
 	// The consistent cut. One container left running needs no cut of ours:
 	// CRIU freezes its cgroup, dumps and thaws it by itself, so the job is
 	// frozen exactly as long as CRIU needs, and thawed even if cr dies.
@@ -220,7 +234,9 @@ func (c *Checkpoint) run(ctx context.Context, o Options) (*images.Manifest, erro
 		}
 	}
 	c.netLock = netLockFor(ctx, o.CRIU, members)
-	selfFreeze := !(o.LeaveRunning && jobs == 1 && !anyFrozen(c.root))
+	// An upper layer is copied after CRIU's dump, and must not change
+	// before it is: a --rootfs container stays frozen until then.
+	selfFreeze := !(o.LeaveRunning && jobs == 1 && !anyFrozen(c.root) && !hasRootfs)
 	if selfFreeze {
 		if err := c.freeze(ctx, members); err != nil {
 			return nil, err
@@ -243,6 +259,11 @@ func (c *Checkpoint) run(ctx context.Context, o Options) (*images.Manifest, erro
 		}
 		if err != nil {
 			return nil, err
+		}
+		if m.ic.Rootfs != nil {
+			if err := c.stageUpper(i, m); err != nil {
+				return nil, err
+			}
 		}
 		if err := c.copyLog(m); err != nil {
 			return nil, err
@@ -379,6 +400,9 @@ func (c *Checkpoint) dumpOne(ctx context.Context, o Options, m *member) (*images
 		// this host there.
 		CgroupDumpController: []string{c.tree.CRIUController()},
 		FileLocks:            proto.Bool(true),
+	}
+	if m.node.Rootfs != "" {
+		opts.ExtMnt = rootfsExtMounts()
 	}
 	if c.netLock != "" {
 		opts.NetworkLock = c.netLock.RPC()

@@ -112,6 +112,8 @@ type Container struct {
 	Dump      *DumpStats `json:"dump,omitempty"`
 	// Empty marks an intermediate node that had no job: it has no images.
 	Empty bool `json:"empty,omitempty"`
+	// Rootfs is the file system of a --rootfs container.
+	Rootfs *Rootfs `json:"rootfs,omitempty"`
 }
 
 // Process is one process of a container at dump time.
@@ -269,6 +271,9 @@ func (m *Manifest) validate() error {
 			return fmt.Errorf("container %q listed twice", c.Path)
 		}
 		paths[c.Path] = true
+		if err := c.Rootfs.validate(seen); err != nil {
+			return fmt.Errorf("container %q: rootfs: %w", c.Path, err)
+		}
 		if c.Dir == "" {
 			if !c.Empty {
 				return fmt.Errorf("container %q has no image dir", c.Path)

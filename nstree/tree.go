@@ -25,6 +25,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/cr-dev/cr/freeze"
+	"github.com/cr-dev/cr/rootfs"
 )
 
 // Defaults for the places cr keeps things; each can be overridden by an
@@ -64,6 +65,9 @@ type Tree struct {
 	CgroupParent string
 	BinDir       string
 	Hier         freeze.Hierarchy
+	// RootfsCache holds the lower layers of --rootfs containers by
+	// digest (rootfs.Cache).
+	RootfsCache string
 }
 
 // Open finds the cgroup hierarchy and the state directory. It does not
@@ -77,6 +81,7 @@ func Open() (*Tree, error) {
 		StateDir:     envOr("CR_STATE_DIR", DefaultStateDir),
 		CgroupParent: envOr("CR_CGROUP_PARENT", DefaultCgroupParent),
 		BinDir:       envOr("CR_BIN_DIR", DefaultBinDir),
+		RootfsCache:  envOr("CR_ROOTFS_CACHE", rootfs.DefaultCache),
 		Hier:         h,
 	}
 	if strings.ContainsAny(t.CgroupParent, "/\x00") || t.CgroupParent == "" || t.CgroupParent[0] == '.' {

@@ -28,6 +28,7 @@ import (
 	"github.com/cr-dev/cr/criubin"
 	"github.com/cr-dev/cr/images"
 	"github.com/cr-dev/cr/nstree"
+	"github.com/cr-dev/cr/rootfs"
 	"github.com/cr-dev/cr/scratch"
 )
 
@@ -141,11 +142,17 @@ func FromDir(ctx context.Context, t *nstree.Tree, dir string, m *images.Manifest
 	}
 	// The journal lets the next cr remove what this restore made if it
 	// dies before the end.
+	// The lowers of --rootfs containers are found before anything is
+	// created.
+	lowers, err := rootfsLowers(t, dir, m)
+	if err != nil {
+		return nil, err
+	}
 	j, err := beginJournal(t, target, o.Pages != nil)
 	if err != nil {
 		return nil, err
 	}
-	nodes, err := t.CreateRestored(target, toSpecs(m))
+	nodes, err := t.CreateRestored(target, toSpecs(m, lowers))
 	if err != nil {
 		j.end()
 		return nil, err
@@ -170,6 +177,24 @@ func FromDir(ctx context.Context, t *nstree.Tree, dir string, m *images.Manifest
 	// The limits are in place before any process is restored.
 	if err := t.ApplyRestoredLimits(nodes); err != nil {
 		return nil, err
+	}
+	// Rebuild the roots of --rootfs containers; once CRIU has bound each
+	// into its container, the host's mount goes (before any node could be
+	// removed: deferred after the removal, it runs first).
+	layouts := map[int]rootfs.Layout{}
+	defer func() {
+		for _, l := range layouts {
+			l.Unmount()
+		}
+	}()
+	for i, c := range m.Containers {
+		if _, ok := lowers[i]; ok {
+			l, err := prepareRootfs(t, dir, c, nodes[i])
+			if err != nil {
+				return nil, err
+			}
+			layouts[i] = l
+		}
 	}
 	// Carry each container's log over.
 	for i, c := range m.Containers {
@@ -223,7 +248,8 @@ func FromDir(ctx context.Context, t *nstree.Tree, dir string, m *images.Manifest
 		h := &held{restored: make(chan int32, 1), decide: make(chan error, 1), done: make(chan error, 1)}
 		hs = append(hs, h)
 		go func() {
-			h.done <- restoreOne(ctx, t, o, dir, work, c, n, func(pid int32) error {
+			l, hasRootfs := layouts[i]
+			h.done <- restoreOne(ctx, t, o, dir, work, c, n, l, hasRootfs, func(pid int32) error {
 				// CRIU restored the cgroups of cr's own hierarchy only:
 				// the limits' v1 controllers get the tasks here, before
 				// they resume.
@@ -292,12 +318,12 @@ func FromDir(ctx context.Context, t *nstree.Tree, dir string, m *images.Manifest
 	return res, nil
 }
 
-func toSpecs(m *images.Manifest) []nstree.RestoreSpec {
+func toSpecs(m *images.Manifest, lowers map[int]string) []nstree.RestoreSpec {
 	var specs []nstree.RestoreSpec
-	for _, c := range m.Containers {
+	for i, c := range m.Containers {
 		specs = append(specs, nstree.RestoreSpec{Rel: c.Path, Config: nstree.Config{
 			Command: c.Command, Cwd: c.Cwd, Env: c.Env, Namespaces: c.Namespaces, OnEmpty: c.OnEmpty, OnEmptyExec: c.OnEmptyExec, Until: c.Until,
-			Created: c.Created, Implicit: c.Empty && len(c.Command) == 0, Limits: c.Limits,
+			Created: c.Created, Implicit: c.Empty && len(c.Command) == 0, Limits: c.Limits, Rootfs: lowers[i],
 		}})
 	}
 	return specs
@@ -366,7 +392,7 @@ func (r *Result) WaitPages(ctx context.Context) error {
 	return nil
 }
 
-func restoreOne(ctx context.Context, t *nstree.Tree, o Options, dir, work string, c images.Container, n *nstree.Node, onRestored func(int32) error) error {
+func restoreOne(ctx context.Context, t *nstree.Tree, o Options, dir, work string, c images.Container, n *nstree.Node, l rootfs.Layout, hasRootfs bool, onRestored func(int32) error) error {
 	imgF, err := os.Open(filepath.Join(dir, c.Dir))
 	if err != nil {
 		return fmt.Errorf("restore %s: %w", n.Path, err)
@@ -403,6 +429,9 @@ func restoreOne(ctx context.Context, t *nstree.Tree, o Options, dir, work string
 		// Without a root CRIU empties a copy of its own namespace first,
 		// and 4.2.1 trips over its own cgroup yard there (BUG at mount.c:48).
 		opts.Root = proto.String("/")
+	}
+	if hasRootfs {
+		rootfsOpts(t, opts, l)
 	}
 	if o.netLock != "" {
 		opts.NetworkLock = o.netLock.RPC()

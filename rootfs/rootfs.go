@@ -135,9 +135,8 @@ func Enter(s Spec) error {
 	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
 		return fmt.Errorf("make mounts private: %w", err)
 	}
-	opts := "lowerdir=" + escape(s.Lower) + ",upperdir=" + escape(s.Upper) + ",workdir=" + escape(s.Work)
-	if err := unix.Mount("overlay", s.Merged, "overlay", 0, opts); err != nil {
-		return fmt.Errorf("mount overlay on %s: %w", s.Merged, err)
+	if err := s.Layout.Mount(); err != nil {
+		return err
 	}
 	if err := populate(s.Merged, s.HostState, s.HostBin); err != nil {
 		return err

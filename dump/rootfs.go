@@ -1,0 +1,64 @@
+package dump
+
+import (
+	"fmt"
+
+	"github.com/checkpoint-restore/go-criu/v7/rpc"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/cr-dev/cr/images"
+	"github.com/cr-dev/cr/rootfs"
+)
+
+// stageRootfs puts what a --rootfs container's file system needs that
+// does not change while it runs into the staging directory, before the
+// freeze: its lower's digest (and with WithRootfs the lower itself), and
+// its init's executable. The lower is registered in this host's rootfs
+// cache, so that an image restores here by digest.
+func (c *Checkpoint) stageRootfs(o Options, i int, m *member) error {
+	lower := m.node.Rootfs
+	digest, err := rootfs.Digest(lower)
+	if err != nil {
+		return fmt.Errorf("%s: %w", m.node.Path, err)
+	}
+	if err := (rootfs.Cache{Dir: c.tree.RootfsCache}).Register(digest, lower); err != nil {
+		return err
+	}
+	r := &images.Rootfs{Lower: digest}
+	if o.WithRootfs {
+		if r.LowerEntry, err = rootfs.StageLower(c.Dir, digest, lower); err != nil {
+			return fmt.Errorf("%s: %w", m.node.Path, err)
+		}
+	}
+	exe, err := rootfs.InitExe(m.node.InitPid, c.tree.BinDir)
+	if err != nil {
+		return fmt.Errorf("%s: %w", m.node.Path, err)
+	}
+	if r.Init, err = rootfs.StageInit(c.Dir, exe); err != nil {
+		return fmt.Errorf("%s: %w", m.node.Path, err)
+	}
+	m.ic.Rootfs = r
+	return nil
+}
+
+// stageUpper archives the container's upper layer once CRIU has dumped it,
+// the container still frozen.
+func (c *Checkpoint) stageUpper(i int, m *member) error {
+	l := c.tree.RootfsLayout(&m.node.Config)
+	name, st, err := rootfs.StageUpper(c.Dir, i, l.Upper)
+	if err != nil {
+		return fmt.Errorf("%s: %w", m.node.Path, err)
+	}
+	r := m.ic.Rootfs
+	r.Upper, r.UpperFiles, r.UpperBytes, r.Deleted = name, st.Files, st.Bytes, st.Whiteout
+	return nil
+}
+
+// rootfsExtMounts name cr's own bind mounts in a --rootfs container
+// for CRIU: a restore binds that host's directories there.
+func rootfsExtMounts() []*rpc.ExtMountMap {
+	return []*rpc.ExtMountMap{
+		{Key: proto.String(rootfs.StateDir), Val: proto.String(rootfs.ExtState)},
+		{Key: proto.String(rootfs.BinDir), Val: proto.String(rootfs.ExtBin)},
+	}
+}

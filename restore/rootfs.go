@@ -1,0 +1,103 @@
+package restore
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"os"
+	"path"
+	"path/filepath"
+
+	"github.com/checkpoint-restore/go-criu/v7/rpc"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/cr-dev/cr/images"
+	"github.com/cr-dev/cr/nstree"
+	"github.com/cr-dev/cr/rootfs"
+)
+
+// MissingLowers lists the lowers of the image's --rootfs containers that
+// neither this host's rootfs cache has nor the image carries, as an error
+// naming each digest; nil when every one can be found.
+func MissingLowers(t *nstree.Tree, m *images.Manifest) error {
+	cache := rootfs.Cache{Dir: t.RootfsCache}
+	var errs []error
+	for _, c := range m.Containers {
+		r := c.Rootfs
+		if r == nil || c.Empty || r.LowerEntry != "" {
+			continue
+		}
+		if _, err := cache.Lookup(r.Lower); err != nil {
+			errs = append(errs, fmt.Errorf("%w: %s needs the rootfs %s, which is not in this host's rootfs cache (%s); checkpoint with --with-rootfs to carry it", ErrIncompatible, path.Join(m.Root, c.Path), r.Lower, t.RootfsCache))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// rootfsLowers finds the lower of every --rootfs container of the image
+// (by manifest index): in this host's rootfs cache, or imported into it
+// from the image.
+func rootfsLowers(t *nstree.Tree, dir string, m *images.Manifest) (map[int]string, error) {
+	if err := MissingLowers(t, m); err != nil {
+		return nil, err
+	}
+	cache := rootfs.Cache{Dir: t.RootfsCache}
+	lowers := map[int]string{}
+	for i, c := range m.Containers {
+		r := c.Rootfs
+		if r == nil || c.Empty {
+			continue
+		}
+		d, err := cache.Lookup(r.Lower)
+		if err != nil {
+			f, err := os.Open(filepath.Join(dir, r.LowerEntry))
+			if err != nil {
+				return nil, err
+			}
+			d, err = cache.Import(r.Lower, bufio.NewReaderSize(f, 1<<20))
+			f.Close()
+			if err != nil {
+				return nil, err
+			}
+		}
+		lowers[i] = d
+	}
+	return lowers, nil
+}
+
+// prepareRootfs rebuilds a restored --rootfs container's root on this
+// host: its upper from the image, its init's executable among this host's,
+// and the overlay mounted where CRIU takes it from (unmount it with the
+// returned layout's Unmount once CRIU is done).
+func prepareRootfs(t *nstree.Tree, dir string, c images.Container, n *nstree.Node) (rootfs.Layout, error) {
+	l := t.RootfsLayout(&n.Config)
+	if err := l.Prepare(); err != nil {
+		return l, err
+	}
+	f, err := os.Open(filepath.Join(dir, c.Rootfs.Upper))
+	if err != nil {
+		return l, err
+	}
+	defer f.Close()
+	if _, err := rootfs.ReadLayer(bufio.NewReaderSize(f, 1<<20), l.Upper); err != nil {
+		return l, fmt.Errorf("%s: upper layer: %w", n.Path, err)
+	}
+	if err := rootfs.InstallInit(filepath.Join(dir, c.Rootfs.Init), t.BinDir); err != nil {
+		return l, fmt.Errorf("%s: %w", n.Path, err)
+	}
+	if err := l.Mount(); err != nil {
+		return l, fmt.Errorf("%s: %w", n.Path, err)
+	}
+	return l, nil
+}
+
+// rootfsOpts makes CRIU restore a --rootfs container on its rebuilt root,
+// with this host's state and bin directories bound where the container
+// had the source's.
+func rootfsOpts(t *nstree.Tree, opts *rpc.CriuOpts, l rootfs.Layout) {
+	opts.Root = proto.String(l.Merged)
+	opts.ExtMnt = []*rpc.ExtMountMap{
+		{Key: proto.String(rootfs.ExtState), Val: proto.String(t.StateDir)},
+		{Key: proto.String(rootfs.ExtBin), Val: proto.String(t.BinDir)},
+	}
+}
