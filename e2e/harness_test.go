@@ -91,6 +91,7 @@ func run(m *testing.M) int {
 		"CR_CGROUP_PARENT=" + cgName,
 		"CR_BIN_DIR=" + filepath.Join(dir, "bin"),
 		"CR_STAGING=" + filepath.Join(dir, "staging"),
+		"CR_ROOTFS_CACHE=" + filepath.Join(dir, "rootfs-cache"),
 	}
 	code := m.Run()
 	if leaks := cleanupTree(); leaks != "" {
