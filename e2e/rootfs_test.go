@@ -2,16 +2,19 @@ package e2e
 
 import (
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"sort"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/cr-dev/cr/rootfs"
 )
 
 // applets are the busybox commands the test rootfs links.
-var applets = []string{"sh", "cat", "ls", "echo", "sleep", "rm", "dd", "grep", "cut"}
+var applets = []string{"sh", "cat", "ls", "echo", "sleep", "rm", "dd", "grep", "cut", "readlink"}
 
 // buildRootfs makes a small static root file system: busybox (Debian's
 // busybox-static, which provision installs), the test job (built with
@@ -160,5 +163,145 @@ exec sleep 1000`
 	mustCr(t, "kill", "/rfa")
 	if _, err := os.Stat(dir); err == nil {
 		t.Errorf("the killed container's state (and upper) %s is left", dir)
+	}
+}
+
+// rootfsScript is a job that changes its root in every way an image must
+// carry, then runs the test job: a file written and one appended to and
+// held open (fd 4), a lower file deleted, another held open at offset 4
+// (fd 3), data in /tmp and /dev/shm (tmpfs), and the test job's memory and
+// counter file.
+const rootfsScript = `rm /etc/lowerfile && echo tmpdata > /tmp/t && echo shmdata > /dev/shm/s && echo written > /written &&
+exec 3</etc/keep 4>>/appended && dd bs=4 count=1 <&3 >/dev/null 2>&1 && echo line1 >&4 &&
+exec /testjob --report /report.json --counter-file /counter --mem 16`
+
+// rootfsHost is a second host for --rootfs containers that shares no
+// file with this one: a tree, binary directory and rootfs cache of its
+// own (cr serve restarted with them).
+func rootfsHost(t *testing.T) *host {
+	t.Helper()
+	h := newHost(t, "token")
+	h.kill(t)
+	h.env = append(h.env, "CR_BIN_DIR="+filepath.Join(h.dir, "bin"), "CR_ROOTFS_CACHE="+filepath.Join(h.dir, "rootfs-cache"))
+	h.start(t)
+	return h
+}
+
+// askRootfs makes the test job in the --rootfs container at path report
+// and reads the report through the container (its upper layer is not
+// touched from outside: overlayfs does not allow that while mounted).
+func askRootfs(t *testing.T, extra []string, path string) Report {
+	t.Helper()
+	in := func(args ...string) result {
+		return crEnv(t, extra, append([]string{"enter", path, "--"}, args...)...)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		in("/bin/rm", "-f", "/report.json")
+		if r := crEnv(t, extra, "kill", "-s", "USR1", path); r.code != 0 {
+			t.Fatalf("cr kill -s USR1: %s", r)
+		}
+		for i := 0; i < 20; i++ {
+			var rep Report
+			if r := in("/bin/cat", "/report.json"); r.code == 0 && json.Unmarshal([]byte(r.out), &rep) == nil {
+				return rep
+			}
+			time.Sleep(25 * time.Millisecond)
+		}
+	}
+	t.Fatalf("job %s did not report", path)
+	return Report{}
+}
+
+// waitRootfsJob waits for the first report of the test job at path.
+func waitRootfsJob(t *testing.T, extra []string, path string) {
+	t.Helper()
+	waitFor(t, 30*time.Second, path+"'s job to start", func() bool {
+		return crEnv(t, extra, "enter", path, "--", "/bin/cat", "/report.json").code == 0
+	})
+}
+
+// checkRootfsJob checks that the job rootfsScript started, now at path in
+// the tree of extra's settings, has its root, descriptors and memory as
+// before.
+func checkRootfsJob(t *testing.T, extra []string, path string, before Report) {
+	t.Helper()
+	after := askRootfs(t, extra, path)
+	if after.Pid != before.Pid || after.Counter < before.Counter || after.MemSHA != before.MemSHAAtInit {
+		t.Errorf("job after restore: pid %d -> %d, counter %d -> %d, memory %s (want %s)", before.Pid, after.Pid, before.Counter, after.Counter, after.MemSHA, before.MemSHAAtInit)
+	}
+	if d := after.CounterFile - after.Counter; d < -1 || d > 1 {
+		t.Errorf("counter file %d disagrees with memory %d", after.CounterFile, after.Counter)
+	}
+	enter := func(cmd string) string {
+		t.Helper()
+		r := crEnv(t, extra, "enter", path, "--", "/bin/sh", "-c", cmd)
+		if r.code != 0 {
+			t.Fatalf("cr enter %s: %s", cmd, r)
+		}
+		return r.out
+	}
+	if got, want := enter("cat /tmp/t /dev/shm/s /written /appended; ls /etc"), "tmpdata\nshmdata\nwritten\nline1\nkeep\n"; got != want {
+		t.Errorf("files in the root:\n%s\nwant:\n%s", got, want)
+	}
+	fds := enter(fmt.Sprintf("readlink /proc/%d/fd/3; readlink /proc/%d/fd/4; grep pos /proc/%d/fdinfo/3 /proc/%d/fdinfo/4", after.Pid, after.Pid, after.Pid, after.Pid))
+	if want := fmt.Sprintf("/etc/keep\n/appended\n/proc/%d/fdinfo/3:pos:\t4\n/proc/%d/fdinfo/4:pos:\t6\n", after.Pid, after.Pid); fds != want {
+		t.Errorf("descriptors:\n%s\nwant:\n%s", fds, want)
+	}
+}
+
+// A --rootfs container checkpointed here restores on a host that shares
+// no file with this one: refused, naming the lower's digest and creating
+// nothing, while that host lacks the lower; with --with-rootfs its root
+// (written, appended, deleted files, tmpfs data), its descriptors and
+// offsets and its memory are all there.
+func TestCheckpointRootfsOtherHost(t *testing.T) {
+	h := rootfsHost(t)
+	lower := buildRootfs(t)
+	digest, err := rootfs.Digest(lower)
+	if err != nil {
+		t.Fatal(err)
+	}
+	state := filepath.Join(workDir, "state")
+	runRootfs(t, nil, lower, "/rfc", "/bin/sh", "-c", rootfsScript)
+	waitRootfsJob(t, nil, "/rfc")
+	before := askRootfs(t, nil, "/rfc")
+
+	img := filepath.Join(t.TempDir(), "rfc.cr")
+	mustCr(t, "checkpoint", "/rfc", "-o", img)
+	if d := nodeDir(t, state, "rfc"); d != "" {
+		t.Fatalf("the checkpointed container's state %s is left", d)
+	}
+	r := h.cr(t, "restore", img)
+	want := "Error: image not restorable here: /rfc needs the rootfs " + digest + ", which is not in this host's rootfs cache (" + filepath.Join(h.dir, "rootfs-cache") + "); checkpoint with --with-rootfs to carry it\n"
+	if r.code != 8 || r.err != want {
+		t.Errorf("restore without the lower: %s\nwant exit 8 and %q", r, want)
+	}
+	if l := h.ls(t); len(l) != 0 {
+		t.Errorf("a refused restore left %v", l)
+	}
+	if d, _ := filepath.Glob(filepath.Join(h.dir, "state", "c", "*")); len(d) != 0 {
+		t.Errorf("a refused restore left %v", d)
+	}
+
+	// Back here (this host's cache has the lower), then across with it.
+	mustCr(t, "restore", img)
+	checkRootfsJob(t, nil, "/rfc", before)
+	img2 := filepath.Join(t.TempDir(), "rfc2.cr")
+	mustCr(t, "checkpoint", "--with-rootfs", "/rfc", "-o", img2)
+	h.mustCr(t, "restore", img2)
+	dst := nodeDir(t, filepath.Join(h.dir, "state"), "rfc")
+	if dst == "" {
+		t.Fatal("no /rfc at the destination")
+	}
+	checkRootfsJob(t, h.env, "/rfc", before)
+	if d, _ := filepath.Glob(filepath.Join(h.dir, "bin", "cr-*")); len(d) != 1 {
+		t.Errorf("destination's init binaries: %v, want the image's", d)
+	}
+	if d, err := os.Readlink(filepath.Join(h.dir, "rootfs-cache", strings.TrimPrefix(digest, "sha256:"))); err == nil {
+		t.Errorf("destination's cache links to %s instead of holding the lower", d)
+	}
+	if l := ls(t); len(filterPrefix(l, "/rfc")) != 0 {
+		t.Errorf("the source still has %v", l)
 	}
 }
