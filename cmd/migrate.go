@@ -151,6 +151,14 @@ func runMigrate(ctx context.Context, out, errOut io.Writer, g *Global, o Migrate
 			return usageError{err}
 		}
 	}
+	// The destination is asked for the lowers it must have before
+	// anything is frozen.
+	var lowers []string
+	if !o.WithRootfs {
+		if lowers, err = dump.Lowers(n); err != nil {
+			return err
+		}
+	}
 	ctx, cancel := interruptible(ctx)
 	defer cancel()
 	var ck *dump.Checkpoint
@@ -159,7 +167,7 @@ func runMigrate(ctx context.Context, out, errOut io.Writer, g *Global, o Migrate
 	prog := newProgress(errOut, g, o.JSON)
 	defer prog.done()
 	mig := migrate.Migration{
-		Request: migrate.Request{Root: n.Path, As: as, CRVersion: Version, Lazy: o.Lazy},
+		Request: migrate.Request{Root: n.Path, As: as, CRVersion: Version, Lazy: o.Lazy, Lowers: lowers},
 		Prepare: func(ctx context.Context) (int64, error) {
 			frozenAt = time.Now()
 			var err error

@@ -131,7 +131,7 @@ func runServe(ctx context.Context, g *Global, o ServeOptions) error {
 			if _, ok := f.ByPath[req.Target()]; ok {
 				return fmt.Errorf("%w: %s exists here", migrate.ErrTargetExists, req.Target())
 			}
-			return nil
+			return restore.MissingDigests(e.tree, req.Lowers)
 		},
 		Lazy: func() error { return lazyErr },
 		Restorer: migrate.RestorerFunc(func(ctx context.Context, job *migrate.Job) (migrate.RestoreInfo, error) {

@@ -7,6 +7,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/cr-dev/cr/images"
+	"github.com/cr-dev/cr/nstree"
 	"github.com/cr-dev/cr/rootfs"
 )
 
@@ -16,6 +17,9 @@ import (
 // its init's executable. The lower is registered in this host's rootfs
 // cache, so that an image restores here by digest.
 func (c *Checkpoint) stageRootfs(o Options, i int, m *member) error {
+	if o.Lazy {
+		return fmt.Errorf("%s: a --rootfs container cannot migrate lazily yet; migrate it without --lazy", m.node.Path)
+	}
 	lower := m.node.Rootfs
 	digest, err := rootfs.Digest(lower)
 	if err != nil {
@@ -39,6 +43,25 @@ func (c *Checkpoint) stageRootfs(o Options, i int, m *member) error {
 	}
 	m.ic.Rootfs = r
 	return nil
+}
+
+// Lowers are the digests of the lowers of the --rootfs containers in the
+// subtree at root, each once.
+func Lowers(root *nstree.Node) ([]string, error) {
+	var out []string
+	var err error
+	seen := map[string]bool{}
+	root.Walk(func(n *nstree.Node) {
+		if n.Rootfs == "" || err != nil || seen[n.Rootfs] {
+			return
+		}
+		seen[n.Rootfs] = true
+		var d string
+		if d, err = rootfs.Digest(n.Rootfs); err == nil {
+			out = append(out, d)
+		}
+	})
+	return out, err
 }
 
 // stageUpper archives the container's upper layer once CRIU has dumped it,

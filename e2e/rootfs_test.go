@@ -305,3 +305,47 @@ func TestCheckpointRootfsOtherHost(t *testing.T) {
 		t.Errorf("the source still has %v", l)
 	}
 }
+
+// A --rootfs container migrates to a host that shares no file with this
+// one: without the lower there, refused before the freeze (the source runs
+// on, the message names the digest); with --with-rootfs it arrives with
+// its root, descriptors and memory, and nothing is left here.
+func TestMigrateRootfs(t *testing.T) {
+	h := rootfsHost(t)
+	lower := buildRootfs(t)
+	digest, err := rootfs.Digest(lower)
+	if err != nil {
+		t.Fatal(err)
+	}
+	runRootfs(t, nil, lower, "/rfm", "/bin/sh", "-c", rootfsScript)
+	waitRootfsJob(t, nil, "/rfm")
+	before := askRootfs(t, nil, "/rfm")
+
+	r := cr(t, migrateArgs(h, "/rfm")...)
+	want := "the rootfs " + digest + " is not in this host's rootfs cache (" + filepath.Join(h.dir, "rootfs-cache") + "); migrate with --with-rootfs to send it"
+	if r.code == 0 || !strings.Contains(r.err, want) {
+		t.Errorf("migrate to a host without the lower: %s\nwant a refusal saying %q", r, want)
+	}
+	if st := ls(t)["/rfm"]; st.State != "running" {
+		t.Fatalf("source after the refusal: %+v", st)
+	}
+	if now := askRootfs(t, nil, "/rfm"); now.Pid != before.Pid || now.Counter < before.Counter {
+		t.Errorf("source changed by the refusal: %+v -> %+v", before, now)
+	}
+	if l := h.ls(t); len(l) != 0 {
+		t.Errorf("the destination has %v after a refusal", l)
+	}
+
+	out := mustCr(t, append(migrateArgs(h, "/rfm", "--with-rootfs"), "--json")...)
+	var rep migrateReport
+	if err := json.Unmarshal([]byte(out), &rep); err != nil || rep.Target != "/rfm" {
+		t.Fatalf("cr migrate --json: %v\n%s", err, out)
+	}
+	if l := ls(t); len(filterPrefix(l, "/rfm")) != 0 {
+		t.Errorf("the source still has %v", l)
+	}
+	if d := nodeDir(t, filepath.Join(workDir, "state"), "rfm"); d != "" {
+		t.Errorf("the source's state %s is left", d)
+	}
+	checkRootfsJob(t, h.env, "/rfm", before)
+}

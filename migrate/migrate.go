@@ -10,6 +10,7 @@ import (
 
 	"github.com/cr-dev/cr/images"
 	"github.com/cr-dev/cr/nstree"
+	"github.com/cr-dev/cr/rootfs"
 )
 
 // Request is what the sender asks the receiver for, before it touches the
@@ -20,7 +21,15 @@ type Request struct {
 	As        string `json:"as,omitempty"`
 	Lazy      bool   `json:"lazy,omitempty"`
 	CRVersion string `json:"cr_version,omitempty"`
+	// Lowers are the digests of the lower layers of the subtree's
+	// --rootfs containers that the image will not carry (no
+	// --with-rootfs): the receiver refuses, before the source is frozen,
+	// when it lacks one.
+	Lowers []string `json:"lowers,omitempty"`
 }
+
+// maxLowers bounds Request.Lowers.
+const maxLowers = 1024
 
 // Target is the path the tree is restored under: As, or Root.
 func (r Request) Target() string {
@@ -48,6 +57,14 @@ func (r Request) validate() error {
 	}
 	if len(r.CRVersion) > maxVersionLen || !printable(r.CRVersion) {
 		return errors.New("cr_version: not a short printable string")
+	}
+	if len(r.Lowers) > maxLowers {
+		return fmt.Errorf("lowers: more than %d", maxLowers)
+	}
+	for _, d := range r.Lowers {
+		if !rootfs.ValidDigest(d) {
+			return errors.New("lowers: not a sha256 digest")
+		}
 	}
 	return nil
 }

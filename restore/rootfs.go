@@ -34,6 +34,19 @@ func MissingLowers(t *nstree.Tree, m *images.Manifest) error {
 	return errors.Join(errs...)
 }
 
+// MissingDigests refuses lowers (digests) that this host's rootfs cache
+// lacks, naming each: a migration asks before the source is frozen.
+func MissingDigests(t *nstree.Tree, lowers []string) error {
+	cache := rootfs.Cache{Dir: t.RootfsCache}
+	var errs []error
+	for _, d := range lowers {
+		if _, err := cache.Lookup(d); err != nil {
+			errs = append(errs, fmt.Errorf("%w: the rootfs %s is not in this host's rootfs cache (%s); migrate with --with-rootfs to send it", ErrIncompatible, d, t.RootfsCache))
+		}
+	}
+	return errors.Join(errs...)
+}
+
 // rootfsLowers finds the lower of every --rootfs container of the image
 // (by manifest index): in this host's rootfs cache, or imported into it
 // from the image.
