@@ -75,6 +75,7 @@ fresh /proc, a minimal /dev (null, zero, full, random, urandom, tty, pts,
 shm), a private /tmp, and nothing of the host's mounts. CMD and --cwd
 (default /) are then paths inside DIR. DIR can be an unpacked OCI image,
 the output of debootstrap --variant=minbase, or a static busybox tree.
+
 PATH is distinguished from CMD by a leading "/" or by the "--" after it.
 
 The container lives until its job exits (--until job, the default): then
