@@ -1,6 +1,7 @@
 package cmd
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"fmt"
@@ -8,15 +9,18 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
+	"unicode"
 
 	"github.com/spf13/cobra"
 
 	"github.com/cr-dev/cr/images"
 	"github.com/cr-dev/cr/images/criuimg"
 	"github.com/cr-dev/cr/limits"
+	"github.com/cr-dev/cr/rootfs"
 	"github.com/cr-dev/cr/scratch"
 )
 
@@ -100,6 +104,19 @@ type InspectContainer struct {
 	ImageBytes int64             `json:"image_bytes"`        // its CRIU images, uncompressed
 	Memory     InspectMemory     `json:"memory"`             // summed over its processes
 	Processes  []InspectProcess  `json:"processes"`
+	Rootfs     *InspectRootfs    `json:"rootfs,omitempty"` // a --rootfs container's file system
+}
+
+// InspectRootfs is the file system part of a --rootfs container's image.
+type InspectRootfs struct {
+	Lower        string          `json:"lower"`         // the lower's digest
+	LowerCarried bool            `json:"lower_carried"` // the image holds the lower (--with-rootfs)
+	LowerBytes   int64           `json:"lower_bytes,omitempty"`
+	UpperFiles   int             `json:"upper_files"`
+	UpperBytes   int64           `json:"upper_bytes"`
+	Deleted      int             `json:"deleted"`
+	Init         string          `json:"init"` // the init's executable, by name
+	Changes      []rootfs.Change `json:"changes"`
 }
 
 // InspectMemory sums the memory of a container's processes.
@@ -186,7 +203,10 @@ func inspectImage(ctx context.Context, image string) (*InspectReport, error) {
 	}
 	defer tmp.Remove()
 	dir := tmp.Path
-	keep := func(name string) bool { return criuimg.Needs(path.Base(name)) }
+	keep := func(name string) bool {
+		// CRIU's images that describe the processes, and the upper layers.
+		return criuimg.Needs(path.Base(name)) || strings.HasPrefix(name, rootfs.FSDir+"/") && path.Base(name) == "upper.tar"
+	}
 	m, err := images.ExtractSelected(ctx, f, dir, images.Limits{}, keep)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", image, err)
@@ -231,6 +251,21 @@ func inspectContainer(dir string, m *images.Manifest, c images.Container, sizes 
 	if c.Dir == "" {
 		return ic, nil
 	}
+	if r := c.Rootfs; r != nil {
+		ir := &InspectRootfs{Lower: r.Lower, LowerCarried: r.LowerEntry != "", LowerBytes: sizes[r.LowerEntry],
+			UpperFiles: r.UpperFiles, UpperBytes: r.UpperBytes, Deleted: r.Deleted, Init: path.Base(r.Init), Changes: []rootfs.Change{}}
+		f, err := os.Open(filepath.Join(dir, filepath.FromSlash(r.Upper)))
+		if err != nil {
+			return ic, err
+		}
+		ch, err := rootfs.ListLayer(bufio.NewReader(f))
+		f.Close()
+		if err != nil {
+			return ic, fmt.Errorf("%s: %w", r.Upper, err)
+		}
+		ir.Changes = append(ir.Changes, ch...)
+		ic.Rootfs = ir
+	}
 	for name, size := range sizes {
 		if strings.HasPrefix(name, c.Dir+"/") {
 			ic.ImageBytes += size
@@ -258,6 +293,15 @@ func inspectContainer(dir string, m *images.Manifest, c images.Container, sizes 
 		ic.Memory.DumpedBytes += p.Memory.DumpedBytes
 	}
 	return ic, nil
+}
+
+// quoteFile returns a file's path as cr inspect prints it: quoted with
+// Go's escapes when it holds anything but visible characters.
+func quoteFile(p string) string {
+	if strings.ContainsFunc(p, func(r rune) bool { return !unicode.IsGraphic(r) || unicode.IsSpace(r) }) {
+		return strconv.Quote(p)
+	}
+	return p
 }
 
 const timeLayout = "2006-01-02 15:04:05 MST"
@@ -339,6 +383,29 @@ func printContainer(out *bytes.Buffer, c InspectContainer) {
 			s = fmt.Sprintf("invalid (%v)", err)
 		}
 		fmt.Fprintf(out, "  limits: %s\n", oneLine(s))
+	}
+	if r := c.Rootfs; r != nil {
+		lower := "found by digest at restore"
+		if r.LowerCarried {
+			lower = "in the image, " + humanBytes(r.LowerBytes)
+		}
+		fmt.Fprintf(out, "  rootfs: lower %s (%s); upper %d files, %s, %d deleted; init %s\n",
+			r.Lower, lower, r.UpperFiles, humanBytes(r.UpperBytes), r.Deleted, r.Init)
+		const most = 20
+		for i, ch := range r.Changes {
+			if i == most {
+				fmt.Fprintf(out, "    ... and %d more\n", len(r.Changes)-most)
+				break
+			}
+			switch ch.Kind {
+			case "file":
+				fmt.Fprintf(out, "    %s %s\n", quoteFile(ch.Path), humanBytes(ch.Size))
+			case "deleted":
+				fmt.Fprintf(out, "    %s deleted\n", quoteFile(ch.Path))
+			default:
+				fmt.Fprintf(out, "    %s %s\n", quoteFile(ch.Path), ch.Kind)
+			}
+		}
 	}
 	if d := c.Dump; d != nil {
 		fmt.Fprintf(out, "  dump: frozen %s (freezing %s, memdump %s, memwrite %s), pages scanned %d, written %d",

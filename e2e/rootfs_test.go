@@ -289,6 +289,33 @@ func TestCheckpointRootfsOtherHost(t *testing.T) {
 	checkRootfsJob(t, nil, "/rfc", before)
 	img2 := filepath.Join(t.TempDir(), "rfc2.cr")
 	mustCr(t, "checkpoint", "--with-rootfs", "/rfc", "-o", img2)
+	var ins struct {
+		Containers []struct {
+			Rootfs struct {
+				Lower        string `json:"lower"`
+				LowerCarried bool   `json:"lower_carried"`
+				Deleted      int    `json:"deleted"`
+				Changes      []struct {
+					Path string `json:"path"`
+					Kind string `json:"kind"`
+					Size int64  `json:"size_bytes"`
+				} `json:"changes"`
+			} `json:"rootfs"`
+		} `json:"containers"`
+	}
+	if err := json.Unmarshal([]byte(mustCr(t, "inspect", "--json", img2)), &ins); err != nil || len(ins.Containers) != 1 {
+		t.Fatalf("cr inspect --json: %v", err)
+	}
+	fsr := ins.Containers[0].Rootfs
+	var changes []string
+	for _, c := range fsr.Changes {
+		if c.Path != "/report.json" && c.Path != "/report.json.tmp" {
+			changes = append(changes, fmt.Sprintf("%s %s %d", c.Path, c.Kind, c.Size))
+		}
+	}
+	if got, want := strings.Join(changes, ", "), "/.cr dir 0, /appended file 6, /counter file 21, /etc dir 0, /etc/lowerfile deleted 0, /written file 8"; fsr.Lower != digest || !fsr.LowerCarried || fsr.Deleted != 1 || got != want {
+		t.Errorf("cr inspect's rootfs: lower %s carried %v, %d deleted, changes %s\nwant lower %s carried, 1 deleted, changes %s", fsr.Lower, fsr.LowerCarried, fsr.Deleted, got, digest, want)
+	}
 	h.mustCr(t, "restore", img2)
 	dst := nodeDir(t, filepath.Join(h.dir, "state"), "rfc")
 	if dst == "" {

@@ -414,3 +414,49 @@ func setXattrs(root *os.Root, name string, h *tar.Header) error {
 		return nil
 	})
 }
+
+// Change is one entry of a layer archive as cr inspect lists it.
+type Change struct {
+	Path string `json:"path"` // absolute inside the container's root
+	// Kind is "file", "dir", "symlink", "hardlink", "device", "fifo", or
+	// "deleted" (a whiteout).
+	Kind string `json:"kind"`
+	Size int64  `json:"size_bytes,omitempty"` // a regular file's length
+}
+
+// ListLayer lists the entries of a layer archive but its root, in order.
+func ListLayer(r io.Reader) ([]Change, error) {
+	var out []Change
+	tr := tar.NewReader(r)
+	for {
+		h, err := tr.Next()
+		if err == io.EOF {
+			return out, nil
+		}
+		if err != nil {
+			return out, err
+		}
+		if h.Name == "." {
+			continue
+		}
+		c := Change{Path: "/" + h.Name}
+		switch h.Typeflag {
+		case tar.TypeDir:
+			c.Kind = "dir"
+		case tar.TypeReg:
+			c.Kind, c.Size = "file", fileSize(h)
+		case tar.TypeSymlink:
+			c.Kind = "symlink"
+		case tar.TypeLink:
+			c.Kind = "hardlink"
+		case tar.TypeFifo:
+			c.Kind = "fifo"
+		default:
+			c.Kind = "device"
+			if IsWhiteout(h) {
+				c.Kind = "deleted"
+			}
+		}
+		out = append(out, c)
+	}
+}
