@@ -112,6 +112,8 @@ EOT
 }
 
 apt_install iproute2 util-linux
+# busybox-static: the small static root file system of the --rootfs e2e tests.
+apt_install busybox-static
 # redis-server: the e2e test of a daemonizing service (it runs its own, in a
 # container). Debian starts a system redis when it installs one: not ours.
 if ! dpkg-query -W -f='${Status}' redis-server 2>/dev/null | grep -q 'install ok installed'; then
