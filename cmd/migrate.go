@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"runtime"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -159,6 +160,10 @@ func runMigrate(ctx context.Context, out, errOut io.Writer, g *Global, o Migrate
 			return err
 		}
 	}
+	files, err := dump.HostFiles(n)
+	if err != nil {
+		return err
+	}
 	ctx, cancel := interruptible(ctx)
 	defer cancel()
 	var ck *dump.Checkpoint
@@ -167,7 +172,8 @@ func runMigrate(ctx context.Context, out, errOut io.Writer, g *Global, o Migrate
 	prog := newProgress(errOut, g, o.JSON)
 	defer prog.done()
 	mig := migrate.Migration{
-		Request: migrate.Request{Root: n.Path, As: as, CRVersion: Version, Lazy: o.Lazy, Lowers: lowers},
+		Request: migrate.Request{Root: n.Path, As: as, CRVersion: Version, Lazy: o.Lazy, Lowers: lowers,
+			Arch: runtime.GOARCH, CRIUVersion: ver.Code(), Files: files},
 		Prepare: func(ctx context.Context) (int64, error) {
 			frozenAt = time.Now()
 			var err error

@@ -6,6 +6,7 @@ import (
 	"github.com/checkpoint-restore/go-criu/v7/rpc"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/cr-dev/cr/hostcheck"
 	"github.com/cr-dev/cr/images"
 	"github.com/cr-dev/cr/nstree"
 	"github.com/cr-dev/cr/rootfs"
@@ -62,6 +63,20 @@ func Lowers(root *nstree.Node) ([]string, error) {
 		}
 	})
 	return out, err
+}
+
+// HostFiles are the files that the processes of the subtree's containers
+// on the host's file system (not --rootfs) have open or mapped: the host
+// contract of a migration (package hostcheck).
+func HostFiles(root *nstree.Node) ([]hostcheck.File, error) {
+	var pids []int
+	root.Walk(func(n *nstree.Node) {
+		if n.Rootfs == "" {
+			p, _ := nstree.Procs(n.Leaf())
+			pids = append(pids, p...)
+		}
+	})
+	return hostcheck.Collect(pids)
 }
 
 // stageUpper archives the container's upper layer once CRIU has dumped it,

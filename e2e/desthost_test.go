@@ -38,6 +38,10 @@ type host struct {
 	token    string   // token file (token mode)
 	tls      string   // cr certs tls directory (mTLS mode)
 
+	// wrap, if set, runs cr serve through it (inside the namespace):
+	// argv before cr's own, for a destination that sees other files.
+	wrap []string
+
 	cmd    *exec.Cmd
 	exited chan struct{}
 	log    *syncBuffer
@@ -144,7 +148,7 @@ func (h *host) start(t *testing.T) {
 	if h.running() {
 		t.Fatalf("cr serve already runs")
 	}
-	args := append([]string{"--net=/run/netns/" + h.ns, crBin, "serve", "--listen", h.addr}, h.serve...)
+	args := append(append(append([]string{"--net=/run/netns/" + h.ns}, h.wrap...), crBin, "serve", "--listen", h.addr), h.serve...)
 	h.cmd = exec.Command("nsenter", args...)
 	h.cmd.Env = h.environ()
 	h.cmd.Dir = workDir

@@ -9,6 +9,7 @@ import (
 	"unicode"
 
 	"github.com/cr-dev/cr/images"
+	"github.com/cr-dev/cr/hostcheck"
 	"github.com/cr-dev/cr/nstree"
 	"github.com/cr-dev/cr/rootfs"
 )
@@ -26,6 +27,13 @@ type Request struct {
 	// --with-rootfs): the receiver refuses, before the source is frozen,
 	// when it lacks one.
 	Lowers []string `json:"lowers,omitempty"`
+	// Arch and CRIUVersion are the source's (GOARCH; CRIU's version as
+	// in the manifest), Files what the subtree's containers on the host's
+	// file system have open or mapped: the host contract the receiver
+	// checks before the source is frozen.
+	Arch        string           `json:"arch,omitempty"`
+	CRIUVersion int              `json:"criu_version,omitempty"`
+	Files       []hostcheck.File `json:"files,omitempty"`
 }
 
 // maxLowers bounds Request.Lowers.
@@ -57,6 +65,12 @@ func (r Request) validate() error {
 	}
 	if len(r.CRVersion) > maxVersionLen || !printable(r.CRVersion) {
 		return errors.New("cr_version: not a short printable string")
+	}
+	if len(r.Arch) > maxVersionLen || !printable(r.Arch) || r.CRIUVersion < 0 {
+		return errors.New("arch, criu_version: not a short printable string and a version")
+	}
+	if err := hostcheck.Validate(r.Files); err != nil {
+		return fmt.Errorf("files: %w", err)
 	}
 	if len(r.Lowers) > maxLowers {
 		return fmt.Errorf("lowers: more than %d", maxLowers)

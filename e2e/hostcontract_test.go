@@ -1,0 +1,51 @@
+package e2e
+
+import (
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+)
+
+// A job on the host's file system holds two files open; the destination
+// lacks one and has the other with another size (cr serve there runs in a
+// mount namespace of its own, with tmpfs over their directories). The
+// migration is refused before the source is frozen, naming both files, and
+// the source runs on untouched.
+func TestMigrateHostFilesRefused(t *testing.T) {
+	dirA, dirB := t.TempDir(), t.TempDir()
+	fileA, fileB := filepath.Join(dirA, "a"), filepath.Join(dirB, "b")
+	if err := os.WriteFile(fileA, []byte("aaaa"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(fileB, []byte("bbbbbbbb"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	h := newHost(t, "token")
+	h.kill(t)
+	h.wrap = []string{"unshare", "-m", "--propagation", "private", "/bin/sh", "-c",
+		`mount -t tmpfs none "$1" && mount -t tmpfs none "$2" && printf 123 > "$2/b" && shift 2 && exec "$@"`, "sh", dirA, dirB}
+	h.start(t)
+	start(t, "/hf", "/bin/sh", "-c", `exec 3<"$0" 4<"$1"; exec sleep 1000`, fileA, fileB)
+	before := ps(t, "/hf")
+
+	r := cr(t, migrateArgs(h, "/hf")...)
+	for _, want := range []string{strconv.Quote(fileA) + " is missing", strconv.Quote(fileB) + " is 3 bytes, 8 at the source"} {
+		if r.code == 0 || !strings.Contains(r.err, want) {
+			t.Errorf("migration to a host without the job's files: %s\nwant a refusal saying %s", r, want)
+		}
+	}
+	if st := ls(t)["/hf"]; st.State != "running" {
+		t.Errorf("source after the refusal: %+v, want running", st)
+	}
+	if after := ps(t, "/hf"); sortedPids(after) != sortedPids(before) || after[0].HostPid != before[0].HostPid {
+		t.Errorf("source processes changed: %v -> %v", before, after)
+	}
+	if l := h.ls(t); len(l) != 0 {
+		t.Errorf("the destination has %v after a refusal", l)
+	}
+	if s := sourceStaging(t); len(s) != 0 {
+		t.Errorf("the source staged %v: it dumped before the refusal", s)
+	}
+}

@@ -1,0 +1,41 @@
+package restore
+
+import (
+	"errors"
+	"fmt"
+	"runtime"
+
+	"github.com/cr-dev/cr/hostcheck"
+	"github.com/cr-dev/cr/nstree"
+)
+
+// Contract is what a source says of a subtree before it freezes it, for
+// the destination to answer whether it can take it: the source's
+// architecture and CRIU version, the lowers of its --rootfs containers
+// that the image will not carry, and the files its other containers have
+// open or mapped.
+type Contract struct {
+	Arch        string
+	CRIUVersion int
+	Lowers      []string
+	Files       []hostcheck.File
+}
+
+// CheckContract refuses a subtree this host cannot take, listing every
+// reason; empty fields are not checked.
+func CheckContract(t *nstree.Tree, o Options, c Contract) error {
+	var errs []error
+	if c.Arch != "" && c.Arch != runtime.GOARCH {
+		errs = append(errs, fmt.Errorf("%w: the source is %s, this host is %s", ErrIncompatible, c.Arch, runtime.GOARCH))
+	}
+	if c.CRIUVersion != 0 && o.CRIUVersion != 0 && c.CRIUVersion/100 > o.CRIUVersion/100 {
+		errs = append(errs, fmt.Errorf("%w: the source has CRIU %s, this host the older %s", ErrIncompatible, ver(c.CRIUVersion), ver(o.CRIUVersion)))
+	}
+	if err := MissingDigests(t, c.Lowers); err != nil {
+		errs = append(errs, err)
+	}
+	if err := hostcheck.Check(c.Files); err != nil {
+		errs = append(errs, fmt.Errorf("%w: %w", ErrIncompatible, err))
+	}
+	return errors.Join(errs...)
+}
