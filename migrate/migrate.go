@@ -8,8 +8,8 @@ import (
 	"time"
 	"unicode"
 
-	"github.com/cr-dev/cr/images"
 	"github.com/cr-dev/cr/hostcheck"
+	"github.com/cr-dev/cr/images"
 	"github.com/cr-dev/cr/nstree"
 	"github.com/cr-dev/cr/rootfs"
 )
