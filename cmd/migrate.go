@@ -152,8 +152,11 @@ func runMigrate(ctx context.Context, out, errOut io.Writer, g *Global, o Migrate
 			return usageError{err}
 		}
 	}
-	// The destination is asked for the lowers it must have before
-	// anything is frozen.
+	ctx, cancel := interruptible(ctx)
+	defer cancel()
+	// The host contract, which the destination checks before anything is
+	// frozen: the lowers it must have, the files the containers on this
+	// host's file system use, this CPU.
 	var lowers []string
 	if !o.WithRootfs {
 		if lowers, err = dump.Lowers(n); err != nil {
@@ -164,8 +167,10 @@ func runMigrate(ctx context.Context, out, errOut io.Writer, g *Global, o Migrate
 	if err != nil {
 		return err
 	}
-	ctx, cancel := interruptible(ctx)
-	defer cancel()
+	cpu, err := criubin.CPUInfo(ctx, criu)
+	if err != nil {
+		return envError{err}
+	}
 	var ck *dump.Checkpoint
 	var frozenAt, resumedAt time.Time
 	var raw int64
@@ -173,7 +178,7 @@ func runMigrate(ctx context.Context, out, errOut io.Writer, g *Global, o Migrate
 	defer prog.done()
 	mig := migrate.Migration{
 		Request: migrate.Request{Root: n.Path, As: as, CRVersion: Version, Lazy: o.Lazy, Lowers: lowers,
-			Arch: runtime.GOARCH, CRIUVersion: ver.Code(), Files: files},
+			Arch: runtime.GOARCH, CRIUVersion: ver.Code(), Files: files, CPUInfo: cpu},
 		Prepare: func(ctx context.Context) (int64, error) {
 			frozenAt = time.Now()
 			var err error

@@ -131,7 +131,8 @@ func runServe(ctx context.Context, g *Global, o ServeOptions) error {
 			if _, ok := f.ByPath[req.Target()]; ok {
 				return fmt.Errorf("%w: %s exists here", migrate.ErrTargetExists, req.Target())
 			}
-			return restore.CheckContract(e.tree, ropts, restore.Contract{Arch: req.Arch, CRIUVersion: req.CRIUVersion, Lowers: req.Lowers, Files: req.Files})
+			return restore.CheckContract(ctx, e.tree, ropts, restore.Contract{Arch: req.Arch, CRIUVersion: req.CRIUVersion,
+				Lowers: req.Lowers, Files: req.Files, CPUInfo: req.CPUInfo})
 		},
 		Lazy: func() error { return lazyErr },
 		Restorer: migrate.RestorerFunc(func(ctx context.Context, job *migrate.Job) (migrate.RestoreInfo, error) {

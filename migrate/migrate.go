@@ -34,10 +34,16 @@ type Request struct {
 	Arch        string           `json:"arch,omitempty"`
 	CRIUVersion int              `json:"criu_version,omitempty"`
 	Files       []hostcheck.File `json:"files,omitempty"`
+	// CPUInfo is the source's CPU as `criu cpuinfo dump` writes it
+	// (cpuinfo.img, base64 in JSON).
+	CPUInfo []byte `json:"cpuinfo,omitempty"`
 }
 
-// maxLowers bounds Request.Lowers.
-const maxLowers = 1024
+// Bounds of Request.Lowers and Request.CPUInfo.
+const (
+	maxLowers  = 1024
+	maxCPUInfo = 64 << 10
+)
 
 // Target is the path the tree is restored under: As, or Root.
 func (r Request) Target() string {
@@ -68,6 +74,9 @@ func (r Request) validate() error {
 	}
 	if len(r.Arch) > maxVersionLen || !printable(r.Arch) || r.CRIUVersion < 0 {
 		return errors.New("arch, criu_version: not a short printable string and a version")
+	}
+	if len(r.CPUInfo) > maxCPUInfo {
+		return errors.New("cpuinfo: too large")
 	}
 	if err := hostcheck.Validate(r.Files); err != nil {
 		return fmt.Errorf("files: %w", err)

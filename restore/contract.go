@@ -1,10 +1,12 @@
 package restore
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"runtime"
 
+	"github.com/cr-dev/cr/criubin"
 	"github.com/cr-dev/cr/hostcheck"
 	"github.com/cr-dev/cr/nstree"
 )
@@ -19,17 +21,23 @@ type Contract struct {
 	CRIUVersion int
 	Lowers      []string
 	Files       []hostcheck.File
+	CPUInfo     []byte // criubin.CPUInfo of the source
 }
 
 // CheckContract refuses a subtree this host cannot take, listing every
 // reason; empty fields are not checked.
-func CheckContract(t *nstree.Tree, o Options, c Contract) error {
+func CheckContract(ctx context.Context, t *nstree.Tree, o Options, c Contract) error {
 	var errs []error
 	if c.Arch != "" && c.Arch != runtime.GOARCH {
 		errs = append(errs, fmt.Errorf("%w: the source is %s, this host is %s", ErrIncompatible, c.Arch, runtime.GOARCH))
 	}
 	if c.CRIUVersion != 0 && o.CRIUVersion != 0 && c.CRIUVersion/100 > o.CRIUVersion/100 {
 		errs = append(errs, fmt.Errorf("%w: the source has CRIU %s, this host the older %s", ErrIncompatible, ver(c.CRIUVersion), ver(o.CRIUVersion)))
+	}
+	if len(c.CPUInfo) > 0 && o.CRIU != "" {
+		if err := criubin.CPUCheck(ctx, o.CRIU, c.CPUInfo); err != nil {
+			errs = append(errs, fmt.Errorf("%w: %w", ErrIncompatible, err))
+		}
 	}
 	if err := MissingDigests(t, c.Lowers); err != nil {
 		errs = append(errs, err)
