@@ -2,6 +2,7 @@ package dump
 
 import (
 	"fmt"
+	"slices"
 
 	"github.com/checkpoint-restore/go-criu/v7/rpc"
 	"google.golang.org/protobuf/proto"
@@ -66,12 +67,13 @@ func Lowers(root *nstree.Node) ([]string, error) {
 }
 
 // HostFiles are the files that the processes of the subtree's containers
-// on the host's file system (not --rootfs) have open or mapped: the host
-// contract of a migration (package hostcheck).
+// in the host's mount namespace (neither --rootfs nor --mount, whose
+// mounts CRIU rebuilds) have open or mapped: the host contract of a
+// migration (package hostcheck).
 func HostFiles(root *nstree.Node) ([]hostcheck.File, error) {
 	var pids []int
 	root.Walk(func(n *nstree.Node) {
-		if n.Rootfs == "" {
+		if n.Rootfs == "" && !slices.Contains(n.Namespaces, "mnt") {
 			p, _ := nstree.Procs(n.Leaf())
 			pids = append(pids, p...)
 		}

@@ -1,11 +1,13 @@
 package e2e
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 )
 
 // A job on the host's file system holds two files open; the destination
@@ -47,5 +49,44 @@ func TestMigrateHostFilesRefused(t *testing.T) {
 	}
 	if s := sourceStaging(t); len(s) != 0 {
 		t.Errorf("the source staged %v: it dumped before the refusal", s)
+	}
+}
+
+// cr restore checks the same contract against its own host before it
+// creates anything: a file the image's job had open, now missing or of
+// another size, is refused by name.
+func TestRestoreHostFilesRefused(t *testing.T) {
+	dir := t.TempDir()
+	fileA, fileB := filepath.Join(dir, "a"), filepath.Join(dir, "b")
+	for _, f := range []string{fileA, fileB} {
+		if err := os.WriteFile(f, []byte("12345678"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	start(t, "/hr", "/bin/sh", "-c", `exec 3<"$0" 4<"$1"; exec sleep 1000`, fileA, fileB)
+	waitFor(t, 10*time.Second, "the job to open its files", func() bool {
+		for _, p := range ps(t, "/hr") {
+			if l, err := os.Readlink(fmt.Sprintf("/proc/%d/fd/4", p.HostPid)); err == nil && l == fileB {
+				return true
+			}
+		}
+		return false
+	})
+	img := filepath.Join(t.TempDir(), "hr.cr")
+	mustCr(t, "checkpoint", "/hr", "-o", img)
+	if err := os.Remove(fileA); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(fileB, []byte("123"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	leaves := countLeaves(t)
+	r := cr(t, "restore", img)
+	want := "Error: image not restorable here: files missing on this host: " + strconv.Quote(fileA) + " is missing; " + strconv.Quote(fileB) + " is 3 bytes, 8 at the source\n"
+	if r.code != 8 || r.err != want {
+		t.Errorf("restore without the job's files: %s\nwant exit 8 and %q", r, want)
+	}
+	if _, ok := ls(t)["/hr"]; ok || countLeaves(t) != leaves {
+		t.Errorf("a refused restore created /hr")
 	}
 }

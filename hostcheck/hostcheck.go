@@ -37,6 +37,20 @@ const (
 // file system (pseudo file systems), or which are the container's own.
 var skipped = []string{"/proc/", "/sys/", "/dev/"}
 
+// Relevant reports whether the file at path p must be on the destination's
+// file system: an absolute path outside the pseudo file systems.
+func Relevant(p string) bool {
+	if !strings.HasPrefix(p, "/") {
+		return false
+	}
+	for _, s := range skipped {
+		if strings.HasPrefix(p, s) {
+			return false
+		}
+	}
+	return true
+}
+
 // Collect lists the regular files that the processes pids have open
 // (descriptors, working directory aside) or mapped, each once, sorted by
 // path. A process that is gone meanwhile is skipped; deleted files are left
@@ -44,13 +58,8 @@ var skipped = []string{"/proc/", "/sys/", "/dev/"}
 func Collect(pids []int) ([]File, error) {
 	seen := map[string]int64{}
 	add := func(p string, size int64) {
-		if p == "" || !strings.HasPrefix(p, "/") || strings.HasSuffix(p, " (deleted)") {
+		if !Relevant(p) || strings.HasSuffix(p, " (deleted)") {
 			return
-		}
-		for _, s := range skipped {
-			if strings.HasPrefix(p, s) {
-				return
-			}
 		}
 		if old, ok := seen[p]; !ok || old != AnySize {
 			seen[p] = size

@@ -4,10 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"path/filepath"
 	"runtime"
+	"slices"
 
 	"github.com/cr-dev/cr/criubin"
 	"github.com/cr-dev/cr/hostcheck"
+	"github.com/cr-dev/cr/images"
+	"github.com/cr-dev/cr/images/criuimg"
 	"github.com/cr-dev/cr/nstree"
 )
 
@@ -46,4 +50,27 @@ func CheckContract(ctx context.Context, t *nstree.Tree, o Options, c Contract) e
 		errs = append(errs, fmt.Errorf("%w: %w", ErrIncompatible, err))
 	}
 	return errors.Join(errs...)
+}
+
+// HostFiles are the files the image's containers in the host's mount
+// namespace (neither --rootfs nor --mount) need on this host, as CRIU
+// recorded them: cr restore checks them (hostcheck.Check) before it
+// creates anything.
+func HostFiles(dir string, m *images.Manifest) ([]hostcheck.File, error) {
+	var out []hostcheck.File
+	for _, c := range m.Containers {
+		if c.Empty || c.Rootfs != nil || slices.Contains(c.Namespaces, "mnt") {
+			continue
+		}
+		rf, err := criuimg.RegFiles(filepath.Join(dir, c.Dir))
+		if err != nil {
+			return nil, fmt.Errorf("%w: %s: %w", images.ErrCorrupt, c.Dir, err)
+		}
+		for _, f := range rf {
+			if hostcheck.Relevant(f.Path) {
+				out = append(out, hostcheck.File{Path: f.Path, Size: int64(f.Size)})
+			}
+		}
+	}
+	return out, nil
 }

@@ -26,6 +26,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/cr-dev/cr/criubin"
+	"github.com/cr-dev/cr/hostcheck"
 	"github.com/cr-dev/cr/images"
 	"github.com/cr-dev/cr/nstree"
 	"github.com/cr-dev/cr/rootfs"
@@ -144,6 +145,14 @@ func FromDir(ctx context.Context, t *nstree.Tree, dir string, m *images.Manifest
 	// dies before the end.
 	// The lowers of --rootfs containers are found before anything is
 	// created.
+	// So are the files that containers on the host's file system need.
+	files, err := HostFiles(dir, m)
+	if err != nil {
+		return nil, err
+	}
+	if err := hostcheck.Check(files); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrIncompatible, err)
+	}
 	lowers, err := rootfsLowers(t, dir, m)
 	if err != nil {
 		return nil, err
