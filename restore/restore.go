@@ -39,6 +39,11 @@ type Options struct {
 	CRIUVersion int
 	StagingDir  string
 	Limits      images.Limits
+	// CheckFiles makes the restore refuse, before it creates anything, an
+	// image whose containers on the host's file system need files this
+	// host lacks or has with another size (HostFiles): cr restore sets
+	// it; cr serve checked them before the source was frozen.
+	CheckFiles bool
 	// Pages, set for a lazy migration, receives cr's end of the socket
 	// through which the lazy-pages daemon of manifest container i reaches
 	// the page server that holds its memory (see dump.PageLink), before
@@ -146,12 +151,14 @@ func FromDir(ctx context.Context, t *nstree.Tree, dir string, m *images.Manifest
 	// The lowers of --rootfs containers are found before anything is
 	// created.
 	// So are the files that containers on the host's file system need.
-	files, err := HostFiles(dir, m)
-	if err != nil {
-		return nil, err
-	}
-	if err := hostcheck.Check(files); err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrIncompatible, err)
+	if o.CheckFiles {
+		files, err := HostFiles(dir, m)
+		if err != nil {
+			return nil, err
+		}
+		if err := hostcheck.Check(files); err != nil {
+			return nil, fmt.Errorf("%w: %w", ErrIncompatible, err)
+		}
 	}
 	lowers, err := rootfsLowers(t, dir, m)
 	if err != nil {
