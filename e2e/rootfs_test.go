@@ -288,7 +288,13 @@ func TestCheckpointRootfsOtherHost(t *testing.T) {
 	mustCr(t, "restore", img)
 	checkRootfsJob(t, nil, "/rfc", before)
 	img2 := filepath.Join(t.TempDir(), "rfc2.cr")
-	mustCr(t, "checkpoint", "--with-rootfs", "/rfc", "-o", img2)
+	// --leave-running: the upper is archived while CRIU's dump holds the
+	// container frozen, and the source runs on afterwards.
+	mustCr(t, "checkpoint", "--leave-running", "--with-rootfs", "/rfc", "-o", img2)
+	if now := askRootfs(t, nil, "/rfc"); now.Pid != before.Pid || now.MemSHA != before.MemSHAAtInit {
+		t.Errorf("the source after checkpoint --leave-running: %+v", now)
+	}
+	mustCr(t, "kill", "/rfc")
 	var ins struct {
 		Containers []struct {
 			Rootfs struct {
