@@ -12,6 +12,13 @@ import (
 // MaxCPUInfo bounds the cpuinfo image a peer may send.
 const MaxCPUInfo = 64 << 10
 
+// CPUCapDefault is CRIU's default cpu_cap (fpu and ins): what a dump
+// passes so that CRIU records its CPU in cpuinfo.img (CPUInfoFile).
+const CPUCapDefault = 1<<0 | 1<<2
+
+// CPUInfoFile is the CRIU image that describes the dumping CPU.
+const CPUInfoFile = "cpuinfo.img"
+
 // ErrCPU: this host's CPU lacks features of the source's.
 var ErrCPU = errors.New("CPU not compatible")
 
@@ -26,7 +33,7 @@ func CPUInfo(ctx context.Context, path string) ([]byte, error) {
 	if out, err := run(ctx, path, "cpuinfo", "dump", "-D", dir); err != nil {
 		return nil, fmt.Errorf("criu cpuinfo dump: %v: %s", err, out)
 	}
-	b, err := os.ReadFile(filepath.Join(dir, "cpuinfo.img"))
+	b, err := os.ReadFile(filepath.Join(dir, CPUInfoFile))
 	if err == nil && len(b) > MaxCPUInfo {
 		err = fmt.Errorf("criu cpuinfo dump: %d bytes", len(b))
 	}
@@ -45,7 +52,7 @@ func CPUCheck(ctx context.Context, path string, img []byte) error {
 		return err
 	}
 	defer os.RemoveAll(dir)
-	if err := os.WriteFile(filepath.Join(dir, "cpuinfo.img"), img, 0o600); err != nil {
+	if err := os.WriteFile(filepath.Join(dir, CPUInfoFile), img, 0o600); err != nil {
 		return err
 	}
 	out, err := run(ctx, path, "cpuinfo", "check", "-D", dir)

@@ -400,6 +400,9 @@ func (c *Checkpoint) dumpOne(ctx context.Context, o Options, m *member) (*images
 		// this host there.
 		CgroupDumpController: []string{c.tree.CRIUController()},
 		FileLocks:            proto.Bool(true),
+		// Any cpu_cap makes CRIU write cpuinfo.img: a restore checks this
+		// CPU against its own before it creates anything.
+		CpuCap: proto.Uint32(criubin.CPUCapDefault),
 	}
 	if m.node.Rootfs != "" {
 		opts.ExtMnt = rootfsExtMounts()

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
 	"runtime"
 	"slices"
@@ -73,4 +74,29 @@ func HostFiles(dir string, m *images.Manifest) ([]hostcheck.File, error) {
 		}
 	}
 	return out, nil
+}
+
+// checkCPU asks CRIU whether the image's tasks can run on this CPU (the
+// cpuinfo.img CRIU wrote at the dump; images without one pass).
+func checkCPU(ctx context.Context, dir string, m *images.Manifest, o Options) error {
+	if o.CRIU == "" {
+		return nil
+	}
+	for _, c := range m.Containers {
+		if c.Empty {
+			continue
+		}
+		img, err := os.ReadFile(filepath.Join(dir, c.Dir, criubin.CPUInfoFile))
+		if errors.Is(err, os.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		if err := criubin.CPUCheck(ctx, o.CRIU, img); err != nil {
+			return fmt.Errorf("%w: %w", ErrIncompatible, err)
+		}
+		return nil // one CPU dumped them all
+	}
+	return nil
 }

@@ -150,6 +150,10 @@ func FromDir(ctx context.Context, t *nstree.Tree, dir string, m *images.Manifest
 	// dies before the end.
 	// The lowers of --rootfs containers are found before anything is
 	// created.
+	// So is this CPU, against the dumping one.
+	if err := checkCPU(ctx, dir, m, o); err != nil {
+		return nil, err
+	}
 	// So are the files that containers on the host's file system need.
 	if o.CheckFiles {
 		files, err := HostFiles(dir, m)
