@@ -257,7 +257,6 @@ func ReadLayer(r io.Reader, dir string) (LayerStats, error) {
 		if h.Typeflag != tar.TypeDir {
 			st.Files++
 		}
-		mode := os.FileMode(h.Mode & 0o777)
 		switch h.Typeflag {
 		case tar.TypeDir:
 			if name != "." {
@@ -304,7 +303,6 @@ func ReadLayer(r io.Reader, dir string) (LayerStats, error) {
 			if err := chmodIn(root, name, uint32(h.Mode&0o7777)); err != nil {
 				return st, err
 			}
-			_ = mode
 		}
 		if h.Typeflag != tar.TypeDir && h.Typeflag != tar.TypeSymlink {
 			if err := root.Chtimes(name, h.ModTime, h.ModTime); err != nil {
