@@ -348,6 +348,10 @@ func TestDecodeManifestRejects(t *testing.T) {
 		{"unclean path", func(m *Manifest) { m.Containers[1].Path = "/mid/../x" }, nil},
 		{"setuid", func(m *Manifest) { m.Files = []File{{Name: "a", Mode: 0o4755, SHA256: strings.Repeat("0", 64)}} }, nil},
 		{"bad sha256", func(m *Manifest) { m.Files = []File{{Name: "a", Mode: 0o600, SHA256: "xyz"}} }, nil},
+		{"rootfs with a bad digest", func(m *Manifest) { withRootfs(m).Lower = "sha256:XYZ" }, nil},
+		{"rootfs entry not in the archive", func(m *Manifest) { withRootfs(m).Upper = "fs/9/upper.tar" }, nil},
+		{"rootfs without an init", func(m *Manifest) { withRootfs(m).Init = "" }, nil},
+		{"rootfs lower entry not in the archive", func(m *Manifest) { withRootfs(m).LowerEntry = "fs/lower/x.tar" }, nil},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -366,6 +370,22 @@ func TestDecodeManifestRejects(t *testing.T) {
 	if _, err := DecodeManifest([]byte(manifestJSON(t, good))); err != nil {
 		t.Fatalf("good manifest: %v", err)
 	}
+	withRootfs(good)
+	if _, err := DecodeManifest([]byte(manifestJSON(t, good))); err != nil {
+		t.Fatalf("good manifest with a rootfs: %v", err)
+	}
+}
+
+// withRootfs gives m's root container a well-formed file system part,
+// its entries listed in m.Files, and returns it.
+func withRootfs(m *Manifest) *Rootfs {
+	sum := strings.Repeat("0", 64)
+	for _, n := range []string{"fs/0/upper.tar", "fs/bin/cr-000000000000000000000000"} {
+		m.Files = append(m.Files, File{Name: n, Mode: 0o600, SHA256: sum})
+	}
+	r := &Rootfs{Lower: "sha256:" + strings.Repeat("a", 64), Upper: "fs/0/upper.tar", Init: "fs/bin/cr-000000000000000000000000"}
+	m.Containers[0].Rootfs = r
+	return r
 }
 
 // The manifest's stats say what was written, as the archive holds it: the
