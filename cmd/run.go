@@ -4,12 +4,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/netip"
 	"os"
 	"strings"
 
 	"github.com/spf13/cobra"
 
 	"github.com/cr-dev/cr/limits"
+	"github.com/cr-dev/cr/network"
 	"github.com/cr-dev/cr/nstree"
 )
 
@@ -36,12 +38,34 @@ func (f limitFlag) Set(v string) error {
 	return nil
 }
 
+// netFlag is --net[=MODE]: "" (not given: the host's network), "none"
+// (given alone: a namespace with loopback only) or "bridge".
+type netFlag struct{ mode *string }
+
+func (f netFlag) String() string { return *f.mode }
+func (f netFlag) Type() string   { return "mode" }
+func (f netFlag) Set(v string) error {
+	switch v {
+	case netNone, network.ModeBridge:
+		*f.mode = v
+		return nil
+	case "true": // --net=true, as the flag was a boolean
+		*f.mode = netNone
+		return nil
+	}
+	return fmt.Errorf("want none (loopback only) or bridge")
+}
+
+const netNone = "none"
+
 // RunOptions are the flags of cr run.
 type RunOptions struct {
 	Cwd         string
 	Env         []string
 	Mount       bool
-	Net         bool
+	Net         string // "", netNone or network.ModeBridge
+	IP          string
+	NAT         bool
 	OnEmpty     string
 	OnEmptyExec string
 	Until       string
@@ -103,7 +127,10 @@ container's mount namespace and cgroup.`,
 	c.Flags().StringVar(&o.Cwd, "cwd", "", "working directory of the job (default: the current one)")
 	c.Flags().StringArrayVar(&o.Env, "env", nil, "environment of the job, KEY=VALUE, repeatable (default: the current one)")
 	c.Flags().BoolVar(&o.Mount, "mount", false, "give the container its own mount namespace and /proc")
-	c.Flags().BoolVar(&o.Net, "net", false, "give the container its own network namespace (loopback only)")
+	nf := c.Flags().VarPF(netFlag{&o.Net}, "net", "", "give the container its own network namespace: none (loopback only, what --net alone means) or bridge (an address on cr's bridge; --net=bridge)")
+	nf.NoOptDefVal = netNone
+	c.Flags().StringVar(&o.IP, "ip", "", "the container's address on the bridge (with --net=bridge; default: the next free one)")
+	c.Flags().BoolVar(&o.NAT, "nat", false, "masquerade the bridge subnet's outbound traffic (with --net=bridge; turns on IPv4 forwarding)")
 	c.Flags().StringVar(&o.OnEmpty, "on-empty", nstree.OnEmptyDelete, "what happens when the container is empty: delete (the node goes), keep or notify (it stays)")
 	c.Flags().StringVar(&o.OnEmptyExec, "on-empty-exec", "", "shell command to run once when the container is empty ($1: its path, $2: the exit status)")
 	c.Flags().StringVar(&o.Until, "until", nstree.UntilJob, "how long the container lives: job (until the job exits) or empty (until its last process exits)")
@@ -171,11 +198,30 @@ func runRun(out io.Writer, o RunOptions, path string, command []string) error {
 	if err != nil {
 		return usageError{err}
 	}
+	var ip netip.Addr
+	if o.Net != network.ModeBridge && (o.IP != "" || o.NAT) {
+		return usageError{errors.New("--ip and --nat need --net=bridge")}
+	}
+	if o.IP != "" {
+		if ip, err = netip.ParseAddr(o.IP); err != nil || !ip.Is4() {
+			return usageError{fmt.Errorf("invalid --ip %q: want an IPv4 address", o.IP)}
+		}
+	}
 	e, err := openEnv()
 	if err != nil {
 		return err
 	}
-	ro := nstree.RunOptions{Command: command, Cwd: o.Cwd, Env: o.Env, Mount: o.Mount, Net: o.Net, OnEmpty: o.OnEmpty, OnEmptyExec: o.OnEmptyExec, Until: o.Until, Under: e.viewer.Root, Limits: lim}
+	ro := nstree.RunOptions{Command: command, Cwd: o.Cwd, Env: o.Env, Mount: o.Mount, Net: o.Net != "", OnEmpty: o.OnEmpty, OnEmptyExec: o.OnEmptyExec, Until: o.Until, Under: e.viewer.Root, Limits: lim}
+	if o.Net == network.ModeBridge {
+		nc, err := network.FromEnv(e.tree.StateDir)
+		if err != nil {
+			return usageError{err}
+		}
+		if why := nc.Usable(ip); ip.IsValid() && why != "" {
+			return usageError{fmt.Errorf("invalid --ip %s: %s", ip, why)}
+		}
+		ro.Bridge, ro.IP, ro.NAT = &nc, ip, o.NAT
+	}
 	if ro.Cwd == "" {
 		if ro.Cwd, err = os.Getwd(); err != nil {
 			return err

@@ -152,6 +152,15 @@ func InitMain(args []string) int {
 // only on failure.
 func initStage1(c InitConfig) error {
 	runtime.LockOSThread() // the cgroup namespace is the calling thread's
+	if c.JoinNet {
+		// The network namespace cr made, with its veth and address: the
+		// re-executed init and the job are born in it.
+		if err := unix.Setns(4, unix.CLONE_NEWNET); err != nil {
+			return fmt.Errorf("join network namespace: %w", err)
+		}
+		unix.Close(4)
+		c.JoinNet = false
+	}
 	if err := unix.CloseRange(4, ^uint(0), unix.CLOSE_RANGE_CLOEXEC); err != nil {
 		return fmt.Errorf("close inherited descriptors: %w", err)
 	}

@@ -143,6 +143,8 @@ type Config struct {
 	// Limits are the node's resource limits by name (limits.Limits.Map),
 	// for its whole subtree.
 	Limits map[string]string `json:"limits,omitempty"`
+	// Network is the container's bridge network (cr run --net bridge).
+	Network *NetInfo `json:"network,omitempty"`
 }
 
 // Node is a container in a loaded tree.
