@@ -17,6 +17,7 @@ import (
 	"github.com/cr-dev/cr/dump"
 	"github.com/cr-dev/cr/events"
 	"github.com/cr-dev/cr/images"
+	"github.com/cr-dev/cr/network"
 	"github.com/cr-dev/cr/nstree"
 )
 
@@ -26,6 +27,9 @@ type CheckpointOptions struct {
 	LeaveRunning bool
 	Compress     string
 	JSON         bool
+	// TCPEstablished keeps established TCP connections of containers
+	// with their own network (default true).
+	TCPEstablished bool
 }
 
 // CheckpointReport is what cr checkpoint reports (--json).
@@ -78,6 +82,7 @@ partial image.`,
 	c.Flags().StringVarP(&o.Output, "output", "o", "", "image file to write (default NAME-TIMESTAMP.cr)")
 	c.Flags().BoolVar(&o.LeaveRunning, "leave-running", false, "keep the subtree running after the dump")
 	c.Flags().StringVar(&o.Compress, "compress", "zstd", "compression: zstd or none")
+	c.Flags().BoolVar(&o.TCPEstablished, "tcp-established", true, "dump the established TCP connections of containers with their own network (--tcp-established=false: refuse them)")
 	c.Flags().BoolVar(&o.JSON, "json", false, "print a JSON report")
 	return c
 }
@@ -98,6 +103,16 @@ func criuEnv(g *Global) (string, criubin.Version, error) {
 		return "", criubin.Version{}, envError{fmt.Errorf("CRIU %s at %s is older than 4.1 (run scripts/provision.sh)", v, path)}
 	}
 	return path, v, nil
+}
+
+// hostNetwork is this host's bridge network (CR_BRIDGE, CR_SUBNET), where
+// restored containers that had an address get it again.
+func hostNetwork(t *nstree.Tree) (*network.Config, error) {
+	nc, err := network.FromEnv(t.StateDir)
+	if err != nil {
+		return nil, usageError{err}
+	}
+	return &nc, nil
 }
 
 // stagingDir is where images are staged before compression or restore.
@@ -160,8 +175,8 @@ func runCheckpoint(ctx context.Context, out, errOut io.Writer, g *Global, o Chec
 	prog.phase("dumping "+e.show(n.Path), subtreeMemory(n))
 	ck, err := dump.Run(ctx, e.tree, n, dump.Options{
 		CRIU: criu, CRIUVersion: ver.Code(), CRVersion: Version, StagingDir: stagingDir(e.tree),
-		LeaveRunning: o.LeaveRunning,
-		Progress:     prog.update,
+		LeaveRunning: o.LeaveRunning, NoTCPEstablished: !o.TCPEstablished,
+		Progress: prog.update,
 	})
 	prog.done()
 	if err != nil {

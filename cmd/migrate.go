@@ -23,8 +23,10 @@ type MigrateOptions struct {
 	Lazy     bool
 	Fallback bool
 	PreCopy  bool
-	Auth     AuthOptions
-	JSON     bool
+	// TCPEstablished: see CheckpointOptions.
+	TCPEstablished bool
+	Auth           AuthOptions
+	JSON           bool
 }
 
 // MigrateReport is what cr migrate reports (--json).
@@ -100,6 +102,7 @@ refused with the reason.`,
 	c.Flags().BoolVar(&o.Lazy, "lazy", false, "post-copy: resume at the destination before the memory arrives")
 	c.Flags().BoolVar(&o.Fallback, "fallback", false, "with --lazy: migrate stop-and-copy if the destination cannot restore lazily")
 	c.Flags().BoolVar(&o.PreCopy, "pre-copy", false, "iterative pre-copy of memory while the job runs")
+	c.Flags().BoolVar(&o.TCPEstablished, "tcp-established", true, "move the established TCP connections of containers with their own network (--tcp-established=false: refuse them)")
 	o.Auth.AddFlags(c.Flags())
 	c.Flags().BoolVar(&o.JSON, "json", false, "print a JSON report")
 	return c
@@ -162,7 +165,7 @@ func runMigrate(ctx context.Context, out, errOut io.Writer, g *Global, o Migrate
 			var err error
 			prog.phase("dumping "+e.show(n.Path), subtreeMemory(n))
 			ck, err = dump.Run(ctx, e.tree, n, dump.Options{CRIU: criu, CRIUVersion: ver.Code(), CRVersion: Version,
-				StagingDir: stagingDir(e.tree), Lazy: o.Lazy, Progress: prog.update})
+				StagingDir: stagingDir(e.tree), Lazy: o.Lazy, NoTCPEstablished: !o.TCPEstablished, Progress: prog.update})
 			prog.done()
 			if err != nil {
 				return 0, err

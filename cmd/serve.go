@@ -119,7 +119,11 @@ func runServe(ctx context.Context, g *Global, o ServeOptions) error {
 	defer st.Close()
 	staging := filepath.Join(stagingDir(e.tree), "incoming")
 	lazyErr := lazyRestorable(ctx, criu)
-	ropts := restore.Options{CRIU: criu, CRIUVersion: ver.Code(), StagingDir: st.workDir()}
+	nc, err := hostNetwork(e.tree)
+	if err != nil {
+		return err
+	}
+	ropts := restore.Options{CRIU: criu, CRIUVersion: ver.Code(), StagingDir: st.workDir(), Network: nc}
 	cfg := migrate.ServerConfig{
 		Listen: o.Listen, Auth: au, StagingDir: staging,
 		Limits: images.Limits{MaxBytes: o.MaxBytes}, MaxConcurrent: o.MaxConcurrent, Log: os.Stderr,

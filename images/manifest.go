@@ -16,6 +16,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"path"
 	"runtime"
@@ -103,7 +104,10 @@ type Container struct {
 	OnEmptyExec string            `json:"on_empty_exec,omitempty"`
 	Until       string            `json:"until,omitempty"` // "job" (or absent) or "empty"
 	Limits      map[string]string `json:"limits,omitempty"`
-	Created     time.Time         `json:"created"`
+	// Network is the container's bridge network, if it had one: the
+	// restore gives it the same address.
+	Network *Network  `json:"network,omitempty"`
+	Created time.Time `json:"created"`
 	// InitPid is the host pid of the container init at dump time
 	// (informational).
 	InitPid int `json:"init_pid,omitempty"`
@@ -112,6 +116,12 @@ type Container struct {
 	Dump      *DumpStats `json:"dump,omitempty"`
 	// Empty marks an intermediate node that had no job: it has no images.
 	Empty bool `json:"empty,omitempty"`
+}
+
+// Network is a container's bridge network.
+type Network struct {
+	Mode    string `json:"mode"`    // "bridge"
+	Address string `json:"address"` // with the subnet's length: "10.88.0.5/16"
 }
 
 // Process is one process of a container at dump time.
@@ -269,6 +279,11 @@ func (m *Manifest) validate() error {
 			return fmt.Errorf("container %q listed twice", c.Path)
 		}
 		paths[c.Path] = true
+		if n := c.Network; n != nil {
+			if p, err := netip.ParsePrefix(n.Address); n.Mode != "bridge" || err != nil || !p.Addr().Is4() {
+				return fmt.Errorf("container %q: bad network %q %q", c.Path, n.Mode, n.Address)
+			}
+		}
 		if c.Dir == "" {
 			if !c.Empty {
 				return fmt.Errorf("container %q has no image dir", c.Path)

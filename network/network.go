@@ -36,7 +36,15 @@ const (
 	ContainerIf = "eth0"
 	// ModeBridge names bridge networking in configs and manifests.
 	ModeBridge = "bridge"
+	// CRIUKey names a bridge container's network namespace as CRIU's
+	// external resource: dumped as net[INODE]:CRIUKey, restored into the
+	// namespace given by inherit-fd under that key.
+	CRIUKey = "crnet"
 )
+
+// CRIUExternal is CRIU's external-resource name of the network namespace
+// with inode ino.
+func CRIUExternal(ino uint64) string { return fmt.Sprintf("net[%d]:%s", ino, CRIUKey) }
 
 // ErrConfig: the bridge, the subnet or an address cannot be used as asked.
 var ErrConfig = errors.New("network")
