@@ -94,12 +94,16 @@ type InspectContainer struct {
 	OnEmpty    string            `json:"on_empty,omitempty"`
 	Until      string            `json:"until,omitempty"`
 	Limits     map[string]string `json:"limits,omitempty"`
-	Created    time.Time         `json:"created"`
-	InitPid    int               `json:"init_pid,omitempty"` // host pid at dump time
-	Dump       *InspectDump      `json:"dump,omitempty"`     // CRIU's statistics of its dump
-	ImageBytes int64             `json:"image_bytes"`        // its CRIU images, uncompressed
-	Memory     InspectMemory     `json:"memory"`             // summed over its processes
-	Processes  []InspectProcess  `json:"processes"`
+	// Network is "bridge" with Address (with its prefix length) for a
+	// container on cr's bridge.
+	Network    string           `json:"network,omitempty"`
+	Address    string           `json:"address,omitempty"`
+	Created    time.Time        `json:"created"`
+	InitPid    int              `json:"init_pid,omitempty"` // host pid at dump time
+	Dump       *InspectDump     `json:"dump,omitempty"`     // CRIU's statistics of its dump
+	ImageBytes int64            `json:"image_bytes"`        // its CRIU images, uncompressed
+	Memory     InspectMemory    `json:"memory"`             // summed over its processes
+	Processes  []InspectProcess `json:"processes"`
 }
 
 // InspectMemory sums the memory of a container's processes.
@@ -228,6 +232,9 @@ func inspectContainer(dir string, m *images.Manifest, c images.Container, sizes 
 		OnEmpty: c.OnEmpty, Until: c.Until, Limits: c.Limits, Created: c.Created, InitPid: c.InitPid,
 		Dump: inspectDump(c.Dump), Processes: []InspectProcess{},
 	}
+	if c.Network != nil {
+		ic.Network, ic.Address = c.Network.Mode, c.Network.Address
+	}
 	if c.Dir == "" {
 		return ic, nil
 	}
@@ -332,6 +339,9 @@ func printContainer(out *bytes.Buffer, c InspectContainer) {
 		fmt.Fprintf(out, ", until empty")
 	}
 	fmt.Fprintf(out, ", CRIU images %s\n", humanBytes(c.ImageBytes))
+	if c.Address != "" {
+		fmt.Fprintf(out, "  network: %s, address %s\n", oneLine(c.Network), oneLine(c.Address))
+	}
 	if len(c.Limits) > 0 {
 		lim, err := limits.FromMap(c.Limits)
 		s := lim.String()

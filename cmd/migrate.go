@@ -15,6 +15,7 @@ import (
 	"github.com/cr-dev/cr/events"
 	"github.com/cr-dev/cr/images"
 	"github.com/cr-dev/cr/migrate"
+	"github.com/cr-dev/cr/nstree"
 )
 
 // MigrateOptions are the flags of cr migrate.
@@ -159,7 +160,7 @@ func runMigrate(ctx context.Context, out, errOut io.Writer, g *Global, o Migrate
 	prog := newProgress(errOut, g, o.JSON)
 	defer prog.done()
 	mig := migrate.Migration{
-		Request: migrate.Request{Root: n.Path, As: as, CRVersion: Version, Lazy: o.Lazy},
+		Request: migrate.Request{Root: n.Path, As: as, CRVersion: Version, Lazy: o.Lazy, Networks: subtreeNetworks(n)},
 		Prepare: func(ctx context.Context) (int64, error) {
 			frozenAt = time.Now()
 			var err error
@@ -248,4 +249,16 @@ func runMigrate(ctx context.Context, out, errOut io.Writer, g *Global, o Migrate
 		fmt.Fprintf(out, "  lazy: %s of memory followed in %s after the job resumed\n", humanBytes(rep.PageBytes), dur(rep.PagesSeconds))
 	}
 	return nil
+}
+
+// subtreeNetworks lists the bridge addresses of the containers under n,
+// for the destination's host checks.
+func subtreeNetworks(n *nstree.Node) []string {
+	var out []string
+	n.Walk(func(m *nstree.Node) {
+		if m.Network != nil && m.InitPid != 0 {
+			out = append(out, m.Network.Address)
+		}
+	})
+	return out
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log"
+	"net/netip"
 	"os"
 	"path/filepath"
 
@@ -16,6 +17,7 @@ import (
 	"github.com/cr-dev/cr/events"
 	"github.com/cr-dev/cr/images"
 	"github.com/cr-dev/cr/migrate"
+	"github.com/cr-dev/cr/network"
 	"github.com/cr-dev/cr/nstree"
 	"github.com/cr-dev/cr/restore"
 )
@@ -135,7 +137,7 @@ func runServe(ctx context.Context, g *Global, o ServeOptions) error {
 			if _, ok := f.ByPath[req.Target()]; ok {
 				return fmt.Errorf("%w: %s exists here", migrate.ErrTargetExists, req.Target())
 			}
-			return nil
+			return checkNetworks(nc, e.tree, req.Networks)
 		},
 		Lazy: func() error { return lazyErr },
 		Restorer: migrate.RestorerFunc(func(ctx context.Context, job *migrate.Job) (migrate.RestoreInfo, error) {
@@ -228,3 +230,21 @@ func (s *serveState) Close() { s.lock.Close() }
 
 // workDir is where the restores' work directories go.
 func (s *serveState) workDir() string { return filepath.Join(s.dir, "work") }
+
+// checkNetworks refuses bridge addresses this host cannot give: its bridge
+// must have the same subnet, and the addresses must be free here.
+func checkNetworks(nc *network.Config, t *nstree.Tree, addrs []string) error {
+	for _, a := range addrs {
+		p, err := netip.ParsePrefix(a)
+		if err != nil {
+			return err
+		}
+		if err := nc.Check(p); err != nil {
+			return fmt.Errorf("%w (a container's address is %s)", err, p.Addr())
+		}
+		if o := nc.Owner(p.Addr()); o != "" && t.Alive(o) {
+			return fmt.Errorf("%w: %s is in use by another container here", network.ErrAddrInUse, p.Addr())
+		}
+	}
+	return nil
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"time"
 	"unicode"
@@ -20,7 +21,14 @@ type Request struct {
 	As        string `json:"as,omitempty"`
 	Lazy      bool   `json:"lazy,omitempty"`
 	CRVersion string `json:"cr_version,omitempty"`
+	// Networks are the bridge addresses of the subtree's containers, with
+	// their subnet's length ("10.88.0.5/16"): the receiver refuses them
+	// unless its bridge has the same subnet and the addresses are free.
+	Networks []string `json:"networks,omitempty"`
 }
+
+// maxNetworks bounds Request.Networks.
+const maxNetworks = 4096
 
 // Target is the path the tree is restored under: As, or Root.
 func (r Request) Target() string {
@@ -48,6 +56,14 @@ func (r Request) validate() error {
 	}
 	if len(r.CRVersion) > maxVersionLen || !printable(r.CRVersion) {
 		return errors.New("cr_version: not a short printable string")
+	}
+	if len(r.Networks) > maxNetworks {
+		return fmt.Errorf("networks: more than %d", maxNetworks)
+	}
+	for _, n := range r.Networks {
+		if p, err := netip.ParsePrefix(n); err != nil || !p.Addr().Is4() {
+			return fmt.Errorf("networks: %q is not an IPv4 address with its prefix length", n)
+		}
 	}
 	return nil
 }

@@ -23,6 +23,7 @@ import (
 	"runtime"
 	"strings"
 
+	"github.com/google/nftables"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
@@ -387,4 +388,23 @@ func NamespaceOf(pid int) (uint64, error) {
 		return 0, err
 	}
 	return st.Ino, nil
+}
+
+// IPForward reports net.ipv4.ip_forward of this network namespace.
+func IPForward() (bool, error) {
+	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_forward")
+	if err != nil {
+		return false, err
+	}
+	return strings.TrimSpace(string(b)) == "1", nil
+}
+
+// NftablesWorks says whether nftables answers over netlink here (nil) or why not.
+func NftablesWorks() error {
+	conn, err := nftables.New()
+	if err != nil {
+		return err
+	}
+	_, err = conn.ListTables()
+	return err
 }
