@@ -629,7 +629,14 @@ func (c *Checkpoint) Finish(ctx context.Context) error {
 	// The destination has every page: a page server that fails to end
 	// cleanly changes nothing.
 	_ = c.endPages()
-	return c.tree.Kill(ctx, c.root, nstree.KillOptions{})
+	err := c.tree.Kill(ctx, c.root, nstree.KillOptions{})
+	// The source's sockets, killed on an unplugged link, keep its
+	// namespace for minutes: its veth goes now.
+	for _, v := range c.downed {
+		network.DeleteLink(v)
+	}
+	c.downed = nil
+	return err
 }
 
 // Cleanup removes the staging directory.

@@ -150,11 +150,21 @@ func freeBridgeSubnet(seed int) (netip.Prefix, error) {
 func cleanupBridge() string {
 	var left []string
 	if br, err := netlink.LinkByName(testBridge); err == nil {
-		links, _ := netlink.LinkList()
-		for _, l := range links {
-			if l.Attrs().MasterIndex == br.Attrs().Index {
-				left = append(left, "veth "+l.Attrs().Name+" on "+testBridge)
-				_ = netlink.LinkDel(l)
+		// A namespace goes a little after its last process.
+		for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+			var on []netlink.Link
+			links, _ := netlink.LinkList()
+			for _, l := range links {
+				if l.Attrs().MasterIndex == br.Attrs().Index {
+					on = append(on, l)
+				}
+			}
+			if len(on) == 0 || time.Now().After(deadline) {
+				for _, l := range on {
+					left = append(left, "veth "+l.Attrs().Name+" on "+testBridge)
+					_ = netlink.LinkDel(l)
+				}
+				break
 			}
 		}
 		_ = netlink.LinkDel(br)

@@ -52,6 +52,11 @@ func (c Config) Allocate(owner string, want netip.Addr, live func(owner string) 
 		}
 		o := strings.TrimSpace(string(b))
 		if o == owner || !live(o) {
+			// A namespace of a gone owner that lingers must not answer
+			// for the address beside its new owner.
+			if o != owner {
+				DeleteLink(VethName(o))
+			}
 			_ = os.Remove(filepath.Join(c.ipamDir(), a.String()))
 			return "", false
 		}

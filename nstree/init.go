@@ -16,6 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/cr-dev/cr/events"
+	"github.com/cr-dev/cr/network"
 )
 
 // forwarded are the signals the init passes on to the job. The init of a
@@ -423,6 +424,12 @@ func (t *Tree) pruneUp(n *Node) {
 func (t *Tree) removeNode(n *Node) error {
 	if err := removeCgroups(n.Cgroup); err != nil {
 		return err
+	}
+	// The namespace may outlive its processes for minutes (a closed
+	// connection's socket still sending its FIN keeps it): its veth goes
+	// now, so that its address cannot answer beside a new owner's.
+	if n.Network != nil && n.Network.Veth != "" {
+		network.DeleteLink(n.Network.Veth)
 	}
 	// Remove the config first so that a crash leaves no half-visible node.
 	if err := os.Remove(filepath.Join(t.nodeDir(n.ID), configFile)); err != nil && !errors.Is(err, os.ErrNotExist) {
