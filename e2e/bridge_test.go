@@ -418,7 +418,9 @@ func TestBridgeMigrateRefusedSubnet(t *testing.T) {
 	c.flowing(t, 20, 10*time.Second)
 	r := cr(t, migrateArgs(h, path)...)
 	want := fmt.Sprintf("network: bridge %s here has the subnet %s, not %s (a container's address is %s)", testBridge, other, testSubnet, addr)
-	if r.code == 0 || !strings.Contains(r.err, want) {
+	// Rejected with the request, before the source was touched (not
+	// "migration failed at destination", after its dump).
+	if r.code != 1 || r.err != "Error: migration rejected: "+want+"\n" {
 		t.Errorf("migrate to a host with subnet %s: want a failure saying %q, got %s", other, want, r)
 	}
 	if e := ls(t)[path]; e.State != "running" || initPid(t, path) != pid {
