@@ -62,6 +62,13 @@ it with CRIU (processes, memory, threads, signals, timers, pipes, unix sockets,
 files, SysV IPC, pid/ipc/uts namespaces, cgroup membership), and write one
 compressed, checksummed image file (default: NAME-TIMESTAMP.cr).
 
+Containers with a network namespace of their own (cr run --net) have their
+network locked while they are dumped, and their established TCP connections
+are dumped with them (--tcp-established, on by default); a container on
+cr's bridge (--net=bridge) keeps its address, and its peers see its
+connections pause, not end: its veth is unplugged from the dump until the
+restored copy runs.
+
 Without --leave-running the subtree stays frozen until the image is complete
 and synced to disk, and is then killed and removed; with it, the subtree runs
 on and is frozen only for the dump itself, not for compression or writing.

@@ -89,7 +89,16 @@ kills its copy (its memory cannot arrive) and the source stays frozen: check
 the destination, then thaw or kill it here.
 
 --pre-copy (iterative, needs soft-dirty memory tracking) is detected and
-refused with the reason.`,
+refused with the reason.
+
+Containers on cr's bridge (cr run --net=bridge) keep their address and
+their established TCP connections (--tcp-established, on by default): the
+destination's bridge must have the same subnet (CR_SUBNET, CR_BRIDGE there)
+and the addresses must be free there, or it refuses before the source is
+touched. Peers then reach the container through the destination: every host
+of a fleet has the same subnet on its bridge, and traffic to a container's
+address must be routed to the host that runs it (a /32 route, or routing
+between the hosts' bridges).`,
 		Example: `  cr migrate /lab otherhost --token-file /etc/cr/token
   cr migrate --lazy --fallback /lab otherhost --token-file /etc/cr/token
   cr migrate /lab 10.0.0.2:7400 --as /lab-moved --cert client.crt --key client.key --ca ca.crt

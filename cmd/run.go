@@ -85,11 +85,24 @@ Without PATH the container gets a generated name (/unnamed1, /unnamed2, ...).
 Missing intermediate nodes are created (cr run /lab/pi -- ... creates /lab).
 The container has its own pid, ipc and uts namespaces (mount and network with
 --mount and --net), its own cgroup, and cr's init as pid 1, which captures the
-job's output into the container's log (cr logs). --memory, --memory-high,
---cpus, --cpu-weight, --pids and --blkio-weight limit the container's whole
-subtree (see cr set); they cannot exceed an ancestor's. The job runs with the
-caller's working directory and environment unless --cwd/--env say otherwise.
-PATH is distinguished from CMD by a leading "/" or by the "--" after it.
+job's output into the container's log (cr logs).
+
+Without --net the job shares the host's network. --net (or --net=none) gives
+it a network namespace with loopback only. --net=bridge puts it on cr's
+bridge: an address of its own from the bridge's subnet (--ip ADDR, or the
+next free one), a veth pair to the bridge, a default route through it; the
+host and its other containers reach it there, and it keeps the address
+across checkpoint, restore and migration. The bridge is CR_BRIDGE (default
+cr0) with the first address of CR_SUBNET (default 10.88.0.0/16), created
+when missing. --nat adds outbound NAT for the subnet (an nftables
+masquerade rule in the table ip cr_BRIDGE) and turns IPv4 forwarding on.
+
+--memory, --memory-high, --cpus, --cpu-weight, --pids and --blkio-weight
+limit the container's whole subtree (see cr set); they cannot exceed an
+ancestor's.
+The job runs with the caller's working directory and environment unless
+--cwd/--env say otherwise. PATH is distinguished from CMD by a leading "/"
+or by the "--" after it.
 
 The container lives until its job exits (--until job, the default): then
 whatever the job left behind is killed, so a job that daemonizes (forks and
@@ -111,6 +124,7 @@ container's mount namespace and cgroup.`,
   cr run -- sleep 1000                     # gets /unnamed1
   cr run --on-empty keep /batch/job1 -- make test
   cr run --until empty --net /db/redis -- redis-server --daemonize yes
+  cr run --net=bridge --ip 10.88.0.10 /web -- python3 -m http.server 80
   cr run --env HOME=/tmp --cwd /tmp /x -- env
   cr run --memory 512M --cpus 1.5 --pids 200 /lab/build -- make
   cr run --on-empty notify --on-empty-exec 'logger "$1 exited $2"' /batch/job2 -- make test`,
