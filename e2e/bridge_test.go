@@ -368,20 +368,25 @@ func TestBridgeTCPCheckpointRestore(t *testing.T) {
 // reaches the container through the other host once routed there (what a
 // fleet with one subnet on every host needs: a route to each container,
 // or routing between the hosts' bridges).
-func TestBridgeTCPMigrate(t *testing.T) {
+func TestBridgeTCPMigrate(t *testing.T) { bridgeTCPMigrate(t, "/tcpmig") }
+
+// The same with post-copy: the job resumes at the destination before its
+// memory arrives.
+func TestBridgeTCPMigrateLazy(t *testing.T) { bridgeTCPMigrate(t, "/tcplazy", "--lazy") }
+
+func bridgeTCPMigrate(t *testing.T, path string, flags ...string) {
 	h := newHost(t, "token")
 	// The other host forwards between its veth and its bridge.
 	if out, err := exec.Command("nsenter", "--net=/run/netns/"+h.ns, "sh", "-c", "echo 1 > /proc/sys/net/ipv4/ip_forward").CombinedOutput(); err != nil {
 		t.Fatalf("ip_forward in %s: %v\n%s", h.ns, err, out)
 	}
-	const path = "/tcpmig"
 	addr := startEcho(t, path)
 	before := insidePids(t, path)
 	// From this host's end of the veth pair: an address both hosts can
 	// answer (the bridges' own address is on both).
 	c := dialEcho(t, h.local, addr)
 	c.flowing(t, 20, 10*time.Second)
-	mustCr(t, migrateArgs(h, path)...)
+	mustCr(t, migrateArgs(h, path, flags...)...)
 	ip(t, "route", "replace", addr+"/32", "via", h.ip)
 	t.Cleanup(func() { _ = exec.Command("ip", "route", "del", addr+"/32").Run() })
 	gone(t, path)
@@ -497,4 +502,22 @@ func TestBridgeRedis(t *testing.T) {
 	}
 	_ = exec.Command("nsenter", "--net=/run/netns/"+h.ns, "redis-cli", "-h", addr, "-p", "6379", "SHUTDOWN", "NOSAVE").Run()
 	waitFor(t, 30*time.Second, path+" to go at the destination after its server", func() bool { _, ok := h.ls(t)[path]; return !ok })
+}
+
+// --tcp-established=false: CRIU refuses the established connection, and
+// the source runs on with it.
+func TestBridgeNoTCPEstablished(t *testing.T) {
+	const path = "/notcp"
+	addr := startEcho(t, path)
+	c := dialEcho(t, "", addr)
+	c.flowing(t, 20, 10*time.Second)
+	r := cr(t, "checkpoint", "--tcp-established=false", path, "-o", image(t))
+	if r.code != 7 || !strings.Contains(r.err, "Connected TCP socket") {
+		t.Errorf("checkpoint --tcp-established=false with a connection: want exit 7 and CRIU's reason, got %s", r)
+	}
+	if e := ls(t)[path]; e.State != "running" {
+		t.Errorf("source after the failed checkpoint: %+v", e)
+	}
+	c.flowing(t, 50, 10*time.Second)
+	c.finish(t)
 }
