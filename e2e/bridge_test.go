@@ -337,6 +337,9 @@ func TestBridgeTCPCheckpointRestore(t *testing.T) {
 	addr := startEcho(t, path)
 	c := dialEcho(t, "", addr)
 	c.flowing(t, 20, 10*time.Second)
+	// Left running, it keeps its veth and its connection.
+	mustCr(t, "checkpoint", "--leave-running", path, "-o", image(t))
+	c.flowing(t, 20, 5*time.Second)
 	img := image(t)
 	mustCr(t, "checkpoint", path, "-o", img)
 	gone(t, path)
