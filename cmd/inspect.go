@@ -98,6 +98,7 @@ type InspectContainer struct {
 	// container on cr's bridge.
 	Network    string           `json:"network,omitempty"`
 	Address    string           `json:"address,omitempty"`
+	Publish    []string         `json:"publish,omitempty"`
 	Created    time.Time        `json:"created"`
 	InitPid    int              `json:"init_pid,omitempty"` // host pid at dump time
 	Dump       *InspectDump     `json:"dump,omitempty"`     // CRIU's statistics of its dump
@@ -233,7 +234,7 @@ func inspectContainer(dir string, m *images.Manifest, c images.Container, sizes 
 		Dump: inspectDump(c.Dump), Processes: []InspectProcess{},
 	}
 	if c.Network != nil {
-		ic.Network, ic.Address = c.Network.Mode, c.Network.Address
+		ic.Network, ic.Address, ic.Publish = c.Network.Mode, c.Network.Address, c.Network.Publish
 	}
 	if c.Dir == "" {
 		return ic, nil
@@ -340,7 +341,11 @@ func printContainer(out *bytes.Buffer, c InspectContainer) {
 	}
 	fmt.Fprintf(out, ", CRIU images %s\n", humanBytes(c.ImageBytes))
 	if c.Address != "" {
-		fmt.Fprintf(out, "  network: %s, address %s\n", oneLine(c.Network), oneLine(c.Address))
+		fmt.Fprintf(out, "  network: %s, address %s", oneLine(c.Network), oneLine(c.Address))
+		if len(c.Publish) > 0 {
+			fmt.Fprintf(out, ", publish %s", oneLine(strings.Join(c.Publish, " ")))
+		}
+		fmt.Fprintln(out)
 	}
 	if len(c.Limits) > 0 {
 		lim, err := limits.FromMap(c.Limits)

@@ -37,10 +37,12 @@ type Entry struct {
 	Until       string    `json:"until"` // "job" or "empty"
 	// Network is "host" (the host's own), "none" (loopback only) or
 	// "bridge"; Address is the bridge address.
-	Network  string `json:"network"`
-	Address  string `json:"address,omitempty"`
-	ExitCode *int   `json:"exit_code,omitempty"`
-	Children int    `json:"children"`
+	Network string `json:"network"`
+	Address string `json:"address,omitempty"`
+	// Publish are its published ports (cr run --publish), HOSTPORT:PORT/PROTO.
+	Publish  []string `json:"publish,omitempty"`
+	ExitCode *int     `json:"exit_code,omitempty"`
+	Children int      `json:"children"`
 	// Limits are the node's own resource limits by name (cr set); its
 	// ancestors' apply too.
 	Limits map[string]string `json:"limits,omitempty"`
@@ -92,7 +94,7 @@ func runLs(out io.Writer, o LsOptions, p string) error {
 			Processes: u.Processes, MemoryBytes: u.RSSBytes, CPUSeconds: u.CPU.Seconds(),
 			Created: n.Created, AgeSeconds: now.Sub(n.Created).Seconds(),
 			Command: n.Command, OnEmpty: n.OnEmpty, Until: untilOf(n.Until), ExitCode: n.ExitCode, Children: len(n.Children),
-			Limits: n.NodeLimits().Map(), Network: networkOf(n), Address: n.Network.Addr(),
+			Limits: n.NodeLimits().Map(), Network: networkOf(n), Address: n.Network.Addr(), Publish: publishOf(n),
 		})
 	}
 	if o.JSON {
@@ -154,6 +156,13 @@ func printEntries(out io.Writer, entries []Entry) error {
 	}
 	tw.Flush() // a bytes.Buffer does not fail
 	return writeTrimmed(out, b.Bytes())
+}
+
+func publishOf(n *nstree.Node) []string {
+	if n.Network == nil {
+		return nil
+	}
+	return n.Network.Publish
 }
 
 // networkOf names a container's network: "host", "none" or "bridge".

@@ -66,6 +66,7 @@ type RunOptions struct {
 	Net         string // "", netNone or network.ModeBridge
 	IP          string
 	NAT         bool
+	Publish     []string
 	OnEmpty     string
 	OnEmptyExec string
 	Until       string
@@ -96,13 +97,15 @@ across checkpoint, restore and migration. The bridge is CR_BRIDGE (default
 cr0) with the first address of CR_SUBNET (default 10.88.0.0/16), created
 when missing. --nat adds outbound NAT for the subnet (an nftables
 masquerade rule in the table ip cr_BRIDGE) and turns IPv4 forwarding on.
+--publish HOSTPORT:PORT sends what reaches HOSTPORT on any of the host's own
+addresses to PORT of the container (DNAT rules in the same table); a
+restore publishes the same ports on its host.
 
 --memory, --memory-high, --cpus, --cpu-weight, --pids and --blkio-weight
 limit the container's whole subtree (see cr set); they cannot exceed an
-ancestor's.
-The job runs with the caller's working directory and environment unless
---cwd/--env say otherwise. PATH is distinguished from CMD by a leading "/"
-or by the "--" after it.
+ancestor's. The job runs with the caller's working directory and
+environment unless --cwd/--env say otherwise. PATH is distinguished from
+CMD by a leading "/" or by the "--" after it.
 
 The container lives until its job exits (--until job, the default): then
 whatever the job left behind is killed, so a job that daemonizes (forks and
@@ -144,6 +147,7 @@ container's mount namespace and cgroup.`,
 	nf := c.Flags().VarPF(netFlag{&o.Net}, "net", "", "give the container its own network namespace: none (loopback only, what --net alone means) or bridge (an address on cr's bridge; --net=bridge)")
 	nf.NoOptDefVal = netNone
 	c.Flags().StringVar(&o.IP, "ip", "", "the container's address on the bridge (with --net=bridge; default: the next free one)")
+	c.Flags().StringArrayVar(&o.Publish, "publish", nil, "publish a port: HOSTPORT:PORT[/udp], traffic to HOSTPORT on the host's addresses goes to PORT of the container (with --net=bridge; repeatable)")
 	c.Flags().BoolVar(&o.NAT, "nat", false, "masquerade the bridge subnet's outbound traffic (with --net=bridge; turns on IPv4 forwarding)")
 	c.Flags().StringVar(&o.OnEmpty, "on-empty", nstree.OnEmptyDelete, "what happens when the container is empty: delete (the node goes), keep or notify (it stays)")
 	c.Flags().StringVar(&o.OnEmptyExec, "on-empty-exec", "", "shell command to run once when the container is empty ($1: its path, $2: the exit status)")
@@ -213,8 +217,16 @@ func runRun(out io.Writer, o RunOptions, path string, command []string) error {
 		return usageError{err}
 	}
 	var ip netip.Addr
-	if o.Net != network.ModeBridge && (o.IP != "" || o.NAT) {
-		return usageError{errors.New("--ip and --nat need --net=bridge")}
+	if o.Net != network.ModeBridge && (o.IP != "" || o.NAT || len(o.Publish) > 0) {
+		return usageError{errors.New("--ip, --nat and --publish need --net=bridge")}
+	}
+	var ports []network.Port
+	for _, s := range o.Publish {
+		p, err := network.ParsePort(s)
+		if err != nil {
+			return usageError{err}
+		}
+		ports = append(ports, p)
 	}
 	if o.IP != "" {
 		if ip, err = netip.ParseAddr(o.IP); err != nil || !ip.Is4() {
@@ -234,7 +246,7 @@ func runRun(out io.Writer, o RunOptions, path string, command []string) error {
 		if why := nc.Usable(ip); ip.IsValid() && why != "" {
 			return usageError{fmt.Errorf("invalid --ip %s: %s", ip, why)}
 		}
-		ro.Bridge, ro.IP, ro.NAT = &nc, ip, o.NAT
+		ro.Bridge, ro.IP, ro.NAT, ro.Publish = &nc, ip, o.NAT, ports
 	}
 	if ro.Cwd == "" {
 		if ro.Cwd, err = os.Getwd(); err != nil {

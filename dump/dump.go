@@ -202,7 +202,7 @@ func (c *Checkpoint) run(ctx context.Context, o Options) (*images.Manifest, erro
 			Limits: nd.NodeLimits().Map(),
 		}
 		if nd.Network != nil {
-			ic.Network = &images.Network{Mode: nd.Network.Mode, Address: nd.Network.Address}
+			ic.Network = &images.Network{Mode: nd.Network.Mode, Address: nd.Network.Address, Publish: nd.Network.Publish}
 		}
 		pids, _ := nstree.Procs(nd.Leaf())
 		m := &member{node: nd}

@@ -20,6 +20,8 @@ import (
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
 	"github.com/vishvananda/netlink"
+
+	"github.com/cr-dev/cr/network"
 )
 
 // echoServer is a TCP echo server on port 7000 of every address, in
@@ -228,7 +230,7 @@ func TestBridgeRun(t *testing.T) {
 		t.Errorf("the freed address %s was not given again: %q", want, got)
 	}
 
-	wantFail(t, 2, "--ip and --nat need --net=bridge", "run", "--ip", want, "/br/x", "--", "true")
+	wantFail(t, 2, "--ip, --nat and --publish need --net=bridge", "run", "--ip", want, "/br/x", "--", "true")
 	wantFail(t, 2, "invalid --ip 192.0.2.77: not in the subnet "+testSubnet.String()+" of bridge "+testBridge, "run", "--net=bridge", "--ip", "192.0.2.77", "/br/x", "--", "true")
 	wantFail(t, 2, "invalid --ip "+gw+": the bridge's own address", "run", "--net=bridge", "--ip", gw, "/br/x", "--", "true")
 	wantFail(t, 2, `invalid argument "host" for "--net" flag: want none (loopback only) or bridge`, "run", "--net=host", "/br/x", "--", "true")
@@ -523,4 +525,83 @@ func TestBridgeNoTCPEstablished(t *testing.T) {
 	}
 	c.flowing(t, 50, 10*time.Second)
 	c.finish(t)
+}
+
+// --publish: a host port of the host's own addresses reaches the
+// container (a DNAT rule in cr's table for the bridge), refused to a
+// second container, published again by a restore, gone with the node.
+func TestBridgePublish(t *testing.T) {
+	const path = "/pub"
+	port := 20000 + os.Getpid()%10000
+	pub := fmt.Sprintf("%d:7000", port)
+	addr := startEcho(t, path, "--publish", pub)
+	nc := network.Config{Bridge: testBridge, Subnet: testSubnet}
+	rules := func() []string {
+		t.Helper()
+		r, err := nc.Published()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+	want := []string{fmt.Sprintf("%d->%s:7000/tcp", port, addr)}
+	if got := rules(); !slices.Equal(got, want) {
+		t.Errorf("published: %q, want %q", got, want)
+	}
+	gw := nthAddr(testSubnet, 1).String()
+	echoOnce := func() {
+		t.Helper()
+		c, err := net.DialTimeout("tcp", net.JoinHostPort(gw, strconv.Itoa(port)), 5*time.Second)
+		if err != nil {
+			t.Fatalf("connect to the published port: %v", err)
+		}
+		defer c.Close()
+		_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+		if _, err := c.Write([]byte("ping\n")); err != nil {
+			t.Fatal(err)
+		}
+		line, err := bufio.NewReader(c).ReadString('\n')
+		if err != nil || line != "ping\n" {
+			t.Fatalf("echo through the published port: %q, %v", line, err)
+		}
+	}
+	echoOnce()
+	var e struct {
+		Publish []string `json:"publish"`
+	}
+	for _, en := range lsRaw(t) {
+		if en["path"] == path {
+			b, _ := json.Marshal(en)
+			_ = json.Unmarshal(b, &e)
+		}
+	}
+	if !slices.Equal(e.Publish, []string{pub + "/tcp"}) {
+		t.Errorf("cr ls --json publish: %q", e.Publish)
+	}
+	wantFail(t, 4, fmt.Sprintf("address in use: host port %d/tcp is published by another container here", port),
+		"run", "--net=bridge", "--publish", pub, "/pub2", "--", "sleep", "1000")
+	wantFail(t, 2, `bad port "80": want HOSTPORT:PORT, or HOSTPORT:PORT/udp`, "run", "--net=bridge", "--publish", "80", "/pub2", "--", "true")
+	img := image(t)
+	mustCr(t, "checkpoint", path, "-o", img)
+	if got := rules(); len(got) != 0 {
+		t.Errorf("published after the checkpoint removed the source: %q", got)
+	}
+	mustCr(t, "restore", img)
+	if got := rules(); !slices.Equal(got, want) {
+		t.Errorf("published after restore: %q, want %q", got, want)
+	}
+	echoOnce()
+	mustCr(t, "kill", path)
+	if got := rules(); len(got) != 0 {
+		t.Errorf("published after cr kill: %q", got)
+	}
+}
+
+func lsRaw(t *testing.T) []map[string]any {
+	t.Helper()
+	var es []map[string]any
+	if err := json.Unmarshal([]byte(mustCr(t, "ls", "--json", "-r")), &es); err != nil {
+		t.Fatal(err)
+	}
+	return es
 }

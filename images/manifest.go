@@ -24,6 +24,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/cr-dev/cr/network"
 	"github.com/cr-dev/cr/nstree"
 )
 
@@ -122,6 +123,8 @@ type Container struct {
 type Network struct {
 	Mode    string `json:"mode"`    // "bridge"
 	Address string `json:"address"` // with the subnet's length: "10.88.0.5/16"
+	// Publish are its published ports, HOSTPORT:PORT/PROTO.
+	Publish []string `json:"publish,omitempty"`
 }
 
 // Process is one process of a container at dump time.
@@ -282,6 +285,14 @@ func (m *Manifest) validate() error {
 		if n := c.Network; n != nil {
 			if p, err := netip.ParsePrefix(n.Address); n.Mode != "bridge" || err != nil || !p.Addr().Is4() {
 				return fmt.Errorf("container %q: bad network %q %q", c.Path, n.Mode, n.Address)
+			}
+			if len(n.Publish) > 1024 {
+				return fmt.Errorf("container %q: %d published ports", c.Path, len(n.Publish))
+			}
+			for _, p := range n.Publish {
+				if _, err := network.ParsePort(p); err != nil {
+					return fmt.Errorf("container %q: %v", c.Path, err)
+				}
 			}
 		}
 		if c.Dir == "" {

@@ -93,7 +93,7 @@ func TestCheckOutput(t *testing.T) {
 // TestManifestNetwork: a container's network is a bridge address with its
 // prefix length, or the manifest is refused.
 func TestManifestNetwork(t *testing.T) {
-	for _, n := range []Network{{"bridge", "10.88.0.5"}, {"bridge", "fd00::5/64"}, {"host", "10.88.0.5/16"}, {"bridge", "10.88.0.5/16\n"}, {"bridge", ""}} {
+	for _, n := range []Network{{Mode: "bridge", Address: "10.88.0.5"}, {Mode: "bridge", Address: "fd00::5/64"}, {Mode: "host", Address: "10.88.0.5/16"}, {Mode: "bridge", Address: "10.88.0.5/16\n"}, {Mode: "bridge", Address: ""}, {Mode: "bridge", Address: "10.88.0.5/16", Publish: []string{"80"}}} {
 		m := testManifest()
 		m.Format, m.Version = FormatName, FormatVersion
 		m.Containers[0].Network = &n

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/google/nftables"
 	"golang.org/x/sys/unix"
 )
 
@@ -45,6 +46,19 @@ func (c Config) Allocate(owner string, want netip.Addr, live func(owner string) 
 		return netip.Addr{}, err
 	}
 	defer unlock()
+	var gone []string // owners whose records were reclaimed
+	defer func() {
+		if len(gone) == 0 {
+			return
+		}
+		// Their published ports must not reach the address's next owner.
+		if conn, err := nftables.New(); err == nil {
+			for _, o := range gone {
+				c.unpublishLocked(conn, o)
+			}
+			_ = conn.Flush()
+		}
+	}()
 	taken := func(a netip.Addr) (string, bool) {
 		b, err := os.ReadFile(filepath.Join(c.ipamDir(), a.String()))
 		if err != nil {
@@ -56,6 +70,7 @@ func (c Config) Allocate(owner string, want netip.Addr, live func(owner string) 
 			// for the address beside its new owner.
 			if o != owner {
 				DeleteLink(VethName(o))
+				gone = append(gone, o)
 			}
 			_ = os.Remove(filepath.Join(c.ipamDir(), a.String()))
 			return "", false

@@ -430,6 +430,9 @@ func (t *Tree) removeNode(n *Node) error {
 	// now, so that its address cannot answer beside a new owner's.
 	if n.Network != nil && n.Network.Veth != "" {
 		network.DeleteLink(n.Network.Veth)
+		if len(n.Network.Publish) > 0 {
+			network.Config{Bridge: n.Network.Bridge, StateDir: t.StateDir}.Unpublish(n.ID)
+		}
 	}
 	// Remove the config first so that a crash leaves no half-visible node.
 	if err := os.Remove(filepath.Join(t.nodeDir(n.ID), configFile)); err != nil && !errors.Is(err, os.ErrNotExist) {

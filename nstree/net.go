@@ -16,6 +16,41 @@ type NetInfo struct {
 	Address string `json:"address"`
 	Bridge  string `json:"bridge,omitempty"`
 	Veth    string `json:"veth,omitempty"`
+	// Publish are its published ports, HOSTPORT:PORT/PROTO.
+	Publish []string `json:"publish,omitempty"`
+}
+
+// Ports parses Publish.
+func (n *NetInfo) Ports() ([]network.Port, error) {
+	var ps []network.Port
+	for _, s := range n.Publish {
+		p, err := network.ParsePort(s)
+		if err != nil {
+			return nil, err
+		}
+		ps = append(ps, p)
+	}
+	return ps, nil
+}
+
+// PublishPorts publishes ports of node n (attached to c) and records them
+// in its config (not written).
+func (t *Tree) PublishPorts(n *Node, c network.Config, ports []network.Port) error {
+	if len(ports) == 0 {
+		return nil
+	}
+	addr, err := netip.ParsePrefix(n.Network.Address)
+	if err != nil {
+		return err
+	}
+	if err := c.Publish(n.ID, addr.Addr(), ports, t.Alive); err != nil {
+		return err
+	}
+	n.Network.Publish = nil
+	for _, p := range ports {
+		n.Network.Publish = append(n.Network.Publish, p.String())
+	}
+	return nil
 }
 
 // Addr is the container's address without the prefix length ("" if none).
@@ -64,5 +99,6 @@ func (t *Tree) DetachNetwork(n *Node, c network.Config, ep *network.Endpoint) {
 		return
 	}
 	ep.Remove()
+	c.Unpublish(n.ID)
 	c.Release(ep.Addr.Addr(), n.ID)
 }

@@ -36,6 +36,7 @@ type RunOptions struct {
 	Bridge  *network.Config
 	IP      netip.Addr
 	NAT     bool
+	Publish []network.Port // with Bridge
 	OnEmpty string
 	// OnEmptyExec is run by the init when the container becomes empty.
 	OnEmptyExec string
@@ -114,6 +115,10 @@ func (t *Tree) Run(o RunOptions) (string, error) {
 				undo()
 				return "", err
 			}
+		}
+		if err := t.PublishPorts(node, *o.Bridge, o.Publish); err != nil {
+			undo()
+			return "", err
 		}
 	}
 	if err := t.applyLimits(node, o.Limits); err != nil {

@@ -412,7 +412,23 @@ func attachRestored(t *nstree.Tree, o Options, c images.Container, n *nstree.Nod
 	if err := o.Network.Check(p); err != nil {
 		return nil, fmt.Errorf("%w: %s has the address %s: %v", ErrIncompatible, n.Path, p, err)
 	}
-	return t.AttachNetwork(n, *o.Network, p.Addr(), false)
+	var ports []network.Port
+	for _, s := range c.Network.Publish {
+		pp, err := network.ParsePort(s)
+		if err != nil {
+			return nil, fmt.Errorf("%w: %s: %v", images.ErrCorrupt, c.Path, err)
+		}
+		ports = append(ports, pp)
+	}
+	ep, err := t.AttachNetwork(n, *o.Network, p.Addr(), false)
+	if err != nil {
+		return nil, err
+	}
+	if err := t.PublishPorts(n, *o.Network, ports); err != nil {
+		t.DetachNetwork(n, *o.Network, ep)
+		return nil, err
+	}
+	return ep, nil
 }
 
 func restoreOne(ctx context.Context, t *nstree.Tree, o Options, dir, work string, c images.Container, n *nstree.Node, ep *network.Endpoint, onRestored func(int32) error) error {
