@@ -169,7 +169,7 @@ func runMigrate(ctx context.Context, out, errOut io.Writer, g *Global, o Migrate
 	prog := newProgress(errOut, g, o.JSON)
 	defer prog.done()
 	mig := migrate.Migration{
-		Request: migrate.Request{Root: n.Path, As: as, CRVersion: Version, Lazy: o.Lazy, Networks: subtreeNetworks(n)},
+		Request: migrate.Request{Root: n.Path, As: as, CRVersion: Version, Lazy: o.Lazy, Networks: subtreeNetworks(n), Published: subtreePublished(n)},
 		Prepare: func(ctx context.Context) (int64, error) {
 			frozenAt = time.Now()
 			var err error
@@ -267,6 +267,17 @@ func subtreeNetworks(n *nstree.Node) []string {
 	n.Walk(func(m *nstree.Node) {
 		if m.Network != nil && m.InitPid != 0 {
 			out = append(out, m.Network.Address)
+		}
+	})
+	return out
+}
+
+// subtreePublished lists the ports the containers under n publish.
+func subtreePublished(n *nstree.Node) []string {
+	var out []string
+	n.Walk(func(m *nstree.Node) {
+		if m.Network != nil && m.InitPid != 0 {
+			out = append(out, m.Network.Publish...)
 		}
 	})
 	return out

@@ -137,7 +137,10 @@ func runServe(ctx context.Context, g *Global, o ServeOptions) error {
 			if _, ok := f.ByPath[req.Target()]; ok {
 				return fmt.Errorf("%w: %s exists here", migrate.ErrTargetExists, req.Target())
 			}
-			return checkNetworks(nc, e.tree, req.Networks)
+			if err := checkNetworks(nc, e.tree, req.Networks); err != nil {
+				return err
+			}
+			return checkPublished(nc, e.tree, req.Published)
 		},
 		Lazy: func() error { return lazyErr },
 		Restorer: migrate.RestorerFunc(func(ctx context.Context, job *migrate.Job) (migrate.RestoreInfo, error) {
@@ -244,6 +247,20 @@ func checkNetworks(nc *network.Config, t *nstree.Tree, addrs []string) error {
 		}
 		if o := nc.Owner(p.Addr()); o != "" && t.Alive(o) {
 			return fmt.Errorf("%w: %s is in use by another container here", network.ErrAddrInUse, p.Addr())
+		}
+	}
+	return nil
+}
+
+// checkPublished refuses host ports another container publishes here.
+func checkPublished(nc *network.Config, t *nstree.Tree, ports []string) error {
+	for _, s := range ports {
+		p, err := network.ParsePort(s)
+		if err != nil {
+			return err
+		}
+		if o := nc.PortOwner(p); o != "" && t.Alive(o) {
+			return fmt.Errorf("%w: host port %d/%s is published by another container here", network.ErrAddrInUse, p.Host, p.Proto)
 		}
 	}
 	return nil

@@ -605,3 +605,28 @@ func lsRaw(t *testing.T) []map[string]any {
 	}
 	return es
 }
+
+// A destination where another container publishes the same host port
+// refuses the migration with the request.
+func TestBridgeMigrateRefusedPort(t *testing.T) {
+	h := newHost(t, "token")
+	port := 20000 + (os.Getpid()+1)%10000
+	pub := fmt.Sprintf("%d:7000", port)
+	c := exec.Command("nsenter", "--net=/run/netns/"+h.ns, crBin, "run", "--net=bridge", "--ip", nthAddr(testSubnet, 100).String(), "--publish", pub, "/occupy", "--", "sleep", "1000")
+	c.Env, c.Dir = h.environ(), workDir
+	if out, err := c.CombinedOutput(); err != nil {
+		t.Fatalf("cr run at the destination: %v\n%s", err, out)
+	}
+	t.Cleanup(func() { h.cr(t, "kill", "/occupy") })
+	const path = "/pubmig"
+	startEcho(t, path, "--publish", pub)
+	pid := initPid(t, path)
+	r := cr(t, migrateArgs(h, path)...)
+	want := fmt.Sprintf("Error: migration rejected: address in use: host port %d/tcp is published by another container here\n", port)
+	if r.code != 1 || r.err != want {
+		t.Errorf("migrate to a host publishing port %d: want %q, got %s", port, want, r)
+	}
+	if e := ls(t)[path]; e.State != "running" || initPid(t, path) != pid {
+		t.Errorf("source after the refusal: %+v, want running with init %d", e, pid)
+	}
+}

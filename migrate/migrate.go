@@ -10,6 +10,7 @@ import (
 	"unicode"
 
 	"github.com/cr-dev/cr/images"
+	"github.com/cr-dev/cr/network"
 	"github.com/cr-dev/cr/nstree"
 )
 
@@ -25,6 +26,9 @@ type Request struct {
 	// their subnet's length ("10.88.0.5/16"): the receiver refuses them
 	// unless its bridge has the same subnet and the addresses are free.
 	Networks []string `json:"networks,omitempty"`
+	// Published are the host ports the subtree's containers publish
+	// (HOSTPORT:PORT/PROTO): the receiver refuses those in use there.
+	Published []string `json:"published,omitempty"`
 }
 
 // maxNetworks bounds Request.Networks.
@@ -59,6 +63,14 @@ func (r Request) validate() error {
 	}
 	if len(r.Networks) > maxNetworks {
 		return fmt.Errorf("networks: more than %d", maxNetworks)
+	}
+	if len(r.Published) > maxNetworks {
+		return fmt.Errorf("published: more than %d", maxNetworks)
+	}
+	for _, p := range r.Published {
+		if _, err := network.ParsePort(p); err != nil {
+			return fmt.Errorf("published: %v", err)
+		}
 	}
 	for _, n := range r.Networks {
 		if p, err := netip.ParsePrefix(n); err != nil || !p.Addr().Is4() {
