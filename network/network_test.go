@@ -133,3 +133,17 @@ func TestVethName(t *testing.T) {
 		t.Errorf("long id: %q", n)
 	}
 }
+
+func TestParsePort(t *testing.T) {
+	for s, want := range map[string]string{"8080:80": "8080:80/tcp", "53:5353/udp": "53:5353/udp", "1:65535/tcp": "1:65535/tcp"} {
+		p, err := ParsePort(s)
+		if err != nil || p.String() != want {
+			t.Errorf("ParsePort(%q) = %v, %v; want %s", s, p, err, want)
+		}
+	}
+	for _, bad := range []string{"80", "0:80", "80:0", "80:65536", "a:b", "80:80/sctp", "80:80/", ":80", "80:", "-1:80"} {
+		if _, err := ParsePort(bad); !errors.Is(err, ErrConfig) {
+			t.Errorf("ParsePort(%q): %v, want ErrConfig", bad, err)
+		}
+	}
+}
