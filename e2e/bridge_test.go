@@ -630,3 +630,36 @@ func TestBridgeMigrateRefusedPort(t *testing.T) {
 		t.Errorf("source after the refusal: %+v, want running with init %d", e, pid)
 	}
 }
+
+// cr snapshot of a bridge container leaves it running with its
+// connection; restored from the store, it has its address again.
+func TestBridgeSnapshot(t *testing.T) {
+	const path = "/bsnap"
+	addr := startEcho(t, path)
+	c := dialEcho(t, "", addr)
+	c.flowing(t, 20, 10*time.Second)
+	store := filepath.Join(t.TempDir(), "store")
+	mustCr(t, "snapshot", path, "--store", store)
+	c.flowing(t, 20, 5*time.Second)
+	c.finish(t)
+	// The latest snapshot, once the server is back at accept (restored
+	// during a connection, it would wait on that connection's socket,
+	// whose peer is gone).
+	time.Sleep(200 * time.Millisecond)
+	mustCr(t, "snapshot", path, "--store", store)
+	mustCr(t, "kill", path)
+	mustCr(t, "restore", "--store", store, path)
+	if got := ls(t)[path].Address; got != addr {
+		t.Errorf("restored from the store with address %q, want %s", got, addr)
+	}
+	waitFor(t, 10*time.Second, "the restored server", func() bool {
+		nc, err := net.DialTimeout("tcp", addr+":7000", time.Second)
+		if err == nil {
+			nc.Close()
+		}
+		return err == nil
+	})
+	c = dialEcho(t, "", addr)
+	c.flowing(t, 20, 10*time.Second)
+	c.finish(t)
+}
