@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/cr-dev/cr/criubin"
 	"github.com/cr-dev/cr/freeze"
+	"github.com/cr-dev/cr/network"
 	"github.com/cr-dev/cr/nstree"
 	"github.com/cr-dev/cr/probe"
 )
@@ -166,6 +168,9 @@ func runCheck(ctx context.Context, out io.Writer, g *Global, o CheckOptions) err
 			}
 		}
 	}
+	for _, it := range networkItems() {
+		add(it)
+	}
 	if criuOK && cgroupsOK && !o.NoProbe {
 		items = append(items, probeItems(ctx, g, path, criuVer, h)...)
 	}
@@ -221,6 +226,47 @@ func printCheck(out io.Writer, rep CheckReport) {
 	}
 	tw.Flush()
 	fmt.Fprintln(out, rep.Verdict)
+}
+
+// networkItems say what cr run --net=bridge needs here and what is
+// missing: the bridge (CR_BRIDGE, CR_SUBNET), forwarding, nftables. None
+// is required: without them only bridge networking is out.
+func networkItems() []CheckItem {
+	var items []CheckItem
+	nc, err := network.FromEnv("")
+	if err != nil {
+		return []CheckItem{{Name: "bridge", Value: err.Error(), Hint: "fix CR_BRIDGE or CR_SUBNET"}}
+	}
+	want := netip.PrefixFrom(nc.Gateway(), nc.Subnet.Bits())
+	br := CheckItem{Name: "bridge", OK: true}
+	switch exists, _, err := nc.BridgeState(); {
+	case err != nil:
+		br.OK, br.Value = false, err.Error()
+		br.Hint = "set CR_BRIDGE to another name"
+	case !exists:
+		br.Value = fmt.Sprintf("%s with %s: created by the first cr run --net=bridge", nc.Bridge, want)
+	default:
+		br.Value = fmt.Sprintf("%s with %s", nc.Bridge, want)
+		if err := nc.Check(nc.Subnet); err != nil {
+			br.OK, br.Value = false, err.Error()
+			br.Hint = "set CR_SUBNET to the bridge's subnet, or CR_BRIDGE to another name"
+		}
+	}
+	items = append(items, br)
+	fwd, err := network.IPForward()
+	it := CheckItem{Name: "ip forwarding", OK: fwd, Value: yesNo(fwd),
+		Hint: "bridge containers reach only this host: cr run --nat turns it on for outbound NAT, and a fleet that routes to containers on other hosts needs it (sysctl net.ipv4.ip_forward=1)"}
+	if err != nil {
+		it.Value = err.Error()
+	}
+	items = append(items, it)
+	it = CheckItem{Name: "nftables", OK: true, Value: "yes (for cr run --nat)"}
+	if err := network.NftablesWorks(); err != nil {
+		it = CheckItem{Name: "nftables", Value: err.Error(), Hint: "no outbound NAT (cr run --nat): the kernel's nf_tables is missing"}
+	} else if on, _ := nc.HasNAT(); on {
+		it.Value = fmt.Sprintf("yes; outbound NAT of %s on (table ip %s)", nc.Subnet, nc.Table())
+	}
+	return append(items, it)
 }
 
 // netLockItem says how CRIU will lock the network of --net containers

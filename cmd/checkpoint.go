@@ -17,6 +17,7 @@ import (
 	"github.com/cr-dev/cr/dump"
 	"github.com/cr-dev/cr/events"
 	"github.com/cr-dev/cr/images"
+	"github.com/cr-dev/cr/network"
 	"github.com/cr-dev/cr/nstree"
 )
 
@@ -27,6 +28,9 @@ type CheckpointOptions struct {
 	Compress     string
 	JSON         bool
 	WithRootfs   bool
+	// TCPEstablished keeps established TCP connections of containers
+	// with their own network (default true).
+	TCPEstablished bool
 }
 
 // CheckpointReport is what cr checkpoint reports (--json).
@@ -59,6 +63,13 @@ it with CRIU (processes, memory, threads, signals, timers, pipes, unix sockets,
 files, SysV IPC, pid/ipc/uts namespaces, cgroup membership), and write one
 compressed, checksummed image file (default: NAME-TIMESTAMP.cr).
 
+Containers with a network namespace of their own (cr run --net) have their
+network locked while they are dumped, and their established TCP connections
+are dumped with them (--tcp-established, on by default); a container on
+cr's bridge (--net=bridge) keeps its address, and its peers see its
+connections pause, not end: its veth is unplugged from the dump until the
+restored copy runs.
+
 Without --leave-running the subtree stays frozen until the image is complete
 and synced to disk, and is then killed and removed; with it, the subtree runs
 on and is frozen only for the dump itself, not for compression or writing.
@@ -87,6 +98,7 @@ rootfs cache ($CR_ROOTFS_CACHE, default /var/lib/cr/rootfs), unless
 	c.Flags().BoolVar(&o.LeaveRunning, "leave-running", false, "keep the subtree running after the dump")
 	c.Flags().StringVar(&o.Compress, "compress", "zstd", "compression: zstd or none")
 	c.Flags().BoolVar(&o.WithRootfs, "with-rootfs", false, "carry the lower of --rootfs containers in the image too")
+	c.Flags().BoolVar(&o.TCPEstablished, "tcp-established", true, "dump the established TCP connections of containers with their own network (--tcp-established=false: refuse them)")
 	c.Flags().BoolVar(&o.JSON, "json", false, "print a JSON report")
 	return c
 }
@@ -107,6 +119,16 @@ func criuEnv(g *Global) (string, criubin.Version, error) {
 		return "", criubin.Version{}, envError{fmt.Errorf("CRIU %s at %s is older than 4.1 (run scripts/provision.sh)", v, path)}
 	}
 	return path, v, nil
+}
+
+// hostNetwork is this host's bridge network (CR_BRIDGE, CR_SUBNET), where
+// restored containers that had an address get it again.
+func hostNetwork(t *nstree.Tree) (*network.Config, error) {
+	nc, err := network.FromEnv(t.StateDir)
+	if err != nil {
+		return nil, usageError{err}
+	}
+	return &nc, nil
 }
 
 // stagingDir is where images are staged before compression or restore.
@@ -169,7 +191,7 @@ func runCheckpoint(ctx context.Context, out, errOut io.Writer, g *Global, o Chec
 	prog.phase("dumping "+e.show(n.Path), subtreeMemory(n))
 	ck, err := dump.Run(ctx, e.tree, n, dump.Options{
 		CRIU: criu, CRIUVersion: ver.Code(), CRVersion: Version, StagingDir: stagingDir(e.tree),
-		LeaveRunning: o.LeaveRunning, WithRootfs: o.WithRootfs,
+		LeaveRunning: o.LeaveRunning, WithRootfs: o.WithRootfs, NoTCPEstablished: !o.TCPEstablished,
 		Progress: prog.update,
 	})
 	prog.done()

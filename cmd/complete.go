@@ -10,6 +10,7 @@ import (
 
 	"github.com/cr-dev/cr/images/store"
 	"github.com/cr-dev/cr/limits"
+	"github.com/cr-dev/cr/network"
 	"github.com/cr-dev/cr/nstree"
 )
 
@@ -54,6 +55,7 @@ var completions = map[string]func(c *cobra.Command){
 		c.ValidArgsFunction = completeRun
 		flagValues(c, "on-empty", onEmptyValues)
 		flagValues(c, "until", untilValues)
+		flagValues(c, "net", netValues)
 		_ = c.RegisterFlagCompletionFunc("cwd", completeDirs)
 	},
 	"restore": func(c *cobra.Command) {
@@ -84,6 +86,7 @@ var (
 	compressions  = []string{"zstd\tcompressed with zstd (default)", "none\tuncompressed"}
 	onEmptyValues = []string{nstree.OnEmptyDelete + "\tthe node goes when its job ends (default)", nstree.OnEmptyKeep + "\tthe node stays, empty, with the exit status",
 		nstree.OnEmptyNotify + "\tthe node stays, and its empty event says notify"}
+	netValues   = []string{netNone + "\tloopback only (what --net alone means)", network.ModeBridge + "\tan address on cr's bridge"}
 	untilValues = []string{nstree.UntilJob + "\tuntil the job exits (default)", nstree.UntilEmpty + "\tuntil its last process exits (daemons)"}
 )
 

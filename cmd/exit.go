@@ -14,6 +14,7 @@ import (
 	"github.com/cr-dev/cr/images/store"
 	"github.com/cr-dev/cr/limits"
 	"github.com/cr-dev/cr/migrate"
+	"github.com/cr-dev/cr/network"
 	"github.com/cr-dev/cr/nstree"
 	"github.com/cr-dev/cr/restore"
 )
@@ -61,6 +62,8 @@ var sentinels = []struct {
 	{nstree.ErrState, ExitState},
 	{nstree.ErrLimit, ExitUsage},
 	{limits.ErrUnsupported, ExitEnv},
+	{network.ErrConfig, ExitEnv},
+	{network.ErrAddrInUse, ExitExists},
 	{freeze.ErrNoFreezer, ExitEnv},
 	{errNoImage, ExitNotFound},
 	{fs.ErrExist, ExitExists},

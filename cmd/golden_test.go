@@ -75,7 +75,7 @@ func TestLsGolden(t *testing.T) {
 		{Path: "/lab", Name: "lab", State: "empty", Created: created, AgeSeconds: 3 * 86400, Children: 2},
 		{Path: "/lab/pi", Name: "pi", State: "running", Processes: 2, MemoryBytes: 12 << 20, CPUSeconds: 61.237, Created: created, AgeSeconds: 4000,
 			Command: []string{"python3", "-c", "import time; time.sleep(1e6)"}},
-		{Path: "/lab/db", Name: "db", State: "frozen", Processes: 5, MemoryBytes: 3 << 30, CPUSeconds: 0.004, AgeSeconds: 59, Command: []string{"redis-server"}, Limits: map[string]string{"memory": "4G", "pids": "100"}},
+		{Path: "/lab/db", Name: "db", State: "frozen", Processes: 5, MemoryBytes: 3 << 30, CPUSeconds: 0.004, AgeSeconds: 59, Command: []string{"redis-server"}, Limits: map[string]string{"memory": "4G", "pids": "100"}, Network: "bridge", Address: "10.88.0.2"},
 		{Path: "/batch", Name: "batch", State: "empty", Processes: 0, AgeSeconds: 90, Command: []string{"make", "test"}, ExitCode: &seven},
 		{Path: "/done", Name: "done", State: "empty", AgeSeconds: 7200, Command: []string{"true"}, ExitCode: &zero},
 	})

@@ -52,7 +52,7 @@ func TestLsEscapes(t *testing.T) {
 func TestPsEscapes(t *testing.T) {
 	for _, h := range hostileText {
 		var b bytes.Buffer
-		if err := printProcs(&b, []nstree.Process{{HostPid: 10, Pid: 1, Command: "sleep " + h}}); err != nil {
+		if err := printProcs(&b, []psEntry{{Process: nstree.Process{HostPid: 10, Pid: 1, Command: "sleep " + h}, Address: "10.88.0.2"}}); err != nil {
 			t.Fatal(err)
 		}
 		assertOneLineEach(t, "cr ps", b.String(), 1)

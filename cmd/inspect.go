@@ -98,13 +98,18 @@ type InspectContainer struct {
 	OnEmpty    string            `json:"on_empty,omitempty"`
 	Until      string            `json:"until,omitempty"`
 	Limits     map[string]string `json:"limits,omitempty"`
-	Created    time.Time         `json:"created"`
-	InitPid    int               `json:"init_pid,omitempty"` // host pid at dump time
-	Dump       *InspectDump      `json:"dump,omitempty"`     // CRIU's statistics of its dump
-	ImageBytes int64             `json:"image_bytes"`        // its CRIU images, uncompressed
-	Memory     InspectMemory     `json:"memory"`             // summed over its processes
-	Processes  []InspectProcess  `json:"processes"`
-	Rootfs     *InspectRootfs    `json:"rootfs,omitempty"` // a --rootfs container's file system
+	// Network is "bridge" with Address (with its prefix length) for a
+	// container on cr's bridge.
+	Network    string           `json:"network,omitempty"`
+	Address    string           `json:"address,omitempty"`
+	Publish    []string         `json:"publish,omitempty"`
+	Created    time.Time        `json:"created"`
+	InitPid    int              `json:"init_pid,omitempty"` // host pid at dump time
+	Dump       *InspectDump     `json:"dump,omitempty"`     // CRIU's statistics of its dump
+	ImageBytes int64            `json:"image_bytes"`        // its CRIU images, uncompressed
+	Memory     InspectMemory    `json:"memory"`             // summed over its processes
+	Processes  []InspectProcess `json:"processes"`
+	Rootfs     *InspectRootfs   `json:"rootfs,omitempty"` // a --rootfs container's file system
 }
 
 // InspectRootfs is the file system part of a --rootfs container's image.
@@ -248,6 +253,9 @@ func inspectContainer(dir string, m *images.Manifest, c images.Container, sizes 
 		OnEmpty: c.OnEmpty, Until: c.Until, Limits: c.Limits, Created: c.Created, InitPid: c.InitPid,
 		Dump: inspectDump(c.Dump), Processes: []InspectProcess{},
 	}
+	if c.Network != nil {
+		ic.Network, ic.Address, ic.Publish = c.Network.Mode, c.Network.Address, c.Network.Publish
+	}
 	if c.Dir == "" {
 		return ic, nil
 	}
@@ -376,6 +384,13 @@ func printContainer(out *bytes.Buffer, c InspectContainer) {
 		fmt.Fprintf(out, ", until empty")
 	}
 	fmt.Fprintf(out, ", CRIU images %s\n", humanBytes(c.ImageBytes))
+	if c.Address != "" {
+		fmt.Fprintf(out, "  network: %s, address %s", oneLine(c.Network), oneLine(c.Address))
+		if len(c.Publish) > 0 {
+			fmt.Fprintf(out, ", publish %s", oneLine(strings.Join(c.Publish, " ")))
+		}
+		fmt.Fprintln(out)
+	}
 	if len(c.Limits) > 0 {
 		lim, err := limits.FromMap(c.Limits)
 		s := lim.String()

@@ -69,3 +69,23 @@ func TestInspectExitCodes(t *testing.T) {
 		}
 	}
 }
+
+// A container on the bridge shows its network, address and published
+// ports in cr inspect, and a hostile value stays on one line.
+func TestInspectNetwork(t *testing.T) {
+	var b bytes.Buffer
+	printContainer(&b, InspectContainer{Path: "/", Original: "/web", Network: "bridge", Address: "10.88.0.5/16", Publish: []string{"8080:80/tcp", "53:53/udp"}})
+	if want := "  network: bridge, address 10.88.0.5/16, publish 8080:80/tcp 53:53/udp\n"; !bytes.Contains(b.Bytes(), []byte(want)) {
+		t.Errorf("cr inspect:\n%s\nwant a line %q", b.String(), want)
+	}
+	b.Reset()
+	printContainer(&b, InspectContainer{Path: "/", Original: "/web"})
+	if bytes.Contains(b.Bytes(), []byte("network:")) {
+		t.Errorf("a container without a bridge address shows a network:\n%s", b.String())
+	}
+	b.Reset()
+	printContainer(&b, InspectContainer{Path: "/", Original: "/web", Network: "bridge", Address: "10.88.0.5/16\n\x1b[2Jforged"})
+	if bytes.Contains(b.Bytes(), []byte("\x1b")) || bytes.Count(b.Bytes(), []byte("network:")) != 1 {
+		t.Errorf("hostile address printed as is:\n%q", b.String())
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -34,8 +35,14 @@ type Entry struct {
 	Command     []string  `json:"command,omitempty"`
 	OnEmpty     string    `json:"on_empty"`
 	Until       string    `json:"until"` // "job" or "empty"
-	ExitCode    *int      `json:"exit_code,omitempty"`
-	Children    int       `json:"children"`
+	// Network is "host" (the host's own), "none" (loopback only) or
+	// "bridge"; Address is the bridge address.
+	Network string `json:"network"`
+	Address string `json:"address,omitempty"`
+	// Publish are its published ports (cr run --publish), HOSTPORT:PORT/PROTO.
+	Publish  []string `json:"publish,omitempty"`
+	ExitCode *int     `json:"exit_code,omitempty"`
+	Children int      `json:"children"`
 	// Limits are the node's own resource limits by name (cr set); its
 	// ancestors' apply too.
 	Limits map[string]string `json:"limits,omitempty"`
@@ -87,7 +94,7 @@ func runLs(out io.Writer, o LsOptions, p string) error {
 			Processes: u.Processes, MemoryBytes: u.RSSBytes, CPUSeconds: u.CPU.Seconds(),
 			Created: n.Created, AgeSeconds: now.Sub(n.Created).Seconds(),
 			Command: n.Command, OnEmpty: n.OnEmpty, Until: untilOf(n.Until), ExitCode: n.ExitCode, Children: len(n.Children),
-			Limits: n.NodeLimits().Map(),
+			Limits: n.NodeLimits().Map(), Network: networkOf(n), Address: n.Network.Addr(), Publish: publishOf(n),
 		})
 	}
 	if o.JSON {
@@ -133,18 +140,40 @@ func (e *env) listNodes(p string, recursive bool) ([]*nstree.Node, error) {
 func printEntries(out io.Writer, entries []Entry) error {
 	var b bytes.Buffer
 	tw := tabwriter.NewWriter(&b, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "PATH\tSTATE\tPROCS\tMEM\tCPU\tAGE\tLIMITS\tCOMMAND")
+	fmt.Fprintln(tw, "PATH\tSTATE\tPROCS\tMEM\tCPU\tAGE\tLIMITS\tADDRESS\tCOMMAND")
 	for _, en := range entries {
 		cmd := oneLine(strings.Join(en.Command, " "))
 		if en.ExitCode != nil {
 			cmd += fmt.Sprintf(" (exited %d)", *en.ExitCode)
 		}
 		lim, _ := limits.FromMap(en.Limits)
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\n", nstree.Quote(en.Path), en.State, en.Processes, humanBytes(en.MemoryBytes),
-			time.Duration(en.CPUSeconds*float64(time.Second)).Round(10*time.Millisecond), humanAge(en.AgeSeconds), strings.ReplaceAll(lim.String(), " ", ","), cmd)
+		addr := en.Address
+		if addr == "" {
+			addr = "-"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\n", nstree.Quote(en.Path), en.State, en.Processes, humanBytes(en.MemoryBytes),
+			time.Duration(en.CPUSeconds*float64(time.Second)).Round(10*time.Millisecond), humanAge(en.AgeSeconds), strings.ReplaceAll(lim.String(), " ", ","), addr, cmd)
 	}
 	tw.Flush() // a bytes.Buffer does not fail
 	return writeTrimmed(out, b.Bytes())
+}
+
+func publishOf(n *nstree.Node) []string {
+	if n.Network == nil {
+		return nil
+	}
+	return n.Network.Publish
+}
+
+// networkOf names a container's network: "host", "none" or "bridge".
+func networkOf(n *nstree.Node) string {
+	switch {
+	case n.Network != nil:
+		return n.Network.Mode
+	case slices.Contains(n.Namespaces, "net"):
+		return "none"
+	}
+	return "host"
 }
 
 // untilOf names a container's mode; configs written before there were

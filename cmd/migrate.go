@@ -16,6 +16,7 @@ import (
 	"github.com/cr-dev/cr/events"
 	"github.com/cr-dev/cr/images"
 	"github.com/cr-dev/cr/migrate"
+	"github.com/cr-dev/cr/nstree"
 )
 
 // MigrateOptions are the flags of cr migrate.
@@ -26,8 +27,10 @@ type MigrateOptions struct {
 	PreCopy  bool
 	// WithRootfs sends the lower of --rootfs containers too.
 	WithRootfs bool
-	Auth       AuthOptions
-	JSON       bool
+	// TCPEstablished: see CheckpointOptions.
+	TCPEstablished bool
+	Auth           AuthOptions
+	JSON           bool
 }
 
 // MigrateReport is what cr migrate reports (--json).
@@ -89,7 +92,16 @@ kills its copy (its memory cannot arrive) and the source stays frozen: check
 the destination, then thaw or kill it here.
 
 --pre-copy (iterative, needs soft-dirty memory tracking) is detected and
-refused with the reason.`,
+refused with the reason.
+
+Containers on cr's bridge (cr run --net=bridge) keep their address and
+their established TCP connections (--tcp-established, on by default): the
+destination's bridge must have the same subnet (CR_SUBNET, CR_BRIDGE there)
+and the addresses must be free there, or it refuses before the source is
+touched. Peers then reach the container through the destination: every host
+of a fleet has the same subnet on its bridge, and traffic to a container's
+address must be routed to the host that runs it (a /32 route, or routing
+between the hosts' bridges).`,
 		Example: `  cr migrate /lab otherhost --token-file /etc/cr/token
   cr migrate --lazy --fallback /lab otherhost --token-file /etc/cr/token
   cr migrate /lab 10.0.0.2:7400 --as /lab-moved --cert client.crt --key client.key --ca ca.crt
@@ -104,6 +116,7 @@ refused with the reason.`,
 	c.Flags().BoolVar(&o.Fallback, "fallback", false, "with --lazy: migrate stop-and-copy if the destination cannot restore lazily")
 	c.Flags().BoolVar(&o.PreCopy, "pre-copy", false, "iterative pre-copy of memory while the job runs")
 	c.Flags().BoolVar(&o.WithRootfs, "with-rootfs", false, "send the lower of --rootfs containers too (for a destination without it)")
+	c.Flags().BoolVar(&o.TCPEstablished, "tcp-established", true, "move the established TCP connections of containers with their own network (--tcp-established=false: refuse them)")
 	o.Auth.AddFlags(c.Flags())
 	c.Flags().BoolVar(&o.JSON, "json", false, "print a JSON report")
 	return c
@@ -178,13 +191,14 @@ func runMigrate(ctx context.Context, out, errOut io.Writer, g *Global, o Migrate
 	defer prog.done()
 	mig := migrate.Migration{
 		Request: migrate.Request{Root: n.Path, As: as, CRVersion: Version, Lazy: o.Lazy, Lowers: lowers,
-			Arch: runtime.GOARCH, CRIUVersion: ver.Code(), Files: files, CPUInfo: cpu},
+			Arch: runtime.GOARCH, CRIUVersion: ver.Code(), Files: files, CPUInfo: cpu,
+			Networks: subtreeNetworks(n), Published: subtreePublished(n)},
 		Prepare: func(ctx context.Context) (int64, error) {
 			frozenAt = time.Now()
 			var err error
 			prog.phase("dumping "+e.show(n.Path), subtreeMemory(n))
 			ck, err = dump.Run(ctx, e.tree, n, dump.Options{CRIU: criu, CRIUVersion: ver.Code(), CRVersion: Version,
-				StagingDir: stagingDir(e.tree), Lazy: o.Lazy, WithRootfs: o.WithRootfs, Progress: prog.update})
+				StagingDir: stagingDir(e.tree), Lazy: o.Lazy, WithRootfs: o.WithRootfs, NoTCPEstablished: !o.TCPEstablished, Progress: prog.update})
 			prog.done()
 			if err != nil {
 				return 0, err
@@ -267,4 +281,27 @@ func runMigrate(ctx context.Context, out, errOut io.Writer, g *Global, o Migrate
 		fmt.Fprintf(out, "  lazy: %s of memory followed in %s after the job resumed\n", humanBytes(rep.PageBytes), dur(rep.PagesSeconds))
 	}
 	return nil
+}
+
+// subtreeNetworks lists the bridge addresses of the containers under n,
+// for the destination's host checks.
+func subtreeNetworks(n *nstree.Node) []string {
+	var out []string
+	n.Walk(func(m *nstree.Node) {
+		if m.Network != nil && m.InitPid != 0 {
+			out = append(out, m.Network.Address)
+		}
+	})
+	return out
+}
+
+// subtreePublished lists the ports the containers under n publish.
+func subtreePublished(n *nstree.Node) []string {
+	var out []string
+	n.Walk(func(m *nstree.Node) {
+		if m.Network != nil && m.InitPid != 0 {
+			out = append(out, m.Network.Publish...)
+		}
+	})
+	return out
 }

@@ -85,7 +85,11 @@ func runRestore(ctx context.Context, out, errOut io.Writer, g *Global, o Restore
 	}
 	ctx, cancel := interruptible(ctx)
 	defer cancel()
-	ropts := restore.Options{CRIU: criu, CRIUVersion: ver.Code(), StagingDir: stagingDir(e.tree), CheckFiles: true}
+	nc, err := hostNetwork(e.tree)
+	if err != nil {
+		return err
+	}
+	ropts := restore.Options{CRIU: criu, CRIUVersion: ver.Code(), StagingDir: stagingDir(e.tree), CheckFiles: true, Network: nc}
 	var dir *scratch.Entry
 	var m *images.Manifest
 	prog := newProgress(errOut, g, o.JSON)

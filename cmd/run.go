@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -11,6 +12,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/cr-dev/cr/limits"
+	"github.com/cr-dev/cr/network"
 	"github.com/cr-dev/cr/nstree"
 )
 
@@ -37,12 +39,35 @@ func (f limitFlag) Set(v string) error {
 	return nil
 }
 
+// netFlag is --net[=MODE]: "" (not given: the host's network), "none"
+// (given alone: a namespace with loopback only) or "bridge".
+type netFlag struct{ mode *string }
+
+func (f netFlag) String() string { return *f.mode }
+func (f netFlag) Type() string   { return "mode" }
+func (f netFlag) Set(v string) error {
+	switch v {
+	case netNone, network.ModeBridge:
+		*f.mode = v
+		return nil
+	case "true": // --net=true, as the flag was a boolean
+		*f.mode = netNone
+		return nil
+	}
+	return fmt.Errorf("want none (loopback only) or bridge")
+}
+
+const netNone = "none"
+
 // RunOptions are the flags of cr run.
 type RunOptions struct {
 	Cwd         string
 	Env         []string
 	Mount       bool
-	Net         bool
+	Net         string // "", netNone or network.ModeBridge
+	IP          string
+	NAT         bool
+	Publish     []string
 	OnEmpty     string
 	OnEmptyExec string
 	Until       string
@@ -63,10 +88,20 @@ Without PATH the container gets a generated name (/unnamed1, /unnamed2, ...).
 Missing intermediate nodes are created (cr run /lab/pi -- ... creates /lab).
 The container has its own pid, ipc and uts namespaces (mount and network with
 --mount and --net), its own cgroup, and cr's init as pid 1, which captures the
-job's output into the container's log (cr logs). --memory, --memory-high,
---cpus, --cpu-weight, --pids and --blkio-weight limit the container's whole
-subtree (see cr set); they cannot exceed an ancestor's. The job runs with the
-caller's working directory and environment unless --cwd/--env say otherwise.
+job's output into the container's log (cr logs).
+
+Without --net the job shares the host's network. --net (or --net=none) gives
+it a network namespace with loopback only. --net=bridge puts it on cr's
+bridge: an address of its own from the bridge's subnet (--ip ADDR, or the
+next free one), a veth pair to the bridge, a default route through it; the
+host and its other containers reach it there, and it keeps the address
+across checkpoint, restore and migration. The bridge is CR_BRIDGE (default
+cr0) with the first address of CR_SUBNET (default 10.88.0.0/16), created
+when missing. --nat adds outbound NAT for the subnet (an nftables
+masquerade rule in the table ip cr_BRIDGE) and turns IPv4 forwarding on.
+--publish HOSTPORT:PORT sends what reaches HOSTPORT on any of the host's own
+addresses to PORT of the container (DNAT rules in the same table); a
+restore publishes the same ports on its host.
 
 With --rootfs DIR the container has its own root: an overlay whose
 read-only lower is DIR (any number of containers can share it) and whose
@@ -76,7 +111,11 @@ shm), a private /tmp, and nothing of the host's mounts. CMD and --cwd
 (default /) are then paths inside DIR. DIR can be an unpacked OCI image,
 the output of debootstrap --variant=minbase, or a static busybox tree.
 
-PATH is distinguished from CMD by a leading "/" or by the "--" after it.
+--memory, --memory-high, --cpus, --cpu-weight, --pids and --blkio-weight
+limit the container's whole subtree (see cr set); they cannot exceed an
+ancestor's. The job runs with the caller's working directory and
+environment unless --cwd/--env say otherwise. PATH is distinguished from
+CMD by a leading "/" or by the "--" after it.
 
 The container lives until its job exits (--until job, the default): then
 whatever the job left behind is killed, so a job that daemonizes (forks and
@@ -98,6 +137,7 @@ container's mount namespace and cgroup.`,
   cr run -- sleep 1000                     # gets /unnamed1
   cr run --on-empty keep /batch/job1 -- make test
   cr run --until empty --net /db/redis -- redis-server --daemonize yes
+  cr run --net=bridge --ip 10.88.0.10 /web -- python3 -m http.server 80
   cr run --env HOME=/tmp --cwd /tmp /x -- env
   cr run --memory 512M --cpus 1.5 --pids 200 /lab/build -- make
   cr run --on-empty notify --on-empty-exec 'logger "$1 exited $2"' /batch/job2 -- make test
@@ -116,7 +156,11 @@ container's mount namespace and cgroup.`,
 	c.Flags().StringArrayVar(&o.Env, "env", nil, "environment of the job, KEY=VALUE, repeatable (default: the current one)")
 	c.Flags().BoolVar(&o.Mount, "mount", false, "give the container its own mount namespace and /proc")
 	c.Flags().StringVar(&o.Rootfs, "rootfs", "", "run on an overlay of the directory `DIR` as the container's own root (implies --mount)")
-	c.Flags().BoolVar(&o.Net, "net", false, "give the container its own network namespace (loopback only)")
+	nf := c.Flags().VarPF(netFlag{&o.Net}, "net", "", "give the container its own network namespace: none (loopback only, what --net alone means) or bridge (an address on cr's bridge; --net=bridge)")
+	nf.NoOptDefVal = netNone
+	c.Flags().StringVar(&o.IP, "ip", "", "the container's address on the bridge (with --net=bridge; default: the next free one)")
+	c.Flags().StringArrayVar(&o.Publish, "publish", nil, "publish a port: HOSTPORT:PORT[/udp], traffic to HOSTPORT on the host's addresses goes to PORT of the container (with --net=bridge; repeatable)")
+	c.Flags().BoolVar(&o.NAT, "nat", false, "masquerade the bridge subnet's outbound traffic (with --net=bridge; turns on IPv4 forwarding)")
 	c.Flags().StringVar(&o.OnEmpty, "on-empty", nstree.OnEmptyDelete, "what happens when the container is empty: delete (the node goes), keep or notify (it stays)")
 	c.Flags().StringVar(&o.OnEmptyExec, "on-empty-exec", "", "shell command to run once when the container is empty ($1: its path, $2: the exit status)")
 	c.Flags().StringVar(&o.Until, "until", nstree.UntilJob, "how long the container lives: job (until the job exits) or empty (until its last process exits)")
@@ -184,11 +228,28 @@ func runRun(out io.Writer, o RunOptions, path string, command []string) error {
 	if err != nil {
 		return usageError{err}
 	}
+	var ip netip.Addr
+	if o.Net != network.ModeBridge && (o.IP != "" || o.NAT || len(o.Publish) > 0) {
+		return usageError{errors.New("--ip, --nat and --publish need --net=bridge")}
+	}
+	var ports []network.Port
+	for _, s := range o.Publish {
+		p, err := network.ParsePort(s)
+		if err != nil {
+			return usageError{err}
+		}
+		ports = append(ports, p)
+	}
+	if o.IP != "" {
+		if ip, err = netip.ParseAddr(o.IP); err != nil || !ip.Is4() {
+			return usageError{fmt.Errorf("invalid --ip %q: want an IPv4 address", o.IP)}
+		}
+	}
 	e, err := openEnv()
 	if err != nil {
 		return err
 	}
-	ro := nstree.RunOptions{Command: command, Cwd: o.Cwd, Env: o.Env, Mount: o.Mount, Net: o.Net, OnEmpty: o.OnEmpty, OnEmptyExec: o.OnEmptyExec, Until: o.Until, Under: e.viewer.Root, Limits: lim}
+	ro := nstree.RunOptions{Command: command, Cwd: o.Cwd, Env: o.Env, Mount: o.Mount, Net: o.Net != "", OnEmpty: o.OnEmpty, OnEmptyExec: o.OnEmptyExec, Until: o.Until, Under: e.viewer.Root, Limits: lim}
 	if o.Rootfs != "" {
 		if ro.Rootfs, err = filepath.Abs(o.Rootfs); err != nil {
 			return usageError{err}
@@ -202,6 +263,16 @@ func runRun(out io.Writer, o RunOptions, path string, command []string) error {
 		if !strings.HasPrefix(ro.Cwd, "/") {
 			return usageError{fmt.Errorf("--cwd %s: with --rootfs, an absolute path inside the root", ro.Cwd)}
 		}
+	}
+	if o.Net == network.ModeBridge {
+		nc, err := network.FromEnv(e.tree.StateDir)
+		if err != nil {
+			return usageError{err}
+		}
+		if why := nc.Usable(ip); ip.IsValid() && why != "" {
+			return usageError{fmt.Errorf("invalid --ip %s: %s", ip, why)}
+		}
+		ro.Bridge, ro.IP, ro.NAT, ro.Publish = &nc, ip, o.NAT, ports
 	}
 	if ro.Cwd == "" {
 		if ro.Cwd, err = os.Getwd(); err != nil {

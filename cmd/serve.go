@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log"
+	"net/netip"
 	"os"
 	"path/filepath"
 
@@ -16,6 +17,7 @@ import (
 	"github.com/cr-dev/cr/events"
 	"github.com/cr-dev/cr/images"
 	"github.com/cr-dev/cr/migrate"
+	"github.com/cr-dev/cr/network"
 	"github.com/cr-dev/cr/nstree"
 	"github.com/cr-dev/cr/restore"
 )
@@ -119,7 +121,11 @@ func runServe(ctx context.Context, g *Global, o ServeOptions) error {
 	defer st.Close()
 	staging := filepath.Join(stagingDir(e.tree), "incoming")
 	lazyErr := lazyRestorable(ctx, criu)
-	ropts := restore.Options{CRIU: criu, CRIUVersion: ver.Code(), StagingDir: st.workDir()}
+	nc, err := hostNetwork(e.tree)
+	if err != nil {
+		return err
+	}
+	ropts := restore.Options{CRIU: criu, CRIUVersion: ver.Code(), StagingDir: st.workDir(), Network: nc}
 	cfg := migrate.ServerConfig{
 		Listen: o.Listen, Auth: au, StagingDir: staging,
 		Limits: images.Limits{MaxBytes: o.MaxBytes}, MaxConcurrent: o.MaxConcurrent, Log: os.Stderr,
@@ -130,6 +136,12 @@ func runServe(ctx context.Context, g *Global, o ServeOptions) error {
 			}
 			if _, ok := f.ByPath[req.Target()]; ok {
 				return fmt.Errorf("%w: %s exists here", migrate.ErrTargetExists, req.Target())
+			}
+			if err := checkNetworks(nc, e.tree, req.Networks); err != nil {
+				return err
+			}
+			if err := checkPublished(nc, e.tree, req.Published); err != nil {
+				return err
 			}
 			return restore.CheckContract(ctx, e.tree, ropts, restore.Contract{Arch: req.Arch, CRIUVersion: req.CRIUVersion,
 				Lowers: req.Lowers, Files: req.Files, CPUInfo: req.CPUInfo})
@@ -225,3 +237,35 @@ func (s *serveState) Close() { s.lock.Close() }
 
 // workDir is where the restores' work directories go.
 func (s *serveState) workDir() string { return filepath.Join(s.dir, "work") }
+
+// checkNetworks refuses bridge addresses this host cannot give: its bridge
+// must have the same subnet, and the addresses must be free here.
+func checkNetworks(nc *network.Config, t *nstree.Tree, addrs []string) error {
+	for _, a := range addrs {
+		p, err := netip.ParsePrefix(a)
+		if err != nil {
+			return err
+		}
+		if err := nc.Check(p); err != nil {
+			return fmt.Errorf("%w (a container's address is %s)", err, p.Addr())
+		}
+		if o := nc.Owner(p.Addr()); o != "" && t.Alive(o) {
+			return fmt.Errorf("%w: %s is in use by another container here", network.ErrAddrInUse, p.Addr())
+		}
+	}
+	return nil
+}
+
+// checkPublished refuses host ports another container publishes here.
+func checkPublished(nc *network.Config, t *nstree.Tree, ports []string) error {
+	for _, s := range ports {
+		p, err := network.ParsePort(s)
+		if err != nil {
+			return err
+		}
+		if o := nc.PortOwner(p); o != "" && t.Alive(o) {
+			return fmt.Errorf("%w: host port %d/%s is published by another container here", network.ErrAddrInUse, p.Host, p.Proto)
+		}
+	}
+	return nil
+}

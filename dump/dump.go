@@ -31,6 +31,7 @@ import (
 	"github.com/cr-dev/cr/criubin"
 	"github.com/cr-dev/cr/freeze"
 	"github.com/cr-dev/cr/images"
+	"github.com/cr-dev/cr/network"
 	"github.com/cr-dev/cr/nstree"
 	"github.com/cr-dev/cr/scratch"
 )
@@ -48,6 +49,10 @@ type Options struct {
 	// all. The source stays frozen meanwhile; Finish waits for the pages
 	// to be served, Resume ends the serving.
 	Lazy bool
+	// NoTCPEstablished leaves out CRIU's tcp_established for containers
+	// with a network namespace of their own (on by default: their
+	// established TCP connections are dumped and restored with them).
+	NoTCPEstablished bool
 	// Progress, if set, is called about every 200 ms with the bytes of
 	// images written so far.
 	Progress func(written int64)
@@ -72,6 +77,7 @@ type Checkpoint struct {
 	resumed    bool
 	pages      []PageLink // lazy dumps serving their pages
 	netLock    criubin.NetLock
+	downed     []string // host ends of bridge containers' veths taken down by us
 	staging    *scratch.Entry
 	logs       *scratch.Entry // the lazy dumps' logs, beside staging
 }
@@ -198,6 +204,9 @@ func (c *Checkpoint) run(ctx context.Context, o Options) (*images.Manifest, erro
 			OnEmpty: nd.OnEmpty, OnEmptyExec: nd.OnEmptyExec, Until: nd.Until, Created: nd.Created, InitPid: nd.InitPid,
 			Limits: nd.NodeLimits().Map(),
 		}
+		if nd.Network != nil {
+			ic.Network = &images.Network{Mode: nd.Network.Mode, Address: nd.Network.Address, Publish: nd.Network.Publish}
+		}
 		pids, _ := nstree.Procs(nd.Leaf())
 		m := &member{node: nd}
 		if len(pids) == 0 || nd.InitPid == 0 {
@@ -242,6 +251,9 @@ func (c *Checkpoint) run(ctx context.Context, o Options) (*images.Manifest, erro
 			return nil, err
 		}
 		c.frozenAt = time.Now()
+		if !o.LeaveRunning {
+			c.unplug(members)
+		}
 	}
 	stopProgress := c.progress(o.Progress)
 	defer stopProgress()
@@ -311,6 +323,40 @@ func netLockFor(ctx context.Context, criu string, members []*member) criubin.Net
 		}
 	}
 	return ""
+}
+
+// unplug takes down the host end of every bridge container's veth before
+// a dump that ends the source: the source's sockets, closed when it is
+// killed, then reset no peer, and no peer's packet reaches them
+// meanwhile (a peer retransmits until the restored copy answers).
+// Resume plugs them in again.
+func (c *Checkpoint) unplug(members []*member) {
+	for _, m := range members {
+		if m.ic.Empty || m.node.Network == nil || m.node.Network.Veth == "" {
+			continue
+		}
+		if network.SetLink(m.node.Network.Veth, false) == nil {
+			c.downed = append(c.downed, m.node.Network.Veth)
+		}
+	}
+}
+
+// criuNet adds what CRIU needs for a container with a network namespace
+// of its own to the dump options: established TCP connections (unless
+// turned off) and, for a bridge container, its namespace as external (cr
+// makes a new one with the same address at restore).
+func (c *Checkpoint) criuNet(o Options, m *member) (tcp bool, external []string, err error) {
+	if !slices.Contains(m.ic.Namespaces, "net") {
+		return false, nil, nil
+	}
+	if m.node.Network != nil {
+		ino, err := network.NamespaceOf(m.node.InitPid)
+		if err != nil {
+			return false, nil, fmt.Errorf("network namespace of %s: %w", m.node.Path, err)
+		}
+		external = []string{network.CRIUExternal(ino)}
+	}
+	return !o.NoTCPEstablished, external, nil
 }
 
 // freeze makes the cut: the subtree frozen in one write, then each member's
@@ -410,6 +456,12 @@ func (c *Checkpoint) dumpOne(ctx context.Context, o Options, m *member) (*images
 	if c.netLock != "" {
 		opts.NetworkLock = c.netLock.RPC()
 	}
+	tcp, ext, err := c.criuNet(o, m)
+	if err != nil {
+		return nil, err
+	}
+	opts.TcpEstablished = proto.Bool(tcp)
+	opts.External = ext
 	// A notify callback lets an interrupt abort at post-dump: CRIU then
 	// resumes the tasks instead of the dump going on to completion.
 	check := func(string, int32) error { return ctx.Err() }
@@ -452,6 +504,16 @@ func (c *Checkpoint) dumpLazy(o Options, index int, m *member) error {
 		"--cgroup-dump-controller", c.tree.CRIUController(), "--file-locks", "--lazy-pages"}
 	if c.netLock != "" {
 		args = append(args, c.netLock.Args()...)
+	}
+	tcp, ext, err := c.criuNet(o, m)
+	if err != nil {
+		return err
+	}
+	if tcp {
+		args = append(args, "--tcp-established")
+	}
+	for _, e := range ext {
+		args = append(args, "--external", e)
 	}
 	p, err := criubin.StartPageProc(o.CRIU, "dump", args, log)
 	if err != nil {
@@ -576,6 +638,10 @@ func (c *Checkpoint) Resume() {
 	for _, f := range c.leaves {
 		_ = f.Thaw(ctx)
 	}
+	for _, v := range c.downed {
+		_ = network.SetLink(v, true)
+	}
+	c.downed = nil
 	if !c.frozenAt.IsZero() {
 		c.Frozen = time.Since(c.frozenAt)
 	}
@@ -590,7 +656,14 @@ func (c *Checkpoint) Finish(ctx context.Context) error {
 	// The destination has every page: a page server that fails to end
 	// cleanly changes nothing.
 	_ = c.endPages()
-	return c.tree.Kill(ctx, c.root, nstree.KillOptions{})
+	err := c.tree.Kill(ctx, c.root, nstree.KillOptions{})
+	// The source's sockets, killed on an unplugged link, keep its
+	// namespace for minutes: its veth goes now.
+	for _, v := range c.downed {
+		network.DeleteLink(v)
+	}
+	c.downed = nil
+	return err
 }
 
 // Cleanup removes the staging directory.

@@ -29,6 +29,7 @@ import (
 type host struct {
 	ns, veth string // network namespace, the test's end of the veth pair
 	ip       string // the receiver's address
+	local    string // the test's address on the veth pair
 	addr     string // ip:port cr serve listens on
 	dir      string // everything the host writes
 	cg       string // its CR_CGROUP_PARENT
@@ -55,6 +56,13 @@ var hostSeq atomic.Int32
 // the veth pair.
 func newHost(t *testing.T, mode string) *host {
 	t.Helper()
+	return newHostEnv(t, mode, nil)
+}
+
+// newHostEnv is newHost with settings of its own (CR_SUBNET=..., say)
+// after the test tree's.
+func newHostEnv(t *testing.T, mode string, extra []string) *host {
+	t.Helper()
 	n := hostSeq.Add(1)
 	pid := os.Getpid()
 	h := &host{
@@ -65,7 +73,7 @@ func newHost(t *testing.T, mode string) *host {
 	}
 	peer := strings.TrimSuffix(h.veth, "a") + "b"
 	local, remote := freeSubnet(t, pid+int(n))
-	h.ip = remote
+	h.ip, h.local = remote, local
 	h.addr = remote + ":7400"
 	t.Cleanup(func() { h.cleanup(t) })
 
@@ -89,6 +97,7 @@ func newHost(t *testing.T, mode string) *host {
 		// CRIU logs of failed restores are kept here.
 		"TMPDIR=" + filepath.Join(h.dir, "tmp"),
 	}
+	h.env = append(h.env, extra...)
 	switch mode {
 	case "token":
 		h.token = filepath.Join(h.dir, "token")

@@ -9,6 +9,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -18,11 +19,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
 	"github.com/cr-dev/cr/criubin"
 	"github.com/cr-dev/cr/e2e/jobreport"
 	"github.com/cr-dev/cr/freeze"
+	"github.com/cr-dev/cr/network"
 )
 
 var (
@@ -32,6 +35,11 @@ var (
 	workDir string
 	env     []string // CR_* settings of the private tree
 	cgName  string
+	// The private tree's bridge network (cr run --net=bridge): a bridge
+	// name and a subnet of this run's own, so that no test touches a cr0
+	// (or a subnet) the machine may have.
+	testBridge string
+	testSubnet netip.Prefix
 )
 
 func TestMain(m *testing.M) {
@@ -86,7 +94,14 @@ func run(m *testing.M) int {
 		return 1
 	}
 	cgBase = filepath.Join(h.Mount, cgName)
+	testBridge = fmt.Sprintf("crb%d", os.Getpid()%100000)
+	if testSubnet, err = freeBridgeSubnet(os.Getpid()); err != nil {
+		fmt.Fprintf(os.Stderr, "e2e: FAIL: %v\n", err)
+		return 1
+	}
 	env = []string{
+		"CR_BRIDGE=" + testBridge,
+		"CR_SUBNET=" + testSubnet.String(),
 		"CR_STATE_DIR=" + filepath.Join(dir, "state"),
 		"CR_CGROUP_PARENT=" + cgName,
 		"CR_BIN_DIR=" + filepath.Join(dir, "bin"),
@@ -94,13 +109,77 @@ func run(m *testing.M) int {
 		"CR_ROOTFS_CACHE=" + filepath.Join(dir, "rootfs-cache"),
 	}
 	code := m.Run()
-	if leaks := cleanupTree(); leaks != "" {
+	leaks := cleanupTree()
+	if l := cleanupBridge(); l != "" {
+		leaks = strings.TrimPrefix(leaks+", "+l, ", ")
+	}
+	if leaks != "" {
 		fmt.Fprintln(os.Stderr, "e2e: FAIL: tests left behind:", leaks)
 		if code == 0 {
 			code = 1
 		}
 	}
 	return code
+}
+
+// freeBridgeSubnet picks a /24 of 10.213.0.0/16 that no route of this
+// network namespace covers or is covered by.
+func freeBridgeSubnet(seed int) (netip.Prefix, error) {
+	routes, err := netlink.RouteList(nil, unix.AF_INET)
+	if err != nil {
+		return netip.Prefix{}, err
+	}
+	for i := 0; i < 256; i++ {
+		p := netip.MustParsePrefix(fmt.Sprintf("10.213.%d.0/24", (seed+i)%256))
+		free := true
+		for _, r := range routes {
+			if r.Dst == nil {
+				continue
+			}
+			a, _ := netip.AddrFromSlice(r.Dst.IP.To4())
+			ones, _ := r.Dst.Mask.Size()
+			if q := netip.PrefixFrom(a, ones); ones > 0 && q.Overlaps(p) { // the default route covers everything
+				free = false
+			}
+		}
+		if free {
+			return p, nil
+		}
+	}
+	return netip.Prefix{}, fmt.Errorf("no free /24 in 10.213.0.0/16 for the test bridge")
+}
+
+// cleanupBridge removes the test bridge and cr's nftables table for it,
+// and reports any veth still on the bridge (a container's network that
+// outlived it).
+func cleanupBridge() string {
+	var left []string
+	if br, err := netlink.LinkByName(testBridge); err == nil {
+		// A namespace goes a little after its last process.
+		for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+			var on []netlink.Link
+			links, _ := netlink.LinkList()
+			for _, l := range links {
+				if l.Attrs().MasterIndex == br.Attrs().Index {
+					on = append(on, l)
+				}
+			}
+			if len(on) == 0 || time.Now().After(deadline) {
+				for _, l := range on {
+					left = append(left, "veth "+l.Attrs().Name+" on "+testBridge)
+					_ = netlink.LinkDel(l)
+				}
+				break
+			}
+		}
+		_ = netlink.LinkDel(br)
+	}
+	nc := network.Config{Bridge: testBridge, Subnet: testSubnet}
+	if on, _ := nc.HasNAT(); on {
+		left = append(left, "nftables table "+nc.Table())
+	}
+	_ = nc.RemoveNAT()
+	return strings.Join(left, ", ")
 }
 
 // cleanupTree kills and removes whatever is left in the private cgroup
@@ -239,6 +318,9 @@ type Entry struct {
 	ExitCode  *int     `json:"exit_code"`
 	Memory    int64    `json:"memory_bytes"`
 	Until     string   `json:"until"`
+	ID        string   `json:"id"`
+	Network   string   `json:"network"`
+	Address   string   `json:"address"`
 }
 
 func ls(t testing.TB, args ...string) map[string]Entry {
@@ -260,6 +342,7 @@ type Proc struct {
 	HostPid int    `json:"host_pid"`
 	Pid     int    `json:"pid"`
 	Command string `json:"command"`
+	Address string `json:"address"`
 }
 
 func ps(t testing.TB, path string) []Proc {

@@ -16,6 +16,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"path"
 	"runtime"
@@ -23,6 +24,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/cr-dev/cr/network"
 	"github.com/cr-dev/cr/nstree"
 )
 
@@ -103,7 +105,10 @@ type Container struct {
 	OnEmptyExec string            `json:"on_empty_exec,omitempty"`
 	Until       string            `json:"until,omitempty"` // "job" (or absent) or "empty"
 	Limits      map[string]string `json:"limits,omitempty"`
-	Created     time.Time         `json:"created"`
+	// Network is the container's bridge network, if it had one: the
+	// restore gives it the same address.
+	Network *Network  `json:"network,omitempty"`
+	Created time.Time `json:"created"`
 	// InitPid is the host pid of the container init at dump time
 	// (informational).
 	InitPid int `json:"init_pid,omitempty"`
@@ -114,6 +119,14 @@ type Container struct {
 	Empty bool `json:"empty,omitempty"`
 	// Rootfs is the file system of a --rootfs container.
 	Rootfs *Rootfs `json:"rootfs,omitempty"`
+}
+
+// Network is a container's bridge network.
+type Network struct {
+	Mode    string `json:"mode"`    // "bridge"
+	Address string `json:"address"` // with the subnet's length: "10.88.0.5/16"
+	// Publish are its published ports, HOSTPORT:PORT/PROTO.
+	Publish []string `json:"publish,omitempty"`
 }
 
 // Process is one process of a container at dump time.
@@ -273,6 +286,19 @@ func (m *Manifest) validate() error {
 		paths[c.Path] = true
 		if err := c.Rootfs.validate(seen); err != nil {
 			return fmt.Errorf("container %q: rootfs: %w", c.Path, err)
+		}
+		if n := c.Network; n != nil {
+			if p, err := netip.ParsePrefix(n.Address); n.Mode != "bridge" || err != nil || !p.Addr().Is4() {
+				return fmt.Errorf("container %q: bad network %q %q", c.Path, n.Mode, n.Address)
+			}
+			if len(n.Publish) > 1024 {
+				return fmt.Errorf("container %q: %d published ports", c.Path, len(n.Publish))
+			}
+			for _, p := range n.Publish {
+				if _, err := network.ParsePort(p); err != nil {
+					return fmt.Errorf("container %q: %v", c.Path, err)
+				}
+			}
 		}
 		if c.Dir == "" {
 			if !c.Empty {

@@ -89,3 +89,22 @@ func TestCheckOutput(t *testing.T) {
 		t.Errorf("CheckOutput left files: %v", ents)
 	}
 }
+
+// TestManifestNetwork: a container's network is a bridge address with its
+// prefix length, or the manifest is refused.
+func TestManifestNetwork(t *testing.T) {
+	for _, n := range []Network{{Mode: "bridge", Address: "10.88.0.5"}, {Mode: "bridge", Address: "fd00::5/64"}, {Mode: "host", Address: "10.88.0.5/16"}, {Mode: "bridge", Address: "10.88.0.5/16\n"}, {Mode: "bridge", Address: ""}, {Mode: "bridge", Address: "10.88.0.5/16", Publish: []string{"80"}}} {
+		m := testManifest()
+		m.Format, m.Version = FormatName, FormatVersion
+		m.Containers[0].Network = &n
+		if err := ValidateManifest(m); err == nil {
+			t.Errorf("network %+v accepted", n)
+		}
+	}
+	m := testManifest()
+	m.Format, m.Version = FormatName, FormatVersion
+	m.Containers[0].Network = &Network{Mode: "bridge", Address: "10.88.0.5/16"}
+	if err := ValidateManifest(m); err != nil {
+		t.Errorf("good network: %v", err)
+	}
+}

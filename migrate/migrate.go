@@ -4,12 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"time"
 	"unicode"
 
 	"github.com/cr-dev/cr/hostcheck"
 	"github.com/cr-dev/cr/images"
+	"github.com/cr-dev/cr/network"
 	"github.com/cr-dev/cr/nstree"
 	"github.com/cr-dev/cr/rootfs"
 )
@@ -37,12 +39,20 @@ type Request struct {
 	// CPUInfo is the source's CPU as `criu cpuinfo dump` writes it
 	// (cpuinfo.img, base64 in JSON).
 	CPUInfo []byte `json:"cpuinfo,omitempty"`
+	// Networks are the bridge addresses of the subtree's containers, with
+	// their subnet's length ("10.88.0.5/16"): the receiver refuses them
+	// unless its bridge has the same subnet and the addresses are free.
+	Networks []string `json:"networks,omitempty"`
+	// Published are the host ports the subtree's containers publish
+	// (HOSTPORT:PORT/PROTO): the receiver refuses those in use there.
+	Published []string `json:"published,omitempty"`
 }
 
-// Bounds of Request.Lowers and Request.CPUInfo.
+// Bounds of Request.Lowers, Request.CPUInfo and Request.Networks.
 const (
-	maxLowers  = 1024
-	maxCPUInfo = 64 << 10
+	maxLowers   = 1024
+	maxCPUInfo  = 64 << 10
+	maxNetworks = 4096
 )
 
 // Target is the path the tree is restored under: As, or Root.
@@ -87,6 +97,22 @@ func (r Request) validate() error {
 	for _, d := range r.Lowers {
 		if !rootfs.ValidDigest(d) {
 			return errors.New("lowers: not a sha256 digest")
+		}
+	}
+	if len(r.Networks) > maxNetworks {
+		return fmt.Errorf("networks: more than %d", maxNetworks)
+	}
+	if len(r.Published) > maxNetworks {
+		return fmt.Errorf("published: more than %d", maxNetworks)
+	}
+	for _, p := range r.Published {
+		if _, err := network.ParsePort(p); err != nil {
+			return fmt.Errorf("published: %v", err)
+		}
+	}
+	for _, n := range r.Networks {
+		if p, err := netip.ParsePrefix(n); err != nil || !p.Addr().Is4() {
+			return fmt.Errorf("networks: %q is not an IPv4 address with its prefix length", n)
 		}
 	}
 	return nil

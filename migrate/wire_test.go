@@ -108,13 +108,15 @@ func TestSanitize(t *testing.T) {
 }
 
 func TestRequestValidate(t *testing.T) {
-	for _, ok := range []Request{{Root: "/a"}, {Root: "/a/b", As: "/c"}, {Root: "/", As: "/b", CRVersion: "v1.0.0"}} {
+	for _, ok := range []Request{{Root: "/a"}, {Root: "/a/b", As: "/c"}, {Root: "/", As: "/b", CRVersion: "v1.0.0"}, {Root: "/a", Networks: []string{"10.88.0.5/16"}, Published: []string{"8080:80/tcp"}}} {
 		if err := ok.validate(); err != nil {
 			t.Errorf("%+v: %v", ok, err)
 		}
 	}
 	for _, bad := range []Request{{}, {Root: "a"}, {Root: "/a/"}, {Root: "/a/../b"}, {Root: "/a", As: "rel"},
-		{Root: "/a\x00"}, {Root: "/" + strings.Repeat("a", maxPathLen)}, {Root: "/a", CRVersion: "v\n1"}, {Root: "/"}, {Root: "/a", As: "/"}, {Root: "/a", As: "/x/-y"}} {
+		{Root: "/a\x00"}, {Root: "/" + strings.Repeat("a", maxPathLen)}, {Root: "/a", CRVersion: "v\n1"}, {Root: "/"}, {Root: "/a", As: "/"}, {Root: "/a", As: "/x/-y"},
+		{Root: "/a", Networks: []string{"10.88.0.5"}}, {Root: "/a", Networks: []string{"fd00::1/64"}}, {Root: "/a", Networks: []string{"x\n"}},
+		{Root: "/a", Networks: make([]string, maxNetworks+1)}, {Root: "/a", Published: []string{"80"}}} {
 		if err := bad.validate(); err == nil {
 			t.Errorf("%+v: valid", bad)
 		}

@@ -16,6 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/cr-dev/cr/events"
+	"github.com/cr-dev/cr/network"
 	"github.com/cr-dev/cr/rootfs"
 )
 
@@ -156,6 +157,15 @@ func InitMain(args []string) int {
 // only on failure.
 func initStage1(c InitConfig) error {
 	runtime.LockOSThread() // the cgroup namespace is the calling thread's
+	if c.JoinNet {
+		// The network namespace cr made, with its veth and address: the
+		// re-executed init and the job are born in it.
+		if err := unix.Setns(4, unix.CLONE_NEWNET); err != nil {
+			return fmt.Errorf("join network namespace: %w", err)
+		}
+		unix.Close(4)
+		c.JoinNet = false
+	}
 	if err := unix.CloseRange(4, ^uint(0), unix.CLOSE_RANGE_CLOEXEC); err != nil {
 		return fmt.Errorf("close inherited descriptors: %w", err)
 	}
@@ -456,6 +466,15 @@ func (t *Tree) pruneUp(n *Node) {
 func (t *Tree) removeNode(n *Node) error {
 	if err := removeCgroups(n.Cgroup); err != nil {
 		return err
+	}
+	// The namespace may outlive its processes for minutes (a closed
+	// connection's socket still sending its FIN keeps it): its veth goes
+	// now, so that its address cannot answer beside a new owner's.
+	if n.Network != nil && n.Network.Veth != "" {
+		network.DeleteLink(n.Network.Veth)
+		if len(n.Network.Publish) > 0 {
+			network.Config{Bridge: n.Network.Bridge, StateDir: t.StateDir}.Unpublish(n.ID)
+		}
 	}
 	// Remove the config first so that a crash leaves no half-visible node.
 	if err := os.Remove(filepath.Join(t.nodeDir(n.ID), configFile)); err != nil && !errors.Is(err, os.ErrNotExist) {

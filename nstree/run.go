@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -18,6 +19,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/cr-dev/cr/limits"
+	"github.com/cr-dev/cr/network"
 	"github.com/cr-dev/cr/rootfs"
 )
 
@@ -36,7 +38,13 @@ type RunOptions struct {
 	Cwd     string
 	Env     []string
 	Mount   bool // own mount namespace (with its own /proc)
-	Net     bool // own network namespace (only lo)
+	Net     bool // own network namespace (only lo, unless Bridge)
+	// Bridge, if set, puts the container on this bridge network, at IP
+	// (or the next free address), with outbound NAT if NAT is set.
+	Bridge  *network.Config
+	IP      netip.Addr
+	NAT     bool
+	Publish []network.Port // with Bridge
 	OnEmpty string
 	// OnEmptyExec is run by the init when the container becomes empty.
 	OnEmptyExec string
@@ -108,14 +116,36 @@ func (t *Tree) Run(o RunOptions) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	undo := func() { t.removeCreated(created) }
+	var ep *network.Endpoint
+	undo := func() {
+		if ep != nil {
+			t.DetachNetwork(node, *o.Bridge, ep)
+		}
+		t.removeCreated(created)
+	}
 	node.Command, node.Cwd, node.Env, node.Until, node.OnEmptyExec = o.Command, o.Cwd, o.Env, o.Until, o.OnEmptyExec
 	node.Namespaces = []string{"pid", "ipc", "uts"}
 	if o.Mount {
 		node.Namespaces = append(node.Namespaces, "mnt")
 	}
-	if o.Net {
+	if o.Net || o.Bridge != nil {
 		node.Namespaces = append(node.Namespaces, "net")
+	}
+	if o.Bridge != nil {
+		if ep, err = t.AttachNetwork(node, *o.Bridge, o.IP, true); err != nil {
+			undo()
+			return "", err
+		}
+		if o.NAT {
+			if err := o.Bridge.EnsureNAT(); err != nil {
+				undo()
+				return "", err
+			}
+		}
+		if err := t.PublishPorts(node, *o.Bridge, o.Publish); err != nil {
+			undo()
+			return "", err
+		}
 	}
 	if err := t.applyLimits(node, o.Limits); err != nil {
 		undo()
@@ -134,7 +164,8 @@ func (t *Tree) Run(o RunOptions) (string, error) {
 		undo()
 		return "", err
 	}
-	pid, err := t.startInit(exe, node, o)
+	pid, err := t.startInit(exe, node, o, ep)
+	ep.Close() // the init holds the namespace now, if it started
 	if err != nil {
 		undo()
 		return "", err
@@ -309,14 +340,19 @@ type InitConfig struct {
 	HierVersion int    // the kind of cgroup hierarchy cr uses (1 or 2)
 	Hostname    string
 	Mount, Net  bool
+	JoinNet     bool // fd 4 is the network namespace to join (stage 1)
 	Cwd         string
 	Rootfs      string // a rootfs.Spec, "" without --rootfs
 	Command     []string
 }
 
 func (c InitConfig) args() []string {
+	net := strconv.FormatBool(c.Net)
+	if c.JoinNet {
+		net = "join"
+	}
 	a := []string{InitArg, strconv.Itoa(c.Stage), c.Leaf, strconv.Itoa(c.HierVersion), c.Hostname,
-		strconv.FormatBool(c.Mount), strconv.FormatBool(c.Net), c.Cwd, c.Rootfs, "--"}
+		strconv.FormatBool(c.Mount), net, c.Cwd, c.Rootfs, "--"}
 	return append(a, c.Command...)
 }
 
@@ -331,13 +367,13 @@ func parseInitArgs(a []string) (InitConfig, error) {
 	if st < 1 || st > 3 {
 		return InitConfig{}, errors.New("bad init arguments")
 	}
-	return InitConfig{Stage: st, Leaf: a[2], HierVersion: v, Hostname: a[4], Mount: m, Net: n, Cwd: a[7], Rootfs: a[8], Command: a[10:]}, nil
+	return InitConfig{Stage: st, Leaf: a[2], HierVersion: v, Hostname: a[4], Mount: m, Net: n, JoinNet: a[6] == "join", Cwd: a[7], Rootfs: a[8], Command: a[10:]}, nil
 }
 
 // startInit starts the container init in new namespaces and waits until it
 // has joined its cgroup and exec'd the job (or failed to).
-func (t *Tree) startInit(exe string, n *Node, o RunOptions) (int, error) {
-	ic := InitConfig{Stage: 1, Leaf: n.Leaf(), HierVersion: t.Hier.Version, Hostname: n.Name, Mount: o.Mount, Net: o.Net, Cwd: o.Cwd, Command: o.Command}
+func (t *Tree) startInit(exe string, n *Node, o RunOptions, ep *network.Endpoint) (int, error) {
+	ic := InitConfig{Stage: 1, Leaf: n.Leaf(), HierVersion: t.Hier.Version, Hostname: n.Name, Mount: o.Mount, Net: o.Net && ep == nil, JoinNet: ep != nil, Cwd: o.Cwd, Command: o.Command}
 	if o.Rootfs != "" {
 		ic.Rootfs = rootfs.Spec{Layout: t.RootfsLayout(&n.Config), HostState: t.StateDir, HostBin: t.BinDir}.String()
 	}
@@ -356,7 +392,7 @@ func (t *Tree) startInit(exe string, n *Node, o RunOptions) (int, error) {
 	if o.Mount {
 		flags |= unix.CLONE_NEWNS
 	}
-	if o.Net {
+	if o.Net && ep == nil {
 		flags |= unix.CLONE_NEWNET
 	}
 	env := o.Env
@@ -367,10 +403,14 @@ func (t *Tree) startInit(exe string, n *Node, o RunOptions) (int, error) {
 	if dir == "" || o.Rootfs != "" { // the job's cwd is inside the rootfs
 		dir = "/"
 	}
+	files := []*os.File{devnull, devnull, devnull, syncW}
+	if ep != nil {
+		files = append(files, ep.NS) // fd 4: joined by the init's first stage
+	}
 	attr := &os.ProcAttr{
 		Dir:   dir,
 		Env:   env,
-		Files: []*os.File{devnull, devnull, devnull, syncW},
+		Files: files,
 		Sys:   &syscall.SysProcAttr{Cloneflags: flags, Setsid: true},
 	}
 	// Descriptors cr inherited from its caller (Go opens its own

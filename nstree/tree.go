@@ -150,6 +150,8 @@ type Config struct {
 	Limits map[string]string `json:"limits,omitempty"`
 	// Rootfs is the lower of a --rootfs container's root (a host path).
 	Rootfs string `json:"rootfs,omitempty"`
+	// Network is the container's bridge network (cr run --net bridge).
+	Network *NetInfo `json:"network,omitempty"`
 }
 
 // Node is a container in a loaded tree.

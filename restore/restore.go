@@ -15,6 +15,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -28,6 +29,7 @@ import (
 	"github.com/cr-dev/cr/criubin"
 	"github.com/cr-dev/cr/hostcheck"
 	"github.com/cr-dev/cr/images"
+	"github.com/cr-dev/cr/network"
 	"github.com/cr-dev/cr/nstree"
 	"github.com/cr-dev/cr/rootfs"
 	"github.com/cr-dev/cr/scratch"
@@ -50,6 +52,9 @@ type Options struct {
 	// the daemon says a word. The restored tasks resume before their
 	// memory is here; Result.WaitPages follows the rest of it.
 	Pages func(i int, conn *os.File)
+	// Network is this host's bridge network, where containers that had an
+	// address get it again (nil: such an image is refused).
+	Network *network.Config
 
 	netLock criubin.NetLock // chosen by FromDir
 }
@@ -146,11 +151,8 @@ func FromDir(ctx context.Context, t *nstree.Tree, dir string, m *images.Manifest
 	if err := Check(m, o); err != nil {
 		return nil, err
 	}
-	// The journal lets the next cr remove what this restore made if it
-	// dies before the end.
-	// The lowers of --rootfs containers are found before anything is
+	// This CPU is checked against the dumping one before anything is
 	// created.
-	// So is this CPU, against the dumping one.
 	if err := checkCPU(ctx, dir, m, o); err != nil {
 		return nil, err
 	}
@@ -164,10 +166,13 @@ func FromDir(ctx context.Context, t *nstree.Tree, dir string, m *images.Manifest
 			return nil, fmt.Errorf("%w: %w", ErrIncompatible, err)
 		}
 	}
+	// So are the lowers of --rootfs containers.
 	lowers, err := rootfsLowers(t, dir, m)
 	if err != nil {
 		return nil, err
 	}
+	// The journal lets the next cr remove what this restore made if it
+	// dies before the end.
 	j, err := beginJournal(t, target, o.Pages != nil)
 	if err != nil {
 		return nil, err
@@ -182,7 +187,14 @@ func FromDir(ctx context.Context, t *nstree.Tree, dir string, m *images.Manifest
 		res.Containers = append(res.Containers, n.Path)
 	}
 	ok := false
+	eps := map[int]*network.Endpoint{} // bridge containers' namespaces, by manifest index
 	defer func() {
+		for i, ep := range eps {
+			if !ok {
+				defer t.DetachNetwork(nodes[i], *o.Network, ep) // after the tasks are gone
+			}
+			ep.Close()
+		}
 		if !ok {
 			for _, d := range res.daemons {
 				d.stop()
@@ -214,6 +226,21 @@ func FromDir(ctx context.Context, t *nstree.Tree, dir string, m *images.Manifest
 				return nil, err
 			}
 			layouts[i] = l
+		}
+	}
+	// Bridge containers get their address back, in a new namespace whose
+	// veth stays unplugged until they run.
+	for i, c := range m.Containers {
+		if c.Empty || c.Network == nil {
+			continue
+		}
+		ep, err := attachRestored(t, o, c, nodes[i])
+		if err != nil {
+			return nil, err
+		}
+		eps[i] = ep
+		if err := t.WriteConfig(&nodes[i].Config); err != nil {
+			return nil, err
 		}
 	}
 	// Carry each container's log over.
@@ -269,7 +296,7 @@ func FromDir(ctx context.Context, t *nstree.Tree, dir string, m *images.Manifest
 		hs = append(hs, h)
 		go func() {
 			l, hasRootfs := layouts[i]
-			h.done <- restoreOne(ctx, t, o, dir, work, c, n, l, hasRootfs, func(pid int32) error {
+			h.done <- restoreOne(ctx, t, o, dir, work, c, n, l, hasRootfs, eps[i], func(pid int32) error {
 				// CRIU restored the cgroups of cr's own hierarchy only:
 				// the limits' v1 controllers get the tasks here, before
 				// they resume.
@@ -316,6 +343,12 @@ func FromDir(ctx context.Context, t *nstree.Tree, dir string, m *images.Manifest
 			}
 		}
 		return nil, firstErr
+	}
+	// Running: their peers may reach them now.
+	for _, ep := range eps {
+		if err := network.SetLink(ep.HostVeth, true); err != nil {
+			return nil, err
+		}
 	}
 	now := time.Now().UTC()
 	for _, n := range nodes {
@@ -412,7 +445,39 @@ func (r *Result) WaitPages(ctx context.Context) error {
 	return nil
 }
 
-func restoreOne(ctx context.Context, t *nstree.Tree, o Options, dir, work string, c images.Container, n *nstree.Node, l rootfs.Layout, hasRootfs bool, onRestored func(int32) error) error {
+// attachRestored gives the node of container c its address again, on this
+// host's bridge, in a new network namespace (the host end of its veth down).
+func attachRestored(t *nstree.Tree, o Options, c images.Container, n *nstree.Node) (*network.Endpoint, error) {
+	p, err := netip.ParsePrefix(c.Network.Address)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %s: address %q", images.ErrCorrupt, c.Path, c.Network.Address)
+	}
+	if o.Network == nil {
+		return nil, fmt.Errorf("%w: %s has the address %s and this host has no bridge network", ErrIncompatible, n.Path, p)
+	}
+	if err := o.Network.Check(p); err != nil {
+		return nil, fmt.Errorf("%w: %s has the address %s: %v", ErrIncompatible, n.Path, p, err)
+	}
+	var ports []network.Port
+	for _, s := range c.Network.Publish {
+		pp, err := network.ParsePort(s)
+		if err != nil {
+			return nil, fmt.Errorf("%w: %s: %v", images.ErrCorrupt, c.Path, err)
+		}
+		ports = append(ports, pp)
+	}
+	ep, err := t.AttachNetwork(n, *o.Network, p.Addr(), false)
+	if err != nil {
+		return nil, err
+	}
+	if err := t.PublishPorts(n, *o.Network, ports); err != nil {
+		t.DetachNetwork(n, *o.Network, ep)
+		return nil, err
+	}
+	return ep, nil
+}
+
+func restoreOne(ctx context.Context, t *nstree.Tree, o Options, dir, work string, c images.Container, n *nstree.Node, l rootfs.Layout, hasRootfs bool, ep *network.Endpoint, onRestored func(int32) error) error {
 	imgF, err := os.Open(filepath.Join(dir, c.Dir))
 	if err != nil {
 		return fmt.Errorf("restore %s: %w", n.Path, err)
@@ -456,12 +521,23 @@ func restoreOne(ctx context.Context, t *nstree.Tree, o Options, dir, work string
 	if o.netLock != "" {
 		opts.NetworkLock = o.netLock.RPC()
 	}
+	var extra []*os.File
+	if slices.Contains(c.Namespaces, "net") {
+		// Connections dumped established come back established.
+		opts.TcpEstablished = proto.Bool(true)
+	}
+	if ep != nil {
+		// The namespace cr made, as the external one the dump named:
+		// Swrk passes extra files from fd 4 on.
+		opts.InheritFd = []*rpc.InheritFd{{Key: proto.String(network.CRIUKey), Fd: proto.Int32(4)}}
+		extra = append(extra, ep.NS)
+	}
 	_, err = criubin.Swrk(ctx, o.CRIU, rpc.CriuReqType_RESTORE, opts, func(script string, pid int32) error {
 		if script == "post-restore" {
 			return onRestored(pid)
 		}
 		return nil
-	})
+	}, extra...)
 	if err != nil {
 		return criuError(t, n.Path, filepath.Join(work, "restore.log"), err)
 	}
