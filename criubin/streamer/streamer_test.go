@@ -286,7 +286,7 @@ func TestCaptureBadRequest(t *testing.T) {
 type failWriter struct{}
 
 func (failWriter) Write([]byte) (int, error) { return 0, errors.New("disk full") }
-func (failWriter) Close() error                { return nil }
+func (failWriter) Close() error              { return nil }
 
 // A sink that fails, or a cancelled capture, closes every pipe: CRIU's
 // writes fail with EPIPE (so it fails its dump itself) and Capture says
