@@ -3,6 +3,7 @@ package images
 import (
 	"archive/tar"
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -13,7 +14,6 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"syscall"
 	"time"
@@ -47,6 +47,10 @@ type WriteOptions struct {
 	Progress func(done int64)
 	// Overwrite lets WriteFile replace an existing file.
 	Overwrite bool
+	// Precompressed entries are written among the staging dir's, in the
+	// order a walk would list them (see Precompressed); their compression
+	// must be the archive's.
+	Precompressed []Precompressed
 	// Stats, if set, fills the manifest's Stats (created when nil) just
 	// before the manifest is written: WriteMicros, RawBytes and ImageBytes
 	// are set to what was written so far (everything but the manifest and
@@ -89,24 +93,24 @@ func writeArchive(ctx context.Context, out *countWriter, src string, m *Manifest
 	var enc *zstd.Encoder
 	switch o.Compression {
 	case "", CompressionZstd:
-		n := o.Concurrency
-		if n <= 0 {
-			n = runtime.NumCPU()
-		}
 		var err error
-		enc, err = zstd.NewWriter(bw,
-			zstd.WithEncoderLevel(zstd.SpeedFastest),
-			zstd.WithEncoderConcurrency(n),
-			zstd.WithConcurrentBlocks(n > 1),
-			zstd.WithEncoderCRC(true))
-		if err != nil {
-			return res, fmt.Errorf("start zstd: %w", err)
+		if enc, err = newEncoder(bw, o.Concurrency); err != nil {
+			return res, err
 		}
 		defer enc.Close() // a no-op after the Close below
 		sink = enc
 	case CompressionNone:
 	default:
 		return res, fmt.Errorf("unknown compression %q", o.Compression)
+	}
+	comp := o.Compression
+	if comp == "" {
+		comp = CompressionZstd
+	}
+	for _, p := range o.Precompressed {
+		if p.Compression != comp {
+			return res, fmt.Errorf("entry %s is compressed as %s, the archive as %s", p.Name, p.Compression, comp)
+		}
 	}
 
 	m.Format, m.Version = FormatName, FormatVersion
@@ -120,20 +124,31 @@ func writeArchive(ctx context.Context, out *countWriter, src string, m *Manifest
 		modTime:  m.Created.Truncate(time.Second),
 		progress: o.Progress,
 		buf:      make([]byte, 1<<20),
+		sink:     sink,
+		bw:       bw,
+		enc:      enc,
 	}
 	if err := aw.writeBytes(HeaderFile, headerBytes); err != nil {
 		return res, err
 	}
-	entries, err := StagingEntries(src)
+	staged, err := StagingEntries(src)
+	entries := mergeEntries(staged, o.Precompressed)
 	for i := 0; err == nil && i < len(entries); i++ {
 		if err = ctx.Err(); err != nil {
 			break
 		}
+		if i > 0 && entries[i].name == entries[i-1].name {
+			err = fmt.Errorf("entry %s twice", entries[i].name)
+			break
+		}
 		var f File
-		if e := entries[i]; e.Dir {
-			f, err = aw.writeDir(e)
-		} else {
-			f, err = aw.writeFile(e.Path, e.Name)
+		switch e := entries[i]; {
+		case e.pre != nil:
+			f, err = aw.writePre(e.pre)
+		case e.staged.Dir:
+			f, err = aw.writeDir(*e.staged)
+		default:
+			f, err = aw.writeFile(e.staged.Path, e.staged.Name)
 		}
 		if err == nil {
 			m.Files = append(m.Files, f)
@@ -205,6 +220,64 @@ type archiveWriter struct {
 	last     time.Time // of the last progress call
 	raw      int64
 	buf      []byte
+	sink     io.Writer     // what tw writes to: enc, or bw
+	bw       *bufio.Writer // the output
+	enc      *zstd.Encoder // nil for a plain archive
+}
+
+// writePre writes a precompressed entry: its header (in a frame of its
+// own when compressed), then its stored bytes as they are, then a new
+// frame for what follows.
+func (a *archiveWriter) writePre(p *Precompressed) (File, error) {
+	if err := checkName(p.Name); err != nil || reserved(p.Name) || p.Mode > 0o777 || p.Size < 0 {
+		return File{}, fmt.Errorf("precompressed entry %q: bad name, mode or size", p.Name)
+	}
+	if err := a.tw.Flush(); err != nil {
+		return File{}, fmt.Errorf("write %s: %w", p.Name, err)
+	}
+	var hb bytes.Buffer
+	if err := tar.NewWriter(&hb).WriteHeader(a.header(p.Name, tar.TypeReg, fs.FileMode(p.Mode), p.Size)); err != nil {
+		return File{}, fmt.Errorf("write %s: %w", p.Name, err)
+	}
+	if _, err := a.sink.Write(hb.Bytes()); err != nil {
+		return File{}, fmt.Errorf("write %s: %w", p.Name, err)
+	}
+	if a.enc != nil {
+		if err := a.enc.Close(); err != nil {
+			return File{}, fmt.Errorf("write %s: %w", p.Name, err)
+		}
+	}
+	f, err := os.OpenFile(p.Path, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
+	if err != nil {
+		return File{}, err
+	}
+	defer f.Close()
+	if fi, err := f.Stat(); err != nil || !fi.Mode().IsRegular() || fi.Size() != p.Stored {
+		return File{}, fmt.Errorf("read %s: its stored content is not the %d bytes written", p.Name, p.Stored)
+	}
+	base := a.raw
+	for left := p.Stored; left > 0; {
+		if err := a.ctx.Err(); err != nil {
+			return File{}, err
+		}
+		chunk := a.buf[:min(left, int64(len(a.buf)))]
+		n, err := io.ReadFull(f, chunk)
+		if err != nil {
+			return File{}, fmt.Errorf("read %s: %w", p.Name, err)
+		}
+		if _, err := a.bw.Write(chunk[:n]); err != nil {
+			return File{}, fmt.Errorf("write %s: %w", p.Name, err)
+		}
+		left -= int64(n)
+		// Progress in raw bytes, in proportion.
+		a.raw = base + p.Size*(p.Stored-left)/p.Stored
+		a.report()
+	}
+	a.raw = base + p.Size
+	if a.enc != nil {
+		a.enc.Reset(a.bw)
+	}
+	return File{Name: p.Name, Size: p.Size, SHA256: p.SHA256, Mode: p.Mode}, nil
 }
 
 func (a *archiveWriter) header(name string, typ byte, mode fs.FileMode, size int64) *tar.Header {

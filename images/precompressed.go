@@ -1,0 +1,154 @@
+package images
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"hash"
+	"io"
+	"os"
+	"runtime"
+	"slices"
+	"strings"
+
+	"github.com/klauspost/compress/zstd"
+)
+
+// Precompressed is a content entry that was hashed and compressed as it
+// arrived (a CRIU pages image streamed out of criu dump --stream) instead
+// of being staged as a file: Path holds the entry's content followed by
+// its tar padding (zero bytes up to a multiple of 512), compressed as
+// Compression: whole zstd frames, or the bytes themselves for
+// CompressionNone. WriteArchive copies Path into the archive after the
+// entry's tar header, as it is, so that the content is never
+// decompressed nor compressed twice: the archive is still one tar stream,
+// its zstd stream now a sequence of frames (which every reader decodes as
+// one stream, docs/image-format.md §1).
+type Precompressed struct {
+	Name        string
+	Mode        uint32
+	Size        int64
+	SHA256      string
+	Compression string
+	Path        string
+	Stored      int64 // bytes of Path
+}
+
+// EntryWriter hashes and compresses one entry's content into a file, as
+// it arrives; Close ends it and Entry then describes it.
+type EntryWriter struct {
+	name, comp string
+	mode       uint32
+	f          *os.File
+	out        *countWriter
+	enc        *zstd.Encoder
+	w          io.Writer
+	h          hash.Hash
+	size       int64
+	done       bool
+}
+
+// NewEntryWriter writes the entry name (mode) into f, compressed as
+// compression (CompressionZstd, the default when empty, or
+// CompressionNone) on concurrency goroutines (0: every CPU). f is the
+// caller's: it stays open.
+func NewEntryWriter(f *os.File, name string, mode uint32, compression string, concurrency int) (*EntryWriter, error) {
+	if err := checkName(name); err != nil {
+		return nil, fmt.Errorf("entry %q: %w", name, err)
+	}
+	e := &EntryWriter{name: name, mode: mode, comp: compression, f: f, out: &countWriter{w: f}, h: sha256.New()}
+	switch compression {
+	case "", CompressionZstd:
+		e.comp = CompressionZstd
+		enc, err := newEncoder(e.out, concurrency)
+		if err != nil {
+			return nil, err
+		}
+		e.enc, e.w = enc, enc
+	case CompressionNone:
+		e.w = e.out
+	default:
+		return nil, fmt.Errorf("unknown compression %q", compression)
+	}
+	return e, nil
+}
+
+// newEncoder is the zstd encoder of every image: fastest level, the
+// frame's content checksum, blocks compressed in parallel.
+func newEncoder(w io.Writer, n int) (*zstd.Encoder, error) {
+	if n <= 0 {
+		n = runtime.NumCPU()
+	}
+	enc, err := zstd.NewWriter(w,
+		zstd.WithEncoderLevel(zstd.SpeedFastest),
+		zstd.WithEncoderConcurrency(n),
+		zstd.WithConcurrentBlocks(n > 1),
+		zstd.WithEncoderCRC(true))
+	if err != nil {
+		return nil, fmt.Errorf("start zstd: %w", err)
+	}
+	return enc, nil
+}
+
+// Write hashes and compresses p.
+func (e *EntryWriter) Write(p []byte) (int, error) {
+	if e.done {
+		return 0, fmt.Errorf("write %s: entry closed", e.name)
+	}
+	n, err := e.w.Write(p)
+	e.h.Write(p[:n])
+	e.size += int64(n)
+	return n, err
+}
+
+// Size is the content's bytes so far.
+func (e *EntryWriter) Size() int64 { return e.size }
+
+// Close writes the tar padding and ends the compressed stream.
+func (e *EntryWriter) Close() error {
+	if e.done {
+		return nil
+	}
+	e.done = true
+	if pad := (512 - e.size%512) % 512; pad > 0 {
+		if _, err := e.w.Write(make([]byte, pad)); err != nil {
+			return fmt.Errorf("write %s: %w", e.name, err)
+		}
+	}
+	if e.enc != nil {
+		if err := e.enc.Close(); err != nil {
+			return fmt.Errorf("write %s: %w", e.name, err)
+		}
+	}
+	return nil
+}
+
+// Entry describes the entry written (after Close).
+func (e *EntryWriter) Entry() Precompressed {
+	return Precompressed{Name: e.name, Mode: e.mode, Size: e.size, SHA256: hex.EncodeToString(e.h.Sum(nil)),
+		Compression: e.comp, Path: e.f.Name(), Stored: e.out.n}
+}
+
+// archiveEntry is what WriteArchive writes: a staged file or directory,
+// or a precompressed entry.
+type archiveEntry struct {
+	name   string
+	staged *StagedEntry
+	pre    *Precompressed
+}
+
+// mergeEntries puts the staged and the precompressed entries in the order
+// a walk of the staging dir would have listed them all (component by
+// component, lexically), so that an image's order does not depend on how
+// its entries were made.
+func mergeEntries(staged []StagedEntry, pre []Precompressed) []archiveEntry {
+	out := make([]archiveEntry, 0, len(staged)+len(pre))
+	for i := range staged {
+		out = append(out, archiveEntry{name: staged[i].Name, staged: &staged[i]})
+	}
+	for i := range pre {
+		out = append(out, archiveEntry{name: pre[i].Name, pre: &pre[i]})
+	}
+	slices.SortStableFunc(out, func(a, b archiveEntry) int { return slices.Compare(strings.Split(a.name, "/"), strings.Split(b.name, "/")) })
+	return out
+}
