@@ -149,6 +149,8 @@ func mergeEntries(staged []StagedEntry, pre []Precompressed) []archiveEntry {
 	for i := range pre {
 		out = append(out, archiveEntry{name: pre[i].Name, pre: &pre[i]})
 	}
-	slices.SortStableFunc(out, func(a, b archiveEntry) int { return slices.Compare(strings.Split(a.name, "/"), strings.Split(b.name, "/")) })
+	slices.SortStableFunc(out, func(a, b archiveEntry) int {
+		return slices.Compare(strings.Split(a.name, "/"), strings.Split(b.name, "/"))
+	})
 	return out
 }
