@@ -192,6 +192,7 @@ func runCheckpoint(ctx context.Context, out, errOut io.Writer, g *Global, o Chec
 	ck, err := dump.Run(ctx, e.tree, n, dump.Options{
 		CRIU: criu, CRIUVersion: ver.Code(), CRVersion: Version, StagingDir: stagingDir(e.tree),
 		LeaveRunning: o.LeaveRunning, WithRootfs: o.WithRootfs, NoTCPEstablished: !o.TCPEstablished,
+		Stream: true, Compression: o.Compress,
 		Progress: prog.update,
 	})
 	prog.done()
@@ -203,8 +204,9 @@ func runCheckpoint(ctx context.Context, out, errOut io.Writer, g *Global, o Chec
 	wstart := time.Now()
 	prog.phase("writing "+o.Output, ck.Bytes())
 	res, err := images.WriteFile(ctx, o.Output, ck.Dir, ck.Manifest, images.WriteOptions{
-		Compression: o.Compress,
-		Progress:    prog.update,
+		Compression:   o.Compress,
+		Precompressed: ck.Precompressed(),
+		Progress:      prog.update,
 		Stats: func(s *images.Stats) {
 			if !o.LeaveRunning {
 				s.FrozenMicros = ck.FrozenSoFar().Microseconds() // frozen until written

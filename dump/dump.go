@@ -53,6 +53,14 @@ type Options struct {
 	// with a network namespace of their own (on by default: their
 	// established TCP connections are dumped and restored with them).
 	NoTCPEstablished bool
+	// Stream dumps through CRIU's image streamer (criu dump --stream):
+	// the pages are hashed and compressed as CRIU writes them, as
+	// Compression (images.CompressionZstd when empty), and kept
+	// compressed outside Dir (Checkpoint.Precompressed), so the only
+	// uncompressed images staged are the small ones. The archive must
+	// then be written with the same compression.
+	Stream      bool
+	Compression string
 	// Progress, if set, is called about every 200 ms with the bytes of
 	// images written so far.
 	Progress func(written int64)
@@ -80,6 +88,7 @@ type Checkpoint struct {
 	downed     []string // host ends of bridge containers' veths taken down by us
 	staging    *scratch.Entry
 	logs       *scratch.Entry // the lazy dumps' logs, beside staging
+	stream     streamState
 }
 
 // Prefixes of the staging entries (see package scratch).
@@ -113,6 +122,9 @@ func Run(ctx context.Context, t *nstree.Tree, root *nstree.Node, o Options) (*Ch
 	}
 	if err := checkNetns(root); err != nil {
 		return nil, err
+	}
+	if o.Lazy && o.Stream {
+		return nil, errStreamLazy
 	}
 	unlock, err := lockDump(t, root)
 	if err != nil {
@@ -266,6 +278,8 @@ func (c *Checkpoint) run(ctx context.Context, o Options) (*images.Manifest, erro
 		if o.Lazy {
 			// No stats: CRIU writes them once the pages are served.
 			err = c.dumpLazy(o, i, m)
+		} else if o.Stream {
+			m.ic.Dump, err = c.dumpStream(ctx, o, m)
 		} else {
 			m.ic.Dump, err = c.dumpOne(ctx, o, m)
 		}
@@ -308,7 +322,7 @@ func (c *Checkpoint) run(ctx context.Context, o Options) (*images.Manifest, erro
 		}
 	}
 	// Until an archive is written (images.WriteOptions), what is staged.
-	man.Stats.RawBytes = dirSize(c.Dir)
+	man.Stats.RawBytes = c.Bytes()
 	return man, nil
 }
 
@@ -590,7 +604,7 @@ func (c *Checkpoint) progress(f func(int64)) (stop func()) {
 			case <-done:
 				return
 			case <-tk.C:
-				f(dirSize(c.Dir))
+				f(c.Bytes())
 			}
 		}
 	}()
@@ -608,7 +622,7 @@ func (c *Checkpoint) FrozenSoFar() time.Duration {
 
 // Bytes is the size of the staged images: an upper bound of what the image
 // holds once extracted.
-func (c *Checkpoint) Bytes() int64 { return dirSize(c.Dir) }
+func (c *Checkpoint) Bytes() int64 { return dirSize(c.Dir) + c.stream.raw.Load() }
 
 func dirSize(dir string) int64 {
 	var n int64
@@ -670,6 +684,7 @@ func (c *Checkpoint) Finish(ctx context.Context) error {
 func (c *Checkpoint) Cleanup() {
 	_ = c.staging.Remove()
 	_ = c.logs.Remove()
+	_ = c.stream.spill.Remove()
 }
 
 // copyLog keeps the container's output so far beside its images, so that

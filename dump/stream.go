@@ -1,0 +1,203 @@
+package dump
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+
+	"github.com/checkpoint-restore/go-criu/v7/crit"
+
+	"github.com/cr-dev/cr/criubin/streamer"
+	"github.com/cr-dev/cr/images"
+	"github.com/cr-dev/cr/scratch"
+)
+
+// spillPrefix names the directory, beside the staging dir, that holds the
+// pages of a streamed dump, compressed (see package scratch).
+const spillPrefix = "ckpt-pages-"
+
+// streamState is what a streamed dump adds to a Checkpoint: the
+// compressed pages, outside the staging dir.
+type streamState struct {
+	spill    *scratch.Entry
+	raw      atomic.Int64 // pages bytes received so far
+	mu       sync.Mutex
+	pre      []images.Precompressed
+	nextFile int
+}
+
+// Precompressed lists the pages images of a streamed dump, hashed and
+// compressed as CRIU wrote them (images.WriteOptions.Precompressed): they
+// are not in Dir.
+func (c *Checkpoint) Precompressed() []images.Precompressed {
+	c.stream.mu.Lock()
+	defer c.stream.mu.Unlock()
+	return append([]images.Precompressed(nil), c.stream.pre...)
+}
+
+// isPages reports whether CRIU's image file name is one of a process's
+// memory pages: the bulk of a dump, never staged uncompressed.
+func isPages(name string) bool {
+	return strings.HasPrefix(name, "pages-") && strings.HasSuffix(name, ".img")
+}
+
+// dumpStream dumps a container with criu dump --stream on CRIU's command
+// line (the swrk RPC does not offer --stream), cr being the image
+// streamer (package streamer): the small images go into the staging dir
+// as CRIU names them, the pages are hashed and compressed on their way in
+// (images.EntryWriter) into a file of the spill directory, so no
+// uncompressed copy of the memory is ever written.
+//
+// CRIU runs in a process group of its own, so a Ctrl-C on the terminal
+// never reaches it, and cr never kills it: when ctx ends, or storing a
+// file fails, cr closes the streamer's socket and every pipe, CRIU's next
+// write fails and CRIU ends its dump itself, letting go of the tasks
+// (--leave-running: cr's own cut keeps them frozen until Resume or
+// Finish). If cr dies, its pipes close and the same happens.
+func (c *Checkpoint) dumpStream(ctx context.Context, o Options, m *member) (*images.DumpStats, error) {
+	work := filepath.Join(c.Dir, m.dir)
+	imgDir := filepath.Join(c.Dir, m.ic.Dir)
+	if err := os.MkdirAll(imgDir, 0o700); err != nil {
+		return nil, err
+	}
+	if c.stream.spill == nil {
+		sp, err := scratch.Mkdir(filepath.Dir(c.Dir), spillPrefix)
+		if err != nil {
+			return nil, fmt.Errorf("create staging area: %w", err)
+		}
+		c.stream.spill = sp
+	}
+	ln, err := streamer.ListenCapture(imgDir)
+	if err != nil {
+		return nil, err
+	}
+	defer ln.Close()
+	args := []string{"dump", "--stream", "-t", strconv.Itoa(m.node.InitPid), "-D", imgDir, "-W", work,
+		"-o", "dump.log", "-v4", "--leave-running", "--freeze-cgroup", m.node.Leaf(), "--manage-cgroups",
+		"--cgroup-dump-controller", c.tree.CRIUController(), "--file-locks"}
+	// The same options as the swrk dump (dumpOne) gives CRIU.
+	// criubin.CPUCapDefault (fpu, ins): CRIU then writes cpuinfo.img.
+	args = append(args, "--cpu-cap=fpu,ins")
+	if m.node.Rootfs != "" {
+		for _, em := range rootfsExtMounts() {
+			args = append(args, "--ext-mount-map", em.GetKey()+":"+em.GetVal())
+		}
+	}
+	if c.netLock != "" {
+		args = append(args, c.netLock.Args()...)
+	}
+	tcp, ext, err := c.criuNet(o, m)
+	if err != nil {
+		return nil, err
+	}
+	if tcp {
+		args = append(args, "--tcp-established")
+	}
+	for _, e := range ext {
+		args = append(args, "--external", e)
+	}
+	cmd := exec.Command(o.CRIU, args...)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	log := filepath.Join(work, "dump.log")
+	if err := cmd.Start(); err != nil {
+		return nil, c.criuError("dump", m.node.Path, log, err)
+	}
+	sctx, stop := context.WithCancel(ctx)
+	defer stop()
+	captured := make(chan error, 1)
+	go func() {
+		captured <- ln.Capture(sctx, func(name string) (io.WriteCloser, error) { return c.storeImage(o, m, imgDir, name) })
+	}()
+	werr := cmd.Wait()
+	if werr != nil {
+		// CRIU failed: the capture may still wait for it to connect.
+		stop()
+	}
+	cerr := <-captured
+	switch {
+	case ctx.Err() != nil:
+		return nil, ctx.Err()
+	case werr != nil:
+		if s := strings.TrimSpace(stderr.String()); s != "" {
+			werr = fmt.Errorf("%w: %s", werr, s)
+		}
+		return nil, c.criuError("dump", m.node.Path, log, werr)
+	case cerr != nil:
+		return nil, fmt.Errorf("dump %s: stream images: %w", m.node.Path, cerr)
+	}
+	st, err := crit.GetDumpStats(work)
+	if err != nil {
+		return nil, nil // stats are informational
+	}
+	return &images.DumpStats{
+		FreezingTime: st.GetFreezingTime(), FrozenTime: st.GetFrozenTime(), MemdumpTime: st.GetMemdumpTime(),
+		MemwriteTime: st.GetMemwriteTime(), PagesScanned: st.GetPagesScanned(), PagesSkippedParent: st.GetPagesSkippedParent(),
+		PagesWritten: st.GetPagesWritten(), PagesLazy: st.GetPagesLazy(),
+	}, nil
+}
+
+// storeImage is where one image file CRIU streams goes: a pages image
+// into the spill directory, hashed and compressed; any other into the
+// container's images directory, as CRIU would have written it (mode 0644).
+func (c *Checkpoint) storeImage(o Options, m *member, imgDir, name string) (io.WriteCloser, error) {
+	if !isPages(name) {
+		return os.OpenFile(filepath.Join(imgDir, name), os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+	}
+	c.stream.mu.Lock()
+	c.stream.nextFile++
+	n := c.stream.nextFile
+	c.stream.mu.Unlock()
+	f, err := os.OpenFile(filepath.Join(c.stream.spill.Path, strconv.Itoa(n)+".zst"), os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	ew, err := images.NewEntryWriter(f, path.Join(m.ic.Dir, name), 0o644, o.Compression, 0)
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	return &spillFile{c: c, f: f, ew: ew}, nil
+}
+
+// spillFile is a pages image on its way into the spill directory.
+type spillFile struct {
+	c  *Checkpoint
+	f  *os.File
+	ew *images.EntryWriter
+}
+
+func (s *spillFile) Write(p []byte) (int, error) {
+	n, err := s.ew.Write(p)
+	s.c.stream.raw.Add(int64(n))
+	return n, err
+}
+
+func (s *spillFile) Close() error {
+	err := s.ew.Close()
+	if cerr := s.f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return err
+	}
+	s.c.stream.mu.Lock()
+	defer s.c.stream.mu.Unlock()
+	s.c.stream.pre = append(s.c.stream.pre, s.ew.Entry())
+	return nil
+}
+
+// errStreamLazy: a lazy dump keeps its pages in CRIU; it is never streamed.
+var errStreamLazy = errors.New("a lazy dump cannot be streamed")

@@ -1,0 +1,115 @@
+package e2e
+
+import (
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// stagingWatch polls the staging area while a checkpoint runs: the
+// largest it grew (bytes of regular files), every CRIU pages image it
+// ever saw there uncompressed, and whether it saw the compressed pages.
+type stagingWatch struct {
+	dir  string
+	stop chan struct{}
+	done sync.WaitGroup
+
+	peak       int64
+	rawPages   map[string]int64
+	compressed bool
+}
+
+func watchStaging(dir string) *stagingWatch {
+	w := &stagingWatch{dir: dir, stop: make(chan struct{}), rawPages: map[string]int64{}}
+	w.done.Go(func() {
+		for {
+			var total int64
+			_ = filepath.WalkDir(w.dir, func(p string, d fs.DirEntry, err error) error {
+				if err != nil || !d.Type().IsRegular() {
+					return nil
+				}
+				fi, err := d.Info()
+				if err != nil {
+					return nil
+				}
+				total += fi.Size()
+				name := d.Name()
+				if strings.HasPrefix(name, "pages-") && strings.HasSuffix(name, ".img") {
+					w.rawPages[p] = max(w.rawPages[p], fi.Size())
+				}
+				if strings.HasSuffix(name, ".zst") && fi.Size() > 0 {
+					w.compressed = true
+				}
+				return nil
+			})
+			w.peak = max(w.peak, total)
+			select {
+			case <-w.stop:
+				return
+			case <-time.After(5 * time.Millisecond):
+			}
+		}
+	})
+	return w
+}
+
+func (w *stagingWatch) end() { close(w.stop); w.done.Wait() }
+
+// A 512 MiB job with children and SysV IPC checkpoints through CRIU's
+// image streamer: while it dumps, no uncompressed pages image ever
+// appears in the staging area, which never holds more than the
+// compressed image and 64 MiB; the restore brings back its memory, pids
+// and IPC objects, and the staging area is empty afterwards.
+func TestStreamCheckpointStagesNoPages(t *testing.T) {
+	j := startJob(t, "/stream", "--mem", "512", "--children", "2", "--ipc")
+	before := j.ask(t)
+	if before.MemSHA != before.MemSHAAtInit || before.MemBytes != 512<<20 || before.ShmData == "" {
+		t.Fatalf("job not set up: %+v", before)
+	}
+	pidsBefore := insidePids(t, "/stream")
+	staging := filepath.Join(workDir, "staging")
+	img := image(t)
+	w := watchStaging(staging)
+	mustCr(t, "checkpoint", "/stream", "-o", img)
+	w.end()
+	gone(t, "/stream")
+	st, err := os.Stat(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(w.rawPages) > 0 {
+		t.Errorf("uncompressed pages images appeared in staging: %v", w.rawPages)
+	}
+	if !w.compressed {
+		t.Errorf("the watch never saw the compressed pages in staging: it did not watch the dump")
+	}
+	if w.peak > st.Size()+64<<20 {
+		t.Errorf("staging grew to %d bytes for an image of %d: more than the image and 64 MiB", w.peak, st.Size())
+	}
+	t.Logf("image %d bytes, staging peak %d bytes", st.Size(), w.peak)
+	if ents, _ := os.ReadDir(staging); len(ents) != 0 {
+		t.Errorf("staging not empty after the checkpoint: %v", ents)
+	}
+
+	mustCr(t, "restore", img)
+	killAtCleanup(t, "/stream")
+	after := j.ask(t)
+	if after.MemSHA != before.MemSHAAtInit {
+		t.Errorf("memory checksum after restore %s, want %s", after.MemSHA, before.MemSHAAtInit)
+	}
+	if after.Pid != before.Pid || fmt.Sprint(after.Children) != fmt.Sprint(before.Children) {
+		t.Errorf("pids changed: job %d->%d, children %v->%v", before.Pid, after.Pid, before.Children, after.Children)
+	}
+	if got := insidePids(t, "/stream"); fmt.Sprint(got) != fmt.Sprint(pidsBefore) {
+		t.Errorf("pids inside the container: %v before, %v after restore", pidsBefore, got)
+	}
+	if after.ShmID != before.ShmID || after.ShmData != before.ShmData || after.SemID != before.SemID ||
+		fmt.Sprint(after.SemValues) != "[3 5 7]" || after.MsgID != before.MsgID || len(after.Msgs) != 3 {
+		t.Errorf("IPC objects after restore: %+v, before %+v", after, before)
+	}
+}
