@@ -198,7 +198,7 @@ func runMigrate(ctx context.Context, out, errOut io.Writer, g *Global, o Migrate
 			var err error
 			prog.phase("dumping "+e.show(n.Path), subtreeMemory(n))
 			ck, err = dump.Run(ctx, e.tree, n, dump.Options{CRIU: criu, CRIUVersion: ver.Code(), CRVersion: Version,
-				StagingDir: stagingDir(e.tree), Lazy: o.Lazy, WithRootfs: o.WithRootfs, NoTCPEstablished: !o.TCPEstablished, Progress: prog.update})
+				StagingDir: stagingDir(e.tree), Lazy: o.Lazy, Stream: !o.Lazy, WithRootfs: o.WithRootfs, NoTCPEstablished: !o.TCPEstablished, Progress: prog.update})
 			prog.done()
 			if err != nil {
 				return 0, err
@@ -211,8 +211,9 @@ func runMigrate(ctx context.Context, out, errOut io.Writer, g *Global, o Migrate
 			prog.phase("sending to "+host, raw)
 			start := time.Now()
 			res, err := images.WriteArchive(ctx, w, ck.Dir, ck.Manifest, images.WriteOptions{
-				Progress: prog.update,
-				Stats:    func(s *images.Stats) { s.FrozenMicros = ck.FrozenSoFar().Microseconds() },
+				Precompressed: ck.Precompressed(),
+				Progress:      prog.update,
+				Stats:         func(s *images.Stats) { s.FrozenMicros = ck.FrozenSoFar().Microseconds() },
 			})
 			prog.done()
 			g.verbosef(errOut, "sent %s (%s compressed) in %s", humanBytes(res.RawBytes), humanBytes(res.ImageBytes), dur(time.Since(start).Seconds()))
