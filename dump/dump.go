@@ -139,6 +139,7 @@ func Run(ctx context.Context, t *nstree.Tree, root *nstree.Node, o Options) (*Ch
 	c := &Checkpoint{Dir: dir.Path, staging: dir, tree: t, root: root}
 	m, err := c.run(ctx, o)
 	if err != nil {
+		c.stream.abort(err)
 		c.Resume()
 		c.Cleanup()
 		return nil, err
@@ -147,6 +148,18 @@ func Run(ctx context.Context, t *nstree.Tree, root *nstree.Node, o Options) (*Ch
 	if o.LeaveRunning {
 		c.Resume()
 		m.Stats.FrozenMicros = c.Frozen.Microseconds()
+	}
+	// A source left running runs while its pages are still compressed.
+	stop := context.AfterFunc(ctx, func() { c.stream.abort(ctx.Err()) })
+	err = c.stream.wait()
+	stop()
+	if err == nil {
+		err = ctx.Err()
+	}
+	if err != nil {
+		c.Resume()
+		c.Cleanup()
+		return nil, err
 	}
 	return c, nil
 }

@@ -35,6 +35,34 @@ type streamState struct {
 	mu       sync.Mutex
 	pre      []images.Precompressed
 	nextFile int
+	// With LeaveRunning: the compressors behind a spool each, still
+	// running once CRIU is done.
+	compressors sync.WaitGroup
+	spools      []*spool
+	err         error // the first compressor's failure
+	peakSpooled int64
+}
+
+// spoolMemory is what one spool holds in memory before it spills.
+const spoolMemory = 32 << 20
+
+// wait waits for the compressors of a LeaveRunning dump and returns the
+// first failure.
+func (s *streamState) wait() error {
+	s.compressors.Wait()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.err
+}
+
+// abort stops the compressors and waits for them.
+func (s *streamState) abort(err error) {
+	s.mu.Lock()
+	for _, sp := range s.spools {
+		sp.fail(err)
+	}
+	s.mu.Unlock()
+	s.compressors.Wait()
 }
 
 // Precompressed lists the pages images of a streamed dump, hashed and
@@ -169,8 +197,61 @@ func (c *Checkpoint) storeImage(o Options, m *member, imgDir, name string) (io.W
 		f.Close()
 		return nil, err
 	}
-	return &spillFile{c: c, f: f, ew: ew}, nil
+	sf := &spillFile{c: c, f: f, ew: ew}
+	if !o.LeaveRunning {
+		// The source stays frozen until the image is written anyway:
+		// CRIU may as well go at the compressor's pace.
+		return sf, nil
+	}
+	dir := c.stream.spill.Path
+	sp := newSpool(spoolMemory, func() (*os.File, error) {
+		f, err := os.CreateTemp(dir, "spool-")
+		if err == nil {
+			os.Remove(f.Name())
+		}
+		return f, err
+	})
+	c.stream.mu.Lock()
+	c.stream.spools = append(c.stream.spools, sp)
+	c.stream.mu.Unlock()
+	c.stream.compressors.Go(func() {
+		_, err := io.CopyBuffer(onlyWriter{sf.ew}, sp, make([]byte, 1<<20))
+		if err == nil {
+			err = sf.Close()
+		} else {
+			sf.f.Close()
+		}
+		sp.fail(errSpoolAbandoned) // the producer, if still writing, stops
+		c.stream.mu.Lock()
+		if err != nil && c.stream.err == nil {
+			c.stream.err = fmt.Errorf("compress %s: %w", name, err)
+		}
+		c.stream.peakSpooled = max(c.stream.peakSpooled, sp.peakBytes())
+		c.stream.mu.Unlock()
+		sp.release()
+	})
+	return &spoolWriter{c: c, sp: sp}, nil
 }
+
+// spoolWriter is CRIU's side of a spool: it counts the pages received.
+type spoolWriter struct {
+	c  *Checkpoint
+	sp *spool
+}
+
+func (w *spoolWriter) Write(p []byte) (int, error) {
+	n, err := w.sp.Write(p)
+	w.c.stream.raw.Add(int64(n))
+	return n, err
+}
+
+func (w *spoolWriter) Close() error { return w.sp.Close() }
+
+// onlyWriter hides a writer's ReadFrom, so that io.CopyBuffer copies
+// through its buffer.
+type onlyWriter struct{ w io.Writer }
+
+func (o onlyWriter) Write(p []byte) (int, error) { return o.w.Write(p) }
 
 // spillFile is a pages image on its way into the spill directory.
 type spillFile struct {

@@ -1,0 +1,183 @@
+package dump
+
+import (
+	"errors"
+	"io"
+	"os"
+	"sync"
+
+	"golang.org/x/sys/unix"
+)
+
+// spool sits between CRIU's pipe and the compressor when the source runs
+// on after the dump (--leave-running): CRIU's writes never wait for the
+// compressor, so the tasks are let go as soon as CRIU has written
+// everything. What the compressor has not taken yet is held in memory up
+// to memLimit bytes, the rest in file (beside staging, on tmpfs where
+// /run is), whose consumed ranges are punched out as the compressor
+// takes them. Write and Close are the producer's (one goroutine), Read
+// the consumer's (another).
+type spool struct {
+	memLimit int64
+	file     *os.File // unlinked; nil until needed
+	newFile  func() (*os.File, error)
+
+	mu     sync.Mutex
+	cond   *sync.Cond
+	segs   []segment
+	mem    int64 // bytes held in memory
+	woff   int64 // end of what was written to file
+	closed bool  // by the producer: EOF after segs
+	err    error // of the consumer: the producer's writes fail with it
+	peak   int64 // most bytes held at once, memory and file
+	held   int64
+}
+
+// segment is a piece of the stream: in memory (b) or in the file at off.
+type segment struct {
+	b   []byte
+	off int64
+	n   int64
+}
+
+func newSpool(memLimit int64, newFile func() (*os.File, error)) *spool {
+	s := &spool{memLimit: memLimit, newFile: newFile}
+	s.cond = sync.NewCond(&s.mu)
+	return s
+}
+
+// Write queues p: into memory while there is room, else into the file.
+func (s *spool) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	if s.err != nil {
+		defer s.mu.Unlock()
+		return 0, s.err
+	}
+	if s.mem+int64(len(p)) <= s.memLimit {
+		s.segs = append(s.segs, segment{b: append([]byte(nil), p...), n: int64(len(p))})
+		s.mem += int64(len(p))
+		s.grew(int64(len(p)))
+		s.mu.Unlock()
+		return len(p), nil
+	}
+	if s.file == nil {
+		f, err := s.newFile()
+		if err != nil {
+			s.mu.Unlock()
+			return 0, err
+		}
+		s.file = f
+	}
+	off := s.woff
+	s.mu.Unlock()
+	// Only this goroutine writes past woff; the consumer reads below it.
+	n, err := s.file.WriteAt(p, off)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if n > 0 {
+		if k := len(s.segs) - 1; k >= 0 && s.segs[k].b == nil && s.segs[k].off+s.segs[k].n == off {
+			s.segs[k].n += int64(n)
+		} else {
+			s.segs = append(s.segs, segment{off: off, n: int64(n)})
+		}
+		s.woff += int64(n)
+		s.grew(int64(n))
+	}
+	return n, err
+}
+
+func (s *spool) grew(n int64) {
+	s.held += n
+	s.peak = max(s.peak, s.held)
+	s.cond.Broadcast()
+}
+
+// Close ends the stream: Read returns io.EOF once it has taken the rest.
+func (s *spool) Close() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.closed = true
+	s.cond.Broadcast()
+	return nil
+}
+
+// Read takes the next bytes of the stream, waiting for them.
+func (s *spool) Read(p []byte) (int, error) {
+	s.mu.Lock()
+	for len(s.segs) == 0 && !s.closed && s.err == nil {
+		s.cond.Wait()
+	}
+	if s.err != nil {
+		defer s.mu.Unlock()
+		return 0, s.err
+	}
+	if len(s.segs) == 0 {
+		s.mu.Unlock()
+		return 0, io.EOF
+	}
+	seg := &s.segs[0]
+	if seg.b != nil {
+		n := copy(p, seg.b)
+		seg.b, seg.n = seg.b[n:], seg.n-int64(n)
+		s.mem -= int64(n)
+		s.consumed(int64(n))
+		s.mu.Unlock()
+		return n, nil
+	}
+	off, want := seg.off, min(int64(len(p)), seg.n)
+	f := s.file
+	s.mu.Unlock()
+	n, err := f.ReadAt(p[:want], off)
+	if n > 0 {
+		// Give tmpfs its pages back; only an optimization.
+		_ = unix.Fallocate(int(f.Fd()), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, off, int64(n))
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	seg = &s.segs[0]
+	seg.off, seg.n = seg.off+int64(n), seg.n-int64(n)
+	s.consumed(int64(n))
+	if err == io.EOF && n == int(want) {
+		err = nil
+	}
+	return n, err
+}
+
+// consumed drops the head segment once it is empty (s.mu held).
+func (s *spool) consumed(n int64) {
+	s.held -= n
+	if s.segs[0].n == 0 {
+		s.segs = s.segs[1:]
+	}
+}
+
+// fail makes the producer's writes fail (the consumer gave up) and
+// releases the file.
+func (s *spool) fail(err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.err == nil {
+		s.err = err
+	}
+	s.cond.Broadcast()
+}
+
+// peakBytes is the most the spool held at once.
+func (s *spool) peakBytes() int64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.peak
+}
+
+// release closes the file; after the consumer is done.
+func (s *spool) release() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.file != nil {
+		s.file.Close()
+		s.file = nil
+	}
+	s.segs = nil
+}
+
+var errSpoolAbandoned = errors.New("compression abandoned")
