@@ -188,48 +188,38 @@ func runCheckpoint(ctx context.Context, out, errOut io.Writer, g *Global, o Chec
 	ctx, cancel := interruptible(ctx)
 	defer cancel()
 	prog := newProgress(errOut, g, o.JSON)
+	defer prog.done()
 	prog.phase("dumping "+e.show(n.Path), subtreeMemory(n))
-	ck, err := dump.Run(ctx, e.tree, n, dump.Options{
+	sink := &dump.FileSink{Path: o.Output, Compression: o.Compress, Progress: prog.update}
+	ck, err := dump.Take(ctx, e.tree, n, dump.Options{
 		CRIU: criu, CRIUVersion: ver.Code(), CRVersion: Version, StagingDir: stagingDir(e.tree),
 		LeaveRunning: o.LeaveRunning, WithRootfs: o.WithRootfs, NoTCPEstablished: !o.TCPEstablished,
 		Stream: true, Compression: o.Compress,
 		Progress: prog.update,
-	})
-	prog.done()
-	if err != nil {
-		return interrupted(ctx, err, e.show(n.Path)+" left running")
-	}
-	defer ck.Cleanup()
-	g.verbosef(errOut, "dumped %s in %s with %s (frozen so far %s)", e.show(n.Path), dur(ck.Dump.Seconds()), criu, dur(ck.FrozenSoFar().Seconds()))
-	wstart := time.Now()
-	prog.phase("writing "+o.Output, ck.Bytes())
-	res, err := images.WriteFile(ctx, o.Output, ck.Dir, ck.Manifest, images.WriteOptions{
-		Compression:   o.Compress,
-		Precompressed: ck.Precompressed(),
-		Progress:      prog.update,
-		Stats: func(s *images.Stats) {
-			if !o.LeaveRunning {
-				s.FrozenMicros = ck.FrozenSoFar().Microseconds() // frozen until written
-			}
+		Dumped: func(ck *dump.Checkpoint) {
+			prog.done()
+			g.verbosef(errOut, "dumped %s in %s with %s (frozen so far %s)", e.show(n.Path), dur(ck.Dump.Seconds()), criu, dur(ck.FrozenSoFar().Seconds()))
+			prog.phase("writing "+o.Output, ck.Bytes())
 		},
-	})
+		Stored: func(*dump.Checkpoint) {
+			e.tree.RecordSubtree(n, events.Checkpointed, func(ev *events.Event) { ev.Image = absPath(o.Output) })
+		},
+	}, sink)
 	prog.done()
-	if err != nil {
-		ck.Resume()
+	switch {
+	case errors.Is(err, dump.ErrEndSource):
+		return fmt.Errorf("image written to %s, but %w", o.Output, err)
+	case err != nil && ck == nil: // the dump failed
+		return interrupted(ctx, err, e.show(n.Path)+" left running")
+	case err != nil:
 		if err := interrupted(ctx, err, e.show(n.Path)+" left running"); errors.As(err, new(interruptedError)) {
 			return err
 		}
 		return fmt.Errorf("write image: %w (%s left running)", err, e.show(n.Path))
 	}
-	wdur := time.Since(wstart)
-	e.tree.RecordSubtree(n, events.Checkpointed, func(ev *events.Event) { ev.Image = absPath(o.Output) })
+	res := sink.Result
+	wdur := sink.Elapsed
 	g.verbosef(errOut, "wrote %s in %s: %s raw, %s image; CRIU's logs are in it (dump.log beside each container's images)", o.Output, dur(wdur.Seconds()), humanBytes(res.RawBytes), humanBytes(res.ImageBytes))
-	if !o.LeaveRunning {
-		ck.Frozen = time.Since(wstart) + ck.Dump // frozen until written
-		if err := ck.Finish(context.Background()); err != nil {
-			return fmt.Errorf("image written to %s, but ending the source failed: %w", o.Output, err)
-		}
-	}
 	rep := CheckpointReport{
 		Path: e.show(n.Path), Image: o.Output, Containers: len(ck.Manifest.Containers), LeftRunning: o.LeaveRunning,
 		FrozenSeconds: ck.Frozen.Seconds(), DumpSeconds: ck.Dump.Seconds(), WriteSeconds: wdur.Seconds(),

@@ -14,7 +14,6 @@ import (
 	"github.com/cr-dev/cr/criubin"
 	"github.com/cr-dev/cr/dump"
 	"github.com/cr-dev/cr/events"
-	"github.com/cr-dev/cr/images"
 	"github.com/cr-dev/cr/migrate"
 	"github.com/cr-dev/cr/nstree"
 )
@@ -210,11 +209,9 @@ func runMigrate(ctx context.Context, out, errOut io.Writer, g *Global, o Migrate
 		Body: func(ctx context.Context, w io.Writer) error {
 			prog.phase("sending to "+host, raw)
 			start := time.Now()
-			res, err := images.WriteArchive(ctx, w, ck.Dir, ck.Manifest, images.WriteOptions{
-				Precompressed: ck.Precompressed(),
-				Progress:      prog.update,
-				Stats:         func(s *images.Stats) { s.FrozenMicros = ck.FrozenSoFar().Microseconds() },
-			})
+			sink := &dump.ArchiveSink{W: w, Progress: prog.update}
+			err := sink.Write(ctx, ck)
+			res := sink.Result
 			prog.done()
 			g.verbosef(errOut, "sent %s (%s compressed) in %s", humanBytes(res.RawBytes), humanBytes(res.ImageBytes), dur(time.Since(start).Seconds()))
 			return err
@@ -243,19 +240,26 @@ func runMigrate(ctx context.Context, out, errOut io.Writer, g *Global, o Migrate
 	if ck != nil {
 		defer ck.Cleanup()
 	}
+	if ck != nil {
+		if err == nil {
+			e.tree.RecordSubtree(n, events.MigratedOut, func(ev *events.Event) { ev.Host = host })
+		}
+		// The source's fate, decided where every checkpoint's is.
+		serr := err
+		if errors.Is(err, migrate.ErrInDoubt) {
+			serr = fmt.Errorf("%w: %w", dump.ErrInDoubt, err)
+		}
+		if serr = ck.Settle(serr, false); err == nil && serr != nil {
+			return fmt.Errorf("migrated, but %w", serr)
+		}
+	}
 	switch {
 	case err == nil:
-		e.tree.RecordSubtree(n, events.MigratedOut, func(ev *events.Event) { ev.Host = host })
-		if ferr := ck.Finish(context.Background()); ferr != nil {
-			return fmt.Errorf("migrated, but removing the source failed: %w", ferr)
-		}
 	case errors.Is(err, migrate.ErrInDoubt):
 		return fmt.Errorf("%w\n%s is left frozen here: check %s; if it runs there, `cr kill %s` here, else `cr thaw %s`", err, e.show(n.Path), host, e.show(n.Path), e.show(n.Path))
+	case ck != nil:
+		return interrupted(ctx, fmt.Errorf("%w (%s left running here)", err, e.show(n.Path)), e.show(n.Path)+" left running")
 	default:
-		if ck != nil {
-			ck.Resume()
-			return interrupted(ctx, fmt.Errorf("%w (%s left running here)", err, e.show(n.Path)), e.show(n.Path)+" left running")
-		}
 		return interrupted(ctx, err, e.show(n.Path)+" left running")
 	}
 	rep := MigrateReport{Path: e.show(n.Path), Host: host, Target: as, Pids: info.Pids, Lazy: o.Lazy, DowntimeSeconds: downtime.Seconds(),

@@ -140,27 +140,33 @@ func runSnapshot(ctx context.Context, out, errOut io.Writer, g *Global, o Snapsh
 	}
 	defer unlock()
 	prog := newProgress(errOut, g, o.JSON)
+	defer prog.done()
 	prog.phase("dumping "+e.show(n.Path), subtreeMemory(n))
-	ck, err := dump.Run(ctx, e.tree, n, dump.Options{
+	var astart time.Time
+	st.Progress = prog.update
+	sink := &dump.StoreSink{Store: st, At: time.Now()}
+	ck, err := dump.Take(ctx, e.tree, n, dump.Options{
 		CRIU: criu, CRIUVersion: ver.Code(), CRVersion: Version, StagingDir: stagingDir(e.tree), LeaveRunning: true,
 		Progress: prog.update,
-	})
+		Dumped: func(ck *dump.Checkpoint) {
+			prog.done()
+			g.verbosef(errOut, "dumped %s in %s with %s, frozen %s", e.show(n.Path), dur(ck.Dump.Seconds()), criu, dur(ck.Frozen.Seconds()))
+			astart = time.Now()
+			sink.At = astart
+			prog.phase("storing "+e.show(n.Path), ck.Bytes())
+		},
+		Stored: func(*dump.Checkpoint) {
+			e.tree.RecordSubtree(n, events.Checkpointed, func(ev *events.Event) { ev.Store, ev.Snapshot = absPath(o.Store), sink.Snapshot.ID })
+		},
+	}, sink)
 	prog.done()
+	if ck != nil {
+		g.verbosef(errOut, "stored in %s", dur(time.Since(astart).Seconds()))
+	}
 	if err != nil {
 		return interrupted(ctx, err, e.show(n.Path)+" left running")
 	}
-	defer ck.Cleanup()
-	g.verbosef(errOut, "dumped %s in %s with %s, frozen %s", e.show(n.Path), dur(ck.Dump.Seconds()), criu, dur(ck.Frozen.Seconds()))
-	astart := time.Now()
-	prog.phase("storing "+e.show(n.Path), ck.Bytes())
-	st.Progress = prog.update
-	snap, err := st.Add(ctx, ck.Dir, ck.Manifest, time.Now())
-	prog.done()
-	g.verbosef(errOut, "stored in %s", dur(time.Since(astart).Seconds()))
-	if err != nil {
-		return interrupted(ctx, fmt.Errorf("store snapshot: %w", err), e.show(n.Path)+" left running")
-	}
-	e.tree.RecordSubtree(n, events.Checkpointed, func(ev *events.Event) { ev.Store, ev.Snapshot = absPath(o.Store), snap.ID })
+	snap := sink.Snapshot
 	rep := SnapshotReport{ID: snap.ID, Path: e.show(snap.Path), Time: snap.Time, FrozenSeconds: ck.Frozen.Seconds(),
 		AddedBytes: snap.AddedBytes, TotalBytes: snap.TotalBytes, Policy: pol.String()}
 	var decisions []store.Decision

@@ -67,6 +67,9 @@ type Options struct {
 	// WithRootfs carries the lower layers of --rootfs containers in the
 	// image too (else only their digests).
 	WithRootfs bool
+	// Dumped, if set, is called by Take between the dump and the sink;
+	// Stored once the sink has the image, before the source is settled.
+	Dumped, Stored func(*Checkpoint)
 }
 
 // Checkpoint is a dumped subtree, still frozen (or running again with
