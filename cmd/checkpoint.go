@@ -73,6 +73,14 @@ restored copy runs.
 Without --leave-running the subtree stays frozen until the image is complete
 and synced to disk, and is then killed and removed; with it, the subtree runs
 on and is frozen only for the dump itself, not for compression or writing.
+
+CRIU's pages go straight from CRIU into the compressor (CRIU's image
+streamer): no uncompressed copy of the memory is staged, and the space
+needed beside the image is about the compressed image. --compress picks the
+codec: zstd (the default: the smallest images, readable by checkpointctl),
+s2 (compresses about 2.5x faster on this kind of machine, for images about
+10% larger, which checkpointctl cannot read) or none.
+
 If anything fails (CRIU, disk, Ctrl-C, SIGTERM) the subtree is thawed and
 left running as before, no image is left behind, and CRIU's own reason is
 shown with the path of its full log (kept in $CR_STATE_DIR/criu-logs, the
@@ -96,7 +104,7 @@ rootfs cache ($CR_ROOTFS_CACHE, default /var/lib/cr/rootfs), unless
 	}
 	c.Flags().StringVarP(&o.Output, "output", "o", "", "image file to write (default NAME-TIMESTAMP.cr)")
 	c.Flags().BoolVar(&o.LeaveRunning, "leave-running", false, "keep the subtree running after the dump")
-	c.Flags().StringVar(&o.Compress, "compress", "zstd", "compression: zstd or none")
+	c.Flags().StringVar(&o.Compress, "compress", "zstd", "compression: zstd (smallest; checkpointctl reads it), s2 (about 2.5x faster to write, images about 10% larger) or none")
 	c.Flags().BoolVar(&o.WithRootfs, "with-rootfs", false, "carry the lower of --rootfs containers in the image too")
 	c.Flags().BoolVar(&o.TCPEstablished, "tcp-established", true, "dump the established TCP connections of containers with their own network (--tcp-established=false: refuse them)")
 	c.Flags().BoolVar(&o.JSON, "json", false, "print a JSON report")
@@ -167,8 +175,8 @@ func interruptible(ctx context.Context) (context.Context, context.CancelFunc) {
 }
 
 func runCheckpoint(ctx context.Context, out, errOut io.Writer, g *Global, o CheckpointOptions, path string) error {
-	if o.Compress != "zstd" && o.Compress != "none" {
-		return usageError{fmt.Errorf("invalid --compress %q: want zstd or none", o.Compress)}
+	if o.Compress != images.CompressionZstd && o.Compress != images.CompressionS2 && o.Compress != images.CompressionNone {
+		return usageError{fmt.Errorf("invalid --compress %q: want zstd, s2 or none", o.Compress)}
 	}
 	e, n, err := openNode(path)
 	if err != nil {

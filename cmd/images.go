@@ -257,7 +257,7 @@ latest of a container with cr restore --store DIR PATH.`,
 		},
 	}
 	export.Flags().StringVarP(&output, "output", "o", "", "image file to write")
-	export.Flags().StringVar(&compress, "compress", "zstd", "compression: zstd or none")
+	export.Flags().StringVar(&compress, "compress", "zstd", "compression: zstd, s2 or none (see cr checkpoint --help)")
 	c.AddCommand(ls, inspect, rm, prune, verify, export)
 	return c
 }

@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/klauspost/compress/s2"
 	"github.com/klauspost/compress/zstd"
 )
 
@@ -41,7 +42,7 @@ type EntryWriter struct {
 	mode       uint32
 	f          *os.File
 	out        *countWriter
-	enc        *zstd.Encoder
+	enc        compressor
 	w          io.Writer
 	h          hash.Hash
 	size       int64
@@ -57,37 +58,54 @@ func NewEntryWriter(f *os.File, name string, mode uint32, compression string, co
 		return nil, fmt.Errorf("entry %q: %w", name, err)
 	}
 	e := &EntryWriter{name: name, mode: mode, comp: compression, f: f, out: &countWriter{w: f}, h: sha256.New()}
-	switch compression {
-	case "", CompressionZstd:
+	if e.comp == "" {
 		e.comp = CompressionZstd
-		enc, err := newEncoder(e.out, concurrency)
-		if err != nil {
-			return nil, err
-		}
-		e.enc, e.w = enc, enc
-	case CompressionNone:
-		e.w = e.out
-	default:
-		return nil, fmt.Errorf("unknown compression %q", compression)
+	}
+	enc, err := newCompressor(e.out, e.comp, concurrency)
+	if err != nil {
+		return nil, err
+	}
+	e.enc, e.w = enc, e.out
+	if enc != nil {
+		e.w = enc
 	}
 	return e, nil
 }
 
-// newEncoder is the zstd encoder of every image: fastest level, the
-// frame's content checksum, blocks compressed in parallel.
-func newEncoder(w io.Writer, n int) (*zstd.Encoder, error) {
+// compressor is a streaming encoder of one of the compressions: Close
+// ends its stream (a zstd frame, an S2 stream), Reset begins another.
+type compressor interface {
+	io.Writer
+	Flush() error
+	Close() error
+	Reset(io.Writer)
+}
+
+// newCompressor returns the encoder of every image for compression, on
+// n goroutines (0: every CPU), or nil for CompressionNone: zstd at its
+// fastest level with the frame's content checksum; S2 (CRC-32C of every
+// block). Both compress blocks in parallel.
+func newCompressor(w io.Writer, compression string, n int) (compressor, error) {
 	if n <= 0 {
 		n = runtime.NumCPU()
 	}
-	enc, err := zstd.NewWriter(w,
-		zstd.WithEncoderLevel(zstd.SpeedFastest),
-		zstd.WithEncoderConcurrency(n),
-		zstd.WithConcurrentBlocks(n > 1),
-		zstd.WithEncoderCRC(true))
-	if err != nil {
-		return nil, fmt.Errorf("start zstd: %w", err)
+	switch compression {
+	case CompressionZstd:
+		enc, err := zstd.NewWriter(w,
+			zstd.WithEncoderLevel(zstd.SpeedFastest),
+			zstd.WithEncoderConcurrency(n),
+			zstd.WithConcurrentBlocks(n > 1),
+			zstd.WithEncoderCRC(true))
+		if err != nil {
+			return nil, fmt.Errorf("start zstd: %w", err)
+		}
+		return enc, nil
+	case CompressionS2:
+		return s2.NewWriter(w, s2.WriterConcurrency(n)), nil
+	case CompressionNone:
+		return nil, nil
 	}
-	return enc, nil
+	return nil, fmt.Errorf("unknown compression %q", compression)
 }
 
 // Write hashes and compresses p.

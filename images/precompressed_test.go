@@ -3,12 +3,14 @@ package images
 import (
 	"bytes"
 	"context"
+	"errors"
 	"io"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
+	"github.com/klauspost/compress/s2"
 	"github.com/klauspost/compress/zstd"
 )
 
@@ -56,14 +58,18 @@ func precompress(t *testing.T, src, compression string) []Precompressed {
 	return out
 }
 
-func plainTar(t *testing.T, b []byte) []byte {
+func plainTar(t *testing.T, comp string, b []byte) []byte {
 	t.Helper()
-	d, err := zstd.NewReader(bytes.NewReader(b))
-	if err != nil {
-		t.Fatal(err)
+	var r io.Reader = s2.NewReader(bytes.NewReader(b))
+	if comp == CompressionZstd {
+		d, err := zstd.NewReader(bytes.NewReader(b))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer d.Close()
+		r = d
 	}
-	defer d.Close()
-	out, err := io.ReadAll(d)
+	out, err := io.ReadAll(r)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -77,7 +83,7 @@ func plainTar(t *testing.T, b []byte) []byte {
 func TestPrecompressedSameArchive(t *testing.T) {
 	files, dirs := testStaging()
 	full := makeStaging(t, files, dirs)
-	for _, comp := range []string{CompressionZstd, CompressionNone} {
+	for _, comp := range []string{CompressionZstd, CompressionS2, CompressionNone} {
 		t.Run(comp, func(t *testing.T) {
 			want := archiveBytes(t, full, testManifest(), comp)
 			src := makeStaging(t, files, dirs)
@@ -96,8 +102,8 @@ func TestPrecompressedSameArchive(t *testing.T) {
 				t.Errorf("RawBytes %d ImageBytes %d, want %d and %d", res.RawBytes, res.ImageBytes, raw, buf.Len())
 			}
 			got := buf.Bytes()
-			if comp == CompressionZstd {
-				want, got = plainTar(t, want), plainTar(t, got)
+			if comp != CompressionNone {
+				want, got = plainTar(t, comp, want), plainTar(t, comp, got)
 			}
 			if !bytes.Equal(got, want) {
 				t.Fatalf("the tar stream differs from the staged archive's")
@@ -131,5 +137,25 @@ func TestPrecompressedRefused(t *testing.T) {
 	dup := append([]Precompressed{}, pre[1], pre[1])
 	if _, err := WriteArchive(context.Background(), io.Discard, src, testManifest(), WriteOptions{Precompressed: dup}); err == nil || !strings.Contains(err.Error(), "twice") {
 		t.Errorf("an entry twice: %v", err)
+	}
+}
+
+// One flipped byte anywhere in the compressed pages of an S2 image is
+// refused as a corrupt image: S2 checks every block's CRC-32C, and the
+// manifest every file's SHA-256.
+func TestS2ImageCorruptionRefused(t *testing.T) {
+	files, dirs := testStaging()
+	src := makeStaging(t, files, dirs)
+	pre := precompress(t, src, CompressionS2)
+	var buf bytes.Buffer
+	if _, err := WriteArchive(context.Background(), &buf, src, testManifest(), WriteOptions{Compression: CompressionS2, Precompressed: pre}); err != nil {
+		t.Fatal(err)
+	}
+	for _, at := range []int{buf.Len() / 3, buf.Len() / 2, 2 * buf.Len() / 3} {
+		b := bytes.Clone(buf.Bytes())
+		b[at] ^= 0x40
+		if _, err := Verify(context.Background(), bytes.NewReader(b), Limits{}); !errors.Is(err, ErrCorrupt) {
+			t.Errorf("byte %d of %d flipped: Verify = %v, want a corrupt image", at, len(b), err)
+		}
 	}
 }

@@ -17,6 +17,7 @@ import (
 	"sync"
 	"syscall"
 
+	"github.com/klauspost/compress/s2"
 	"github.com/klauspost/compress/zstd"
 )
 
@@ -305,7 +306,7 @@ func read(ctx context.Context, r io.Reader, l Limits, out sink) (*Manifest, erro
 		seen: make(map[string]File),
 	}
 	br := bufio.NewReaderSize(rd.src, 64<<10)
-	magic, _ := br.Peek(4)
+	magic, _ := br.Peek(len(s2Magic))
 	if len(magic) == 0 {
 		if rd.src.err != nil {
 			return nil, fmt.Errorf("read input: %w", rd.src.err)
@@ -313,7 +314,12 @@ func read(ctx context.Context, r io.Reader, l Limits, out sink) (*Manifest, erro
 		return nil, fmt.Errorf("%w: empty input", ErrNotImage)
 	}
 	var stream io.Reader = br
-	if bytes.Equal(magic, zstdMagic) {
+	switch {
+	case bytes.HasPrefix(magic, s2Magic):
+		// S2's framing: every chunk's CRC-32C is checked; synchronous.
+		rd.dec = &errReader{r: s2.NewReader(br, s2.ReaderMaxBlockSize(s2MaxBlock))}
+		stream = rd.dec
+	case bytes.HasPrefix(magic, zstdMagic):
 		// Synchronous decoding, inside Read: no goroutine is left reading
 		// r once the reader returns.
 		dec, err := zstd.NewReader(br,
@@ -338,7 +344,15 @@ func read(ctx context.Context, r io.Reader, l Limits, out sink) (*Manifest, erro
 	return rd.readEntries()
 }
 
-var zstdMagic = []byte{0x28, 0xb5, 0x2f, 0xfd}
+var (
+	zstdMagic = []byte{0x28, 0xb5, 0x2f, 0xfd}
+	// s2Magic is the stream identifier chunk of S2's framing format.
+	s2Magic = []byte{0xff, 0x06, 0x00, 0x00, 'S', '2', 's', 'T', 'w', 'O'}
+)
+
+// s2MaxBlock bounds an S2 block (its writer's default is 1 MiB; the
+// format allows 4 MiB).
+const s2MaxBlock = 4 << 20
 
 // fail turns an error met while reading what into the error to report: the
 // context's, the source's, or one of the package's sentinels.

@@ -18,7 +18,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/klauspost/compress/zstd"
 	"golang.org/x/sys/unix"
 
 	"github.com/cr-dev/cr/scratch"
@@ -27,6 +26,7 @@ import (
 // Compression names accepted by WriteOptions.Compression.
 const (
 	CompressionZstd = "zstd"
+	CompressionS2   = "s2"
 	CompressionNone = "none"
 )
 
@@ -90,22 +90,17 @@ func writeArchive(ctx context.Context, out *countWriter, src string, m *Manifest
 	var res WriteResult
 	bw := bufio.NewWriterSize(out, 256<<10)
 	var sink io.Writer = bw
-	var enc *zstd.Encoder
-	switch o.Compression {
-	case "", CompressionZstd:
-		var err error
-		if enc, err = newEncoder(bw, o.Concurrency); err != nil {
-			return res, err
-		}
-		defer enc.Close() // a no-op after the Close below
-		sink = enc
-	case CompressionNone:
-	default:
-		return res, fmt.Errorf("unknown compression %q", o.Compression)
-	}
 	comp := o.Compression
 	if comp == "" {
 		comp = CompressionZstd
+	}
+	enc, err := newCompressor(bw, comp, o.Concurrency)
+	if err != nil {
+		return res, err
+	}
+	if enc != nil {
+		defer enc.Close() // a no-op after the Close below
+		sink = enc
 	}
 	for _, p := range o.Precompressed {
 		if p.Compression != comp {
@@ -166,7 +161,7 @@ func writeArchive(ctx context.Context, out *countWriter, src string, m *Manifest
 		}
 		if enc != nil {
 			if err := enc.Flush(); err != nil {
-				return res, fmt.Errorf("flush zstd: %w", err)
+				return res, fmt.Errorf("flush %s: %w", comp, err)
 			}
 		}
 		if err := bw.Flush(); err != nil {
@@ -198,7 +193,7 @@ func writeArchive(ctx context.Context, out *countWriter, src string, m *Manifest
 	}
 	if enc != nil {
 		if err := enc.Close(); err != nil {
-			return res, fmt.Errorf("close zstd: %w", err)
+			return res, fmt.Errorf("close %s: %w", comp, err)
 		}
 	}
 	if err := bw.Flush(); err != nil {
@@ -222,7 +217,7 @@ type archiveWriter struct {
 	buf      []byte
 	sink     io.Writer     // what tw writes to: enc, or bw
 	bw       *bufio.Writer // the output
-	enc      *zstd.Encoder // nil for a plain archive
+	enc      compressor    // nil for a plain archive
 }
 
 // writePre writes a precompressed entry: its header (in a frame of its

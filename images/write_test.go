@@ -21,7 +21,7 @@ import (
 func TestRoundTrip(t *testing.T) {
 	files, dirs := testStaging()
 	src := makeStaging(t, files, dirs)
-	for _, compression := range []string{CompressionZstd, CompressionNone} {
+	for _, compression := range []string{CompressionZstd, CompressionS2, CompressionNone} {
 		t.Run(compression, func(t *testing.T) {
 			m := testManifest()
 			path := filepath.Join(t.TempDir(), "lab.img")
@@ -216,7 +216,7 @@ func TestWriteRejectsStaging(t *testing.T) {
 func TestWriteFileCancel(t *testing.T) {
 	files, dirs := testStaging()
 	src := makeStaging(t, files, dirs)
-	for _, compression := range []string{CompressionZstd, CompressionNone} {
+	for _, compression := range []string{CompressionZstd, CompressionS2, CompressionNone} {
 		dir := t.TempDir()
 		ctx, cancel := context.WithCancel(context.Background())
 		var at int64
@@ -398,7 +398,7 @@ func TestWriteFillsStats(t *testing.T) {
 	for _, f := range files {
 		raw += int64(len(f.data))
 	}
-	for _, compression := range []string{CompressionZstd, CompressionNone} {
+	for _, compression := range []string{CompressionZstd, CompressionS2, CompressionNone} {
 		t.Run(compression, func(t *testing.T) {
 			m := testManifest()
 			m.Stats = &Stats{DumpMicros: 1234, PagesWritten: 7}
