@@ -113,3 +113,35 @@ func TestStreamCheckpointStagesNoPages(t *testing.T) {
 		t.Errorf("IPC objects after restore: %+v, before %+v", after, before)
 	}
 }
+
+// Every codec of --compress checkpoints through the stream and restores:
+// the image starts with its codec's magic, and the job's memory is back.
+func TestStreamCompressions(t *testing.T) {
+	for _, tc := range []struct{ codec, magic string }{
+		{"s2", "\xff\x06\x00\x00S2sTwO"},
+		{"none", "cr-image.json"},
+		{"zstd", "\x28\xb5\x2f\xfd"},
+	} {
+		t.Run(tc.codec, func(t *testing.T) {
+			path := "/codec-" + tc.codec
+			j := startJob(t, path, "--mem", "64", "--children", "1")
+			before := j.ask(t)
+			img := image(t)
+			mustCr(t, "checkpoint", "--compress", tc.codec, path, "-o", img)
+			gone(t, path)
+			b, err := os.ReadFile(img)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !strings.HasPrefix(string(b), tc.magic) {
+				t.Errorf("image starts with %q, want %q", b[:min(len(b), 16)], tc.magic)
+			}
+			mustCr(t, "restore", img)
+			killAtCleanup(t, path)
+			after := j.ask(t)
+			if after.MemSHA != before.MemSHAAtInit || after.Pid != before.Pid || fmt.Sprint(after.Children) != fmt.Sprint(before.Children) {
+				t.Errorf("after restore: %+v, before %+v", after, before)
+			}
+		})
+	}
+}
