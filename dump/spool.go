@@ -5,6 +5,7 @@ import (
 	"io"
 	"os"
 	"sync"
+	"sync/atomic"
 
 	"golang.org/x/sys/unix"
 )
@@ -31,6 +32,7 @@ type spool struct {
 	err    error // of the consumer: the producer's writes fail with it
 	peak   int64 // most bytes held at once, memory and file
 	held   int64
+	count  *atomic.Int64 // if set, counts every byte received
 }
 
 // segment is a piece of the stream: in memory (b) or in the file at off.
@@ -86,7 +88,78 @@ func (s *spool) Write(p []byte) (int, error) {
 	return n, err
 }
 
+// ReadFromPipe moves the pipe's content into the spool's file with
+// splice(2), a copy inside the kernel, as fast as CRIU writing to tmpfs
+// itself.
+func (s *spool) ReadFromPipe(pipe *os.File) (int64, error) {
+	s.mu.Lock()
+	if s.file == nil {
+		f, err := s.newFile()
+		if err != nil {
+			s.mu.Unlock()
+			return 0, err
+		}
+		s.file = f
+	}
+	dst := int(s.file.Fd())
+	s.mu.Unlock()
+	rc, err := pipe.SyscallConn()
+	if err != nil {
+		return 0, err
+	}
+	var total int64
+	for {
+		if err := s.failed(); err != nil {
+			return total, err
+		}
+		var n int64
+		var serr error
+		err := rc.Read(func(fd uintptr) bool {
+			off := s.woffNow()
+			n, serr = unix.Splice(int(fd), nil, dst, &off, 1<<20, unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
+			return serr != unix.EAGAIN
+		})
+		if err == nil {
+			err = serr
+		}
+		if n > 0 {
+			total += n
+			s.mu.Lock()
+			off := s.woff
+			if k := len(s.segs) - 1; k >= 0 && s.segs[k].b == nil && s.segs[k].off+s.segs[k].n == off {
+				s.segs[k].n += n
+			} else {
+				s.segs = append(s.segs, segment{off: off, n: n})
+			}
+			s.woff += n
+			s.grew(n)
+			s.mu.Unlock()
+		}
+		if err != nil {
+			return total, err
+		}
+		if n == 0 {
+			return total, nil // the pipe ended
+		}
+	}
+}
+
+func (s *spool) woffNow() int64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.woff
+}
+
+func (s *spool) failed() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.err
+}
+
 func (s *spool) grew(n int64) {
+	if s.count != nil {
+		s.count.Add(n)
+	}
 	s.held += n
 	s.peak = max(s.peak, s.held)
 	s.cond.Broadcast()

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"os"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -90,4 +91,34 @@ func TestSpoolFail(t *testing.T) {
 	if _, err := s2.Write([]byte("12345")); err == nil || err.Error() != "no file" {
 		t.Errorf("overflow without a file: %v", err)
 	}
+}
+
+// A pipe spliced into the spool arrives whole and in order, and the
+// bytes are counted as they come.
+func TestSpoolReadFromPipe(t *testing.T) {
+	want := make([]byte, 5<<20+123)
+	rand.Read(want)
+	dir := t.TempDir()
+	s := newSpool(0, func() (*os.File, error) { return os.CreateTemp(dir, "spool-") })
+	var count atomic.Int64
+	s.count = &count
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		w.Write(want)
+		w.Close()
+	}()
+	n, err := s.ReadFromPipe(r)
+	r.Close()
+	if err != nil || n != int64(len(want)) || count.Load() != n {
+		t.Fatalf("ReadFromPipe = %d, %v (counted %d), want %d", n, err, count.Load(), len(want))
+	}
+	s.Close()
+	got, err := io.ReadAll(s)
+	if err != nil || !bytes.Equal(got, want) {
+		t.Errorf("read back %d bytes (%v), not the %d written", len(got), err, len(want))
+	}
+	s.release()
 }

@@ -41,6 +41,7 @@ type streamState struct {
 	spools      []*spool
 	err         error // the first compressor's failure
 	peakSpooled int64
+	gate        chan struct{} // closed when the current CRIU is done
 }
 
 // spoolMemory is what one spool holds in memory before it spills.
@@ -111,6 +112,8 @@ func (c *Checkpoint) dumpStream(ctx context.Context, o Options, m *member) (*ima
 		return nil, err
 	}
 	defer ln.Close()
+	c.stream.gate = make(chan struct{})
+	defer close(c.stream.gate)
 	args := []string{"dump", "--stream", "-t", strconv.Itoa(m.node.InitPid), "-D", imgDir, "-W", work,
 		"-o", "dump.log", "-v4", "--leave-running", "--freeze-cgroup", m.node.Leaf(), "--manage-cgroups",
 		"--cgroup-dump-controller", c.tree.CRIUController(), "--file-locks"}
@@ -211,10 +214,15 @@ func (c *Checkpoint) storeImage(o Options, m *member, imgDir, name string) (io.W
 		}
 		return f, err
 	})
+	sp.count = &c.stream.raw
 	c.stream.mu.Lock()
 	c.stream.spools = append(c.stream.spools, sp)
 	c.stream.mu.Unlock()
+	gate := c.stream.gate
 	c.stream.compressors.Go(func() {
+		// The compressor starts once CRIU is done: while CRIU dumps, the
+		// tasks are frozen, and CRIU has the CPUs to itself.
+		<-gate
 		_, err := io.CopyBuffer(onlyWriter{sf.ew}, sp, make([]byte, 1<<20))
 		if err == nil {
 			err = sf.Close()
@@ -239,11 +247,9 @@ type spoolWriter struct {
 	sp *spool
 }
 
-func (w *spoolWriter) Write(p []byte) (int, error) {
-	n, err := w.sp.Write(p)
-	w.c.stream.raw.Add(int64(n))
-	return n, err
-}
+func (w *spoolWriter) ReadFromPipe(pipe *os.File) (int64, error) { return w.sp.ReadFromPipe(pipe) }
+
+func (w *spoolWriter) Write(p []byte) (int, error) { return w.sp.Write(p) }
 
 func (w *spoolWriter) Close() error { return w.sp.Close() }
 

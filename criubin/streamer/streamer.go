@@ -153,7 +153,12 @@ func (l *Listener) Capture(ctx context.Context, open Open) error {
 		s.track(pipe)
 		s.wg.Go(func() {
 			defer s.untrack(pipe)
-			_, err := io.CopyBuffer(w, onlyReader{pipe}, make([]byte, copyBuf))
+			var err error
+			if pw, ok := w.(PipeWriter); ok {
+				_, err = pw.ReadFromPipe(pipe)
+			} else {
+				_, err = io.CopyBuffer(w, onlyReader{pipe}, make([]byte, copyBuf))
+			}
 			if cerr := w.Close(); err == nil {
 				err = cerr
 			}
@@ -163,6 +168,14 @@ func (l *Listener) Capture(ctx context.Context, open Open) error {
 		})
 	}
 	return s.wait()
+}
+
+// PipeWriter is an Open's writer that takes the pipe itself (to splice
+// it, say) instead of its content through Write. ReadFromPipe returns
+// when the pipe ends, or fails once the pipe is closed under it.
+type PipeWriter interface {
+	io.WriteCloser
+	ReadFromPipe(pipe *os.File) (int64, error)
 }
 
 // Lookup is what a serve does with one file CRIU asks for: ok false says
