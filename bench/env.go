@@ -50,6 +50,9 @@ type env struct {
 	serve     *exec.Cmd
 	serveLog  string
 	serveDone chan error
+	// lastMaxRSS is the peak RSS of the last command run (and of the
+	// largest of its children), bytes.
+	lastMaxRSS int64
 }
 
 // newEnv builds the environment; on error it removes what it made.
@@ -250,6 +253,11 @@ func (e *env) run(ctx context.Context, name string, args []string, extraEnv []st
 	start := time.Now()
 	err := c.Run()
 	wall := time.Since(start)
+	if c.ProcessState != nil {
+		if ru, ok := c.ProcessState.SysUsage().(*syscall.Rusage); ok {
+			e.lastMaxRSS = ru.Maxrss << 10 // KiB; the command's and its children's (CRIU's) largest
+		}
+	}
 	if err != nil {
 		code := -1
 		if ee, ok := err.(*exec.ExitError); ok {
@@ -258,6 +266,34 @@ func (e *env) run(ctx context.Context, name string, args []string, extraEnv []st
 		return out.Bytes(), wall, &cmdError{Cmd: filepath.Base(name) + " " + strings.Join(args, " "), Code: code, Stderr: errb.String(), Err: err}
 	}
 	return out.Bytes(), wall, nil
+}
+
+// peakDirBytes polls dir (every 5 ms) until stop is closed and returns
+// the most bytes of regular files it ever held.
+func peakDirBytes(dir string, stop <-chan struct{}) <-chan int64 {
+	out := make(chan int64, 1)
+	go func() {
+		var peak int64
+		for {
+			var n int64
+			_ = filepath.WalkDir(dir, func(_ string, d os.DirEntry, err error) error {
+				if err == nil && d.Type().IsRegular() {
+					if fi, err := d.Info(); err == nil {
+						n += fi.Size()
+					}
+				}
+				return nil
+			})
+			peak = max(peak, n)
+			select {
+			case <-stop:
+				out <- peak
+				return
+			case <-time.After(5 * time.Millisecond):
+			}
+		}
+	}()
+	return out
 }
 
 // crCmd runs cr against one of the trees.

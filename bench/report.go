@@ -187,6 +187,32 @@ func evaluateTargets(res *Results) []Target {
 				Value: float64(w.Checkpoint.CR.ImageBytes) / float64(w.Raw.ImageBytes), Limit: 0.25, AtMost: true, Unit: "x",
 				Detail: fmt.Sprintf("cr %s, CRIU %s", human(w.Checkpoint.CR.ImageBytes), human(w.Raw.ImageBytes))})
 		}
+		if p := w.Peer; p != nil && w.Checkpoint != nil && p.CheckpointSeconds > 0 {
+			add(Target{ID: "peer-checkpoint", Goal: "cr checkpoint <= 0.5x the Podman-like checkpoint (criu dump; tar | zstd -1 -T0)", Workload: w.Name,
+				Value: w.Checkpoint.WallSeconds / p.CheckpointSeconds, Limit: 0.5, AtMost: true, Unit: "x",
+				Detail: fmt.Sprintf("cr %s, peer %s", secs(w.Checkpoint.WallSeconds), secs(p.CheckpointSeconds))})
+		}
+		if p := w.Peer; p != nil && w.Restore != nil && p.RestoreSeconds > 0 {
+			add(Target{ID: "peer-restore", Goal: "cr restore <= 0.5x the Podman-like restore (zstd -d | tar x; criu restore)", Workload: w.Name,
+				Value: w.Restore.WallSeconds / p.RestoreSeconds, Limit: 0.5, AtMost: true, Unit: "x",
+				Detail: fmt.Sprintf("cr %s, peer %s", secs(w.Restore.WallSeconds), secs(p.RestoreSeconds))})
+		}
+		if p := w.Peer; w.MemMiB > 0 && p != nil && w.Checkpoint != nil && p.ArchiveBytes > 0 {
+			add(Target{ID: "image-vs-zstd", Goal: "cr image within 5% of zstd -1 of the same dump", Workload: w.Name,
+				Value: float64(w.Checkpoint.CR.ImageBytes) / float64(p.ArchiveBytes), Limit: 1.05, AtMost: true, Unit: "x",
+				Detail: fmt.Sprintf("cr %s, tar | zstd -1 %s", human(w.Checkpoint.CR.ImageBytes), human(p.ArchiveBytes))})
+		}
+		if ck := w.Checkpoint; w.MemMiB > 0 && ck != nil && ck.PeakStagingBytes > 0 {
+			add(Target{ID: "extra-space", Goal: "peak staging while checkpointing <= the image + 64 MiB", Workload: w.Name,
+				Value: float64(ck.PeakStagingBytes) / float64(ck.CR.ImageBytes+64<<20), Limit: 1, AtMost: true, Unit: "x",
+				Detail: fmt.Sprintf("staging peak %s, image %s; peak RSS (cr or its CRIU) %s", human(ck.PeakStagingBytes), human(ck.CR.ImageBytes), human(ck.PeakRSSBytes))})
+		}
+		if w.MemMiB > 0 && w.Raw != nil && w.Migrate != nil && w.Migrate.Available && w.Raw.DumpWallSeconds+w.Raw.RestoreWallSeconds > 0 {
+			raw := w.Raw.DumpWallSeconds + w.Raw.RestoreWallSeconds
+			add(Target{ID: "migrate-downtime", Goal: "stop-and-copy downtime <= 1.2x criu dump + criu restore", Workload: w.Name,
+				Value: w.Migrate.CR.DowntimeSeconds / raw, Limit: 1.2, AtMost: true, Unit: "x",
+				Detail: fmt.Sprintf("downtime %s, criu %s", secs(w.Migrate.CR.DowntimeSeconds), secs(raw))})
+		}
 		if w.MemMiB > 0 && w.Migrate != nil && w.Migrate.Available {
 			name, lowest := lowestCeiling(res.Ceilings, w.Zstd)
 			add(Target{ID: "migrate-throughput", Goal: "stop-and-copy migration >= 60% of the lowest ceiling", Workload: w.Name,
@@ -305,6 +331,33 @@ func writeTables(out io.Writer, res *Results) {
 				human(ck.CR.ImageBytes), vs, fmt.Sprintf("%.0f", float64(ck.CR.RawBytes)/1e6/ck.WallSeconds))
 		} else {
 			row = append(row, "-", "-", "-", "-", "-", "-", "-")
+		}
+		fmt.Fprintln(tw, strings.Join(row, "\t")+"\t")
+	}
+	tw.Flush()
+
+	fmt.Fprintln(out, "\nSPACE: what cr checkpoint (to a file) held beside the image | PODMAN-LIKE PEER: criu dump to a dir, tar | zstd -1 -T0; zstd -d | tar x, criu restore")
+	tw = tabwriter.NewWriter(out, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "WORKLOAD\tPEAK STAGING\tPEAK RSS\tIMAGE\t|\tCHECKPOINT\tARCHIVE\tRESTORE\tEXTRACT\tcr/peer ckpt\tcr/peer rst\t")
+	for _, w := range res.Workloads {
+		row := []string{w.Name}
+		if ck := w.Checkpoint; ck != nil {
+			row = append(row, human(ck.PeakStagingBytes), human(ck.PeakRSSBytes), human(ck.CR.ImageBytes))
+		} else {
+			row = append(row, "-", "-", "-")
+		}
+		row = append(row, "|")
+		if p := w.Peer; p != nil {
+			ck, rs := "-", "-"
+			if w.Checkpoint != nil && p.CheckpointSeconds > 0 {
+				ck = fmt.Sprintf("%.2f", w.Checkpoint.WallSeconds/p.CheckpointSeconds)
+			}
+			if w.Restore != nil && p.RestoreSeconds > 0 {
+				rs = fmt.Sprintf("%.2f", w.Restore.WallSeconds/p.RestoreSeconds)
+			}
+			row = append(row, secs(p.CheckpointSeconds), human(p.ArchiveBytes), secs(p.RestoreSeconds), secs(p.ExtractSeconds), ck, rs)
+		} else {
+			row = append(row, "-", "-", "-", "-", "-", "-")
 		}
 		fmt.Fprintln(tw, strings.Join(row, "\t")+"\t")
 	}

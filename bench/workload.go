@@ -29,6 +29,7 @@ type WorkloadResult struct {
 type Run struct {
 	RawFirst     bool              `json:"raw_first"` // raw CRIU measured before cr (else after)
 	Raw          *RawResult        `json:"raw_criu,omitempty"`
+	Peer         *PeerResult       `json:"podman_like,omitempty"`
 	Zstd         *ZstdResult       `json:"zstd,omitempty"`
 	CheckpointLR *CheckpointResult `json:"cr_checkpoint_leave_running,omitempty"`
 	Checkpoint   *CheckpointResult `json:"cr_checkpoint,omitempty"`
@@ -74,10 +75,25 @@ type crMigrate struct {
 }
 
 // CheckpointResult is one cr checkpoint: the wall time around the command
-// and what it reported.
+// and what it reported, and the most its staging area and the largest of
+// cr and its CRIU held while it ran.
 type CheckpointResult struct {
-	WallSeconds float64      `json:"wall_seconds"`
-	CR          crCheckpoint `json:"cr"`
+	WallSeconds      float64      `json:"wall_seconds"`
+	CR               crCheckpoint `json:"cr"`
+	PeakStagingBytes int64        `json:"peak_staging_bytes"`
+	PeakRSSBytes     int64        `json:"peak_rss_bytes"`
+}
+
+// PeerResult is a Podman-like checkpoint and restore of the same job:
+// criu dump into a directory (the raw dump), then tar | zstd -1 -T0 into
+// a file; restore: zstd -d | tar x, then criu restore (the raw restore,
+// from the extracted directory).
+type PeerResult struct {
+	ArchiveSeconds    float64 `json:"archive_seconds"`
+	ArchiveBytes      int64   `json:"archive_bytes"`
+	ExtractSeconds    float64 `json:"extract_seconds"`
+	CheckpointSeconds float64 `json:"checkpoint_seconds"` // raw dump + archive
+	RestoreSeconds    float64 `json:"restore_seconds"`    // extract + raw restore
 }
 
 // RestoreResult is one cr restore.
@@ -201,10 +217,38 @@ func (e *env) measureRaw(ctx context.Context, j *job, r *Run) error {
 		return step("zstd ceiling", err)
 	}
 	logf("  zstd on its pages: %.0f MB/s, %.2fx", r.Zstd.CompressMBps, r.Zstd.Ratio)
-	if err := e.rawRestore(ctx, j, rawDir, leaf, r.Raw); err != nil {
+	// The Podman-like peer archives the raw dump, and the raw restore
+	// runs from what it extracts.
+	p := &PeerResult{}
+	archive := rawDir + ".tar.zst"
+	peerDir := rawDir + "-peer"
+	defer os.Remove(archive)
+	defer os.RemoveAll(peerDir)
+	_, wall, err := e.run(ctx, "sh", []string{"-c", `tar -C "$1" -cf - . | zstd -1 -T0 -q -o "$2"`, "sh", rawDir, archive}, nil)
+	if err != nil {
+		return step("podman-like archive", err)
+	}
+	p.ArchiveSeconds = wall.Seconds()
+	if fi, err := os.Stat(archive); err == nil {
+		p.ArchiveBytes = fi.Size()
+	}
+	_ = os.RemoveAll(rawDir) // as a peer would not keep it
+	if err := os.MkdirAll(peerDir, 0o700); err != nil {
+		return err
+	}
+	if _, wall, err = e.run(ctx, "sh", []string{"-c", `zstd -dc -q "$1" | tar -C "$2" -xf -`, "sh", archive, peerDir}, nil); err != nil {
+		return step("podman-like extract", err)
+	}
+	p.ExtractSeconds = wall.Seconds()
+	if err := e.rawRestore(ctx, j, peerDir, leaf, r.Raw); err != nil {
 		return step("raw criu restore", err)
 	}
 	logf("  raw criu restore: %s wall (verified)", secs(r.Raw.RestoreWallSeconds))
+	p.CheckpointSeconds = r.Raw.DumpWallSeconds + p.ArchiveSeconds
+	p.RestoreSeconds = p.ExtractSeconds + r.Raw.RestoreWallSeconds
+	r.Peer = p
+	logf("  podman-like: checkpoint %s (archive %s, %s), restore %s (extract %s)", secs(p.CheckpointSeconds), secs(p.ArchiveSeconds),
+		human(p.ArchiveBytes), secs(p.RestoreSeconds), secs(p.ExtractSeconds))
 	return nil
 }
 
@@ -263,11 +307,15 @@ func (e *env) checkpoint(ctx context.Context, j *job, img string, leaveRunning b
 	if leaveRunning {
 		args = append(args, "--leave-running")
 	}
+	stop := make(chan struct{})
+	peak := peakDirBytes(filepath.Join(e.dir, e.src.Name, "staging"), stop)
 	out, wall, err := e.crCmd(ctx, e.src, append(args, j.path)...)
+	close(stop)
+	staged := <-peak
 	if err != nil {
 		return nil, err
 	}
-	res := &CheckpointResult{WallSeconds: wall.Seconds()}
+	res := &CheckpointResult{WallSeconds: wall.Seconds(), PeakStagingBytes: staged, PeakRSSBytes: e.lastMaxRSS}
 	if err := json.Unmarshal(out, &res.CR); err != nil {
 		return nil, fmt.Errorf("read cr checkpoint --json: %w", err)
 	}
