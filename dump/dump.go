@@ -140,7 +140,9 @@ func Run(ctx context.Context, t *nstree.Tree, root *nstree.Node, o Options) (*Ch
 		return nil, fmt.Errorf("create staging area: %w", err)
 	}
 	c := &Checkpoint{Dir: dir.Path, staging: dir, tree: t, root: root}
+	c.stream.gate = make(chan struct{})
 	m, err := c.run(ctx, o)
+	close(c.stream.gate) // the compressors of --leave-running may start
 	if err != nil {
 		c.stream.abort(err)
 		c.Resume()

@@ -41,7 +41,7 @@ type streamState struct {
 	spools      []*spool
 	err         error // the first compressor's failure
 	peakSpooled int64
-	gate        chan struct{} // closed when the current CRIU is done
+	gate        chan struct{} // closed when the last CRIU is done (Run)
 }
 
 // spoolMemory is what one spool holds in memory before it spills.
@@ -112,8 +112,6 @@ func (c *Checkpoint) dumpStream(ctx context.Context, o Options, m *member) (*ima
 		return nil, err
 	}
 	defer ln.Close()
-	c.stream.gate = make(chan struct{})
-	defer close(c.stream.gate)
 	args := []string{"dump", "--stream", "-t", strconv.Itoa(m.node.InitPid), "-D", imgDir, "-W", work,
 		"-o", "dump.log", "-v4", "--leave-running", "--freeze-cgroup", m.node.Leaf(), "--manage-cgroups",
 		"--cgroup-dump-controller", c.tree.CRIUController(), "--file-locks"}
@@ -220,8 +218,8 @@ func (c *Checkpoint) storeImage(o Options, m *member, imgDir, name string) (io.W
 	c.stream.mu.Unlock()
 	gate := c.stream.gate
 	c.stream.compressors.Go(func() {
-		// The compressor starts once CRIU is done: while CRIU dumps, the
-		// tasks are frozen, and CRIU has the CPUs to itself.
+		// The compressor starts once every CRIU is done: while CRIU
+		// dumps, the tasks are frozen, and CRIU has the CPUs to itself.
 		<-gate
 		_, err := io.CopyBuffer(onlyWriter{sf.ew}, sp, make([]byte, 1<<20))
 		if err == nil {
