@@ -13,11 +13,12 @@ import (
 // spool sits between CRIU's pipe and the compressor when the source runs
 // on after the dump (--leave-running): CRIU's writes never wait for the
 // compressor, so the tasks are let go as soon as CRIU has written
-// everything. What the compressor has not taken yet is held in memory up
-// to memLimit bytes, the rest in file (beside staging, on tmpfs where
-// /run is), whose consumed ranges are punched out as the compressor
-// takes them. Write and Close are the producer's (one goroutine), Read
-// the consumer's (another).
+// everything. The streamer hands it CRIU's pipe (ReadFromPipe), which it
+// splices into file (unlinked, beside staging: tmpfs where /run is); a
+// writer that has only bytes (Write) is held in memory up to memLimit,
+// the rest in file too. The compressor (Read) takes it all in order and
+// punches out of file what it has taken. The producer is one goroutine,
+// the consumer another.
 type spool struct {
 	memLimit int64
 	file     *os.File // unlinked; nil until needed

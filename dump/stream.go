@@ -44,7 +44,8 @@ type streamState struct {
 	gate        chan struct{} // closed when the last CRIU is done (Run)
 }
 
-// spoolMemory is what one spool holds in memory before it spills.
+// spoolMemory is what one spool holds in memory before it spills, for
+// what is written to it rather than spliced (CRIU's pipes are spliced).
 const spoolMemory = 32 << 20
 
 // wait waits for the compressors of a LeaveRunning dump and returns the
