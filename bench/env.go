@@ -50,8 +50,7 @@ type env struct {
 	serve     *exec.Cmd
 	serveLog  string
 	serveDone chan error
-	// lastMaxRSS is the peak RSS of the last command run (and of the
-	// largest of its children), bytes.
+	// lastMaxRSS is the peak RSS (VmHWM) of the last command run, bytes.
 	lastMaxRSS int64
 }
 
@@ -251,13 +250,30 @@ func (e *env) run(ctx context.Context, name string, args []string, extraEnv []st
 	c.Cancel = func() error { return c.Process.Signal(syscall.SIGTERM) }
 	c.WaitDelay = 10 * time.Second
 	start := time.Now()
-	err := c.Run()
-	wall := time.Since(start)
-	if c.ProcessState != nil {
-		if ru, ok := c.ProcessState.SysUsage().(*syscall.Rusage); ok {
-			e.lastMaxRSS = ru.Maxrss << 10 // KiB; the command's and its children's (CRIU's) largest
-		}
+	err := c.Start()
+	if err == nil {
+		// The command's own peak RSS (VmHWM), sampled until it exits:
+		// wait4's maxrss would count the bench's own memory, which a
+		// child inherits at fork.
+		done := make(chan struct{})
+		hwm := make(chan int64, 1)
+		go func() {
+			var peak int64
+			for {
+				peak = max(peak, vmHWM(c.Process.Pid))
+				select {
+				case <-done:
+					hwm <- peak
+					return
+				case <-time.After(5 * time.Millisecond):
+				}
+			}
+		}()
+		err = c.Wait()
+		close(done)
+		e.lastMaxRSS = <-hwm
 	}
+	wall := time.Since(start)
 	if err != nil {
 		code := -1
 		if ee, ok := err.(*exec.ExitError); ok {
@@ -266,6 +282,22 @@ func (e *env) run(ctx context.Context, name string, args []string, extraEnv []st
 		return out.Bytes(), wall, &cmdError{Cmd: filepath.Base(name) + " " + strings.Join(args, " "), Code: code, Stderr: errb.String(), Err: err}
 	}
 	return out.Bytes(), wall, nil
+}
+
+// vmHWM is a process's peak resident set so far (bytes), 0 once it is gone.
+func vmHWM(pid int) int64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, "VmHWM:"); ok {
+			var kb int64
+			fmt.Sscan(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), &kb)
+			return kb << 10
+		}
+	}
+	return 0
 }
 
 // peakDirBytes polls dir (every 5 ms) until stop is closed and returns

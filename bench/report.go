@@ -205,7 +205,7 @@ func evaluateTargets(res *Results) []Target {
 		if ck := w.Checkpoint; w.MemMiB > 0 && ck != nil && ck.PeakStagingBytes > 0 {
 			add(Target{ID: "extra-space", Goal: "peak staging while checkpointing <= the image + 64 MiB", Workload: w.Name,
 				Value: float64(ck.PeakStagingBytes) / float64(ck.CR.ImageBytes+64<<20), Limit: 1, AtMost: true, Unit: "x",
-				Detail: fmt.Sprintf("staging peak %s, image %s; peak RSS (cr or its CRIU) %s", human(ck.PeakStagingBytes), human(ck.CR.ImageBytes), human(ck.PeakRSSBytes))})
+				Detail: fmt.Sprintf("staging peak %s, image %s; peak RSS of cr %s", human(ck.PeakStagingBytes), human(ck.CR.ImageBytes), human(ck.PeakRSSBytes))})
 		}
 		if w.MemMiB > 0 && w.Raw != nil && w.Migrate != nil && w.Migrate.Available && w.Raw.DumpWallSeconds+w.Raw.RestoreWallSeconds > 0 {
 			raw := w.Raw.DumpWallSeconds + w.Raw.RestoreWallSeconds
@@ -338,7 +338,7 @@ func writeTables(out io.Writer, res *Results) {
 
 	fmt.Fprintln(out, "\nSPACE: what cr checkpoint (to a file) held beside the image | PODMAN-LIKE PEER: criu dump to a dir, tar | zstd -1 -T0; zstd -d | tar x, criu restore")
 	tw = tabwriter.NewWriter(out, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "WORKLOAD\tPEAK STAGING\tPEAK RSS\tIMAGE\t|\tCHECKPOINT\tARCHIVE\tRESTORE\tEXTRACT\tcr/peer ckpt\tcr/peer rst\t")
+	fmt.Fprintln(tw, "WORKLOAD\tPEAK STAGING\tcr PEAK RSS\tIMAGE\t|\tCHECKPOINT\tARCHIVE\tRESTORE\tEXTRACT\tcr/peer ckpt\tcr/peer rst\t")
 	for _, w := range res.Workloads {
 		row := []string{w.Name}
 		if ck := w.Checkpoint; ck != nil {

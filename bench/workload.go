@@ -75,8 +75,8 @@ type crMigrate struct {
 }
 
 // CheckpointResult is one cr checkpoint: the wall time around the command
-// and what it reported, and the most its staging area and the largest of
-// cr and its CRIU held while it ran.
+// and what it reported, and the most its staging area and cr's own
+// memory (VmHWM) held while it ran.
 type CheckpointResult struct {
 	WallSeconds      float64      `json:"wall_seconds"`
 	CR               crCheckpoint `json:"cr"`
