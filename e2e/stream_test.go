@@ -92,8 +92,9 @@ func TestStreamCheckpointStagesNoPages(t *testing.T) {
 		t.Errorf("staging grew to %d bytes for an image of %d: more than the image and 64 MiB", w.peak, st.Size())
 	}
 	t.Logf("image %d bytes, staging peak %d bytes", st.Size(), w.peak)
-	if ents, _ := os.ReadDir(staging); len(ents) != 0 {
-		t.Errorf("staging not empty after the checkpoint: %v", ents)
+	// Other tests keep their own things there (cr check's probe tree).
+	if left, _ := filepath.Glob(filepath.Join(staging, "ckpt-*")); len(left) != 0 {
+		t.Errorf("the checkpoint left staging entries: %v", left)
 	}
 
 	mustCr(t, "restore", img)
