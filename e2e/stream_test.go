@@ -11,6 +11,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // stagingWatch polls the staging area while a checkpoint runs: the
@@ -190,5 +192,34 @@ func TestStreamFlippedPageByteRestoresNothing(t *testing.T) {
 	}
 	if ls(t)["/flip"].State != "running" || !j.progresses(t, j.ask(t).Counter) {
 		t.Errorf("the source does not run on")
+	}
+}
+
+// A staging area too small for the compressed pages: the checkpoint fails
+// with the reason (no space), the job runs on, and nothing is left.
+func TestStreamStagingFull(t *testing.T) {
+	small := t.TempDir()
+	if err := unix.Mount("tmpfs", small, "tmpfs", 0, "size=4m"); err != nil {
+		t.Skipf("cannot mount a tmpfs: %v", err)
+	}
+	t.Cleanup(func() { _ = unix.Unmount(small, unix.MNT_DETACH) })
+	j := startJob(t, "/full", "--mem", "64")
+	before := j.ask(t)
+	img := image(t)
+	r := crEnv(t, []string{"CR_STAGING=" + small}, "checkpoint", "/full", "-o", img)
+	if r.code != 1 || !strings.Contains(r.err, "Error: dump /full: stream images: pages-") || !strings.Contains(r.err, "no space left on device") {
+		t.Errorf("checkpoint into a full staging area: %s; want exit 1 and the reason", r)
+	}
+	if _, err := os.Stat(img); err == nil {
+		t.Errorf("an image was left")
+	}
+	if ents, _ := os.ReadDir(small); len(ents) != 0 {
+		t.Errorf("staging left: %v", ents)
+	}
+	if ls(t)["/full"].State != "running" || !j.progresses(t, before.Counter) {
+		t.Errorf("the job does not run on")
+	}
+	if got := j.ask(t); got.MemSHA != before.MemSHAAtInit {
+		t.Errorf("the job's memory changed")
 	}
 }
