@@ -396,3 +396,20 @@ func TestSecsHuman(t *testing.T) {
 		}
 	}
 }
+
+// sendFile delivers the file whole to the other side.
+func TestSendFile(t *testing.T) {
+	dir := t.TempDir()
+	src, dst := filepath.Join(dir, "src"), filepath.Join(dir, "dst")
+	want := bytes.Repeat([]byte("archive "), 300000)
+	if err := os.WriteFile(src, want, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	d, err := sendFile("", "127.0.0.1", src, dst)
+	if err != nil || d <= 0 {
+		t.Fatalf("sendFile = %v, %v", d, err)
+	}
+	if got, _ := os.ReadFile(dst); !bytes.Equal(got, want) {
+		t.Errorf("received %d bytes, not the %d sent", len(got), len(want))
+	}
+}

@@ -232,6 +232,71 @@ func tcpThroughput(listenNS, dialNS, addr string, buf []byte, cfg *tls.Config) (
 	return mbps(tcpProbe, d), nil
 }
 
+// sendFile sends the file src over TCP from the calling thread's network
+// namespace to a listener on addr in the namespace listenNS, which writes
+// it to dst, and returns the time until the receiver had it all (its
+// acknowledgement).
+func sendFile(listenNS, addr, src, dst string) (time.Duration, error) {
+	var ln net.Listener
+	err := maybeNetns(listenNS, func() (err error) {
+		ln, err = net.Listen("tcp", net.JoinHostPort(addr, "0"))
+		return err
+	})
+	if err != nil {
+		return 0, err
+	}
+	defer ln.Close()
+	in, err := os.Open(src)
+	if err != nil {
+		return 0, err
+	}
+	defer in.Close()
+	fi, err := in.Stat()
+	if err != nil {
+		return 0, err
+	}
+	srvErr := make(chan error, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			srvErr <- err
+			return
+		}
+		defer c.Close()
+		out, err := os.Create(dst)
+		if err != nil {
+			srvErr <- err
+			return
+		}
+		_, err = io.CopyN(out, c, fi.Size())
+		if cerr := out.Close(); err == nil {
+			err = cerr
+		}
+		if err == nil {
+			_, err = c.Write([]byte{1})
+		}
+		srvErr <- err
+	}()
+	c, err := net.DialTimeout("tcp", ln.Addr().String(), 5*time.Second)
+	if err != nil {
+		return 0, err
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(5 * time.Minute))
+	start := time.Now()
+	if _, err := io.Copy(c, in); err != nil {
+		return 0, err
+	}
+	if _, err := io.ReadFull(c, make([]byte, 1)); err != nil {
+		return 0, fmt.Errorf("read acknowledgement: %w", err)
+	}
+	d := time.Since(start)
+	if err := <-srvErr; err != nil {
+		return 0, err
+	}
+	return d, nil
+}
+
 func maybeNetns(path string, fn func() error) error {
 	if path == "" {
 		return fn()

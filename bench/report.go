@@ -197,6 +197,11 @@ func evaluateTargets(res *Results) []Target {
 				Value: w.Restore.WallSeconds / p.RestoreSeconds, Limit: 0.5, AtMost: true, Unit: "x",
 				Detail: fmt.Sprintf("cr %s, peer %s", secs(w.Restore.WallSeconds), secs(p.RestoreSeconds))})
 		}
+		if p := w.Peer; p != nil && w.Migrate != nil && w.Migrate.Available && p.MigrateSeconds > 0 {
+			add(Target{ID: "peer-migrate", Goal: "cr migrate downtime <= 0.5x the Podman-like migration (dump, archive, send, extract, restore)", Workload: w.Name,
+				Value: w.Migrate.CR.DowntimeSeconds / p.MigrateSeconds, Limit: 0.5, AtMost: true, Unit: "x",
+				Detail: fmt.Sprintf("cr %s, peer %s", secs(w.Migrate.CR.DowntimeSeconds), secs(p.MigrateSeconds))})
+		}
 		if p := w.Peer; w.MemMiB > 0 && p != nil && w.Checkpoint != nil && p.ArchiveBytes > 0 {
 			add(Target{ID: "image-vs-zstd", Goal: "cr image within 5% of zstd -1 of the same dump", Workload: w.Name,
 				Value: float64(w.Checkpoint.CR.ImageBytes) / float64(p.ArchiveBytes), Limit: 1.05, AtMost: true, Unit: "x",
@@ -338,7 +343,7 @@ func writeTables(out io.Writer, res *Results) {
 
 	fmt.Fprintln(out, "\nSPACE: what cr checkpoint (to a file) held beside the image | PODMAN-LIKE PEER: criu dump to a dir, tar | zstd -1 -T0; zstd -d | tar x, criu restore")
 	tw = tabwriter.NewWriter(out, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "WORKLOAD\tPEAK STAGING\tcr PEAK RSS\tIMAGE\t|\tCHECKPOINT\tARCHIVE\tRESTORE\tEXTRACT\tcr/peer ckpt\tcr/peer rst\t")
+	fmt.Fprintln(tw, "WORKLOAD\tPEAK STAGING\tcr PEAK RSS\tIMAGE\t|\tCHECKPOINT\tARCHIVE\tRESTORE\tEXTRACT\tMIGRATE\tcr/peer ckpt\tcr/peer rst\tcr/peer mig\t")
 	for _, w := range res.Workloads {
 		row := []string{w.Name}
 		if ck := w.Checkpoint; ck != nil {
@@ -348,16 +353,19 @@ func writeTables(out io.Writer, res *Results) {
 		}
 		row = append(row, "|")
 		if p := w.Peer; p != nil {
-			ck, rs := "-", "-"
+			ck, rs, mg := "-", "-", "-"
 			if w.Checkpoint != nil && p.CheckpointSeconds > 0 {
 				ck = fmt.Sprintf("%.2f", w.Checkpoint.WallSeconds/p.CheckpointSeconds)
 			}
 			if w.Restore != nil && p.RestoreSeconds > 0 {
 				rs = fmt.Sprintf("%.2f", w.Restore.WallSeconds/p.RestoreSeconds)
 			}
-			row = append(row, secs(p.CheckpointSeconds), human(p.ArchiveBytes), secs(p.RestoreSeconds), secs(p.ExtractSeconds), ck, rs)
+			if w.Migrate != nil && w.Migrate.Available && p.MigrateSeconds > 0 {
+				mg = fmt.Sprintf("%.2f", w.Migrate.CR.DowntimeSeconds/p.MigrateSeconds)
+			}
+			row = append(row, secs(p.CheckpointSeconds), human(p.ArchiveBytes), secs(p.RestoreSeconds), secs(p.ExtractSeconds), secs(p.MigrateSeconds), ck, rs, mg)
 		} else {
-			row = append(row, "-", "-", "-", "-", "-", "-")
+			row = append(row, "-", "-", "-", "-", "-", "-", "-", "-")
 		}
 		fmt.Fprintln(tw, strings.Join(row, "\t")+"\t")
 	}

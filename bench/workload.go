@@ -92,8 +92,10 @@ type PeerResult struct {
 	ArchiveSeconds    float64 `json:"archive_seconds"`
 	ArchiveBytes      int64   `json:"archive_bytes"`
 	ExtractSeconds    float64 `json:"extract_seconds"`
+	SendSeconds       float64 `json:"send_seconds"`       // the archive over the veth, A to B
 	CheckpointSeconds float64 `json:"checkpoint_seconds"` // raw dump + archive
 	RestoreSeconds    float64 `json:"restore_seconds"`    // extract + raw restore
+	MigrateSeconds    float64 `json:"migrate_seconds"`    // raw dump + archive + send + extract + raw restore
 }
 
 // RestoreResult is one cr restore.
@@ -233,10 +235,19 @@ func (e *env) measureRaw(ctx context.Context, j *job, r *Run) error {
 		p.ArchiveBytes = fi.Size()
 	}
 	_ = os.RemoveAll(rawDir) // as a peer would not keep it
+	// Its migration sends the archive over the veth (received into a
+	// file, as a peer's receiver would), then extracts what arrived.
+	recv := rawDir + "-recv.tar.zst"
+	defer os.Remove(recv)
+	send, err := sendFile(netnsPath(e.nsB), addrB, archive, recv)
+	if err != nil {
+		return step("podman-like send", err)
+	}
+	p.SendSeconds = send.Seconds()
 	if err := os.MkdirAll(peerDir, 0o700); err != nil {
 		return err
 	}
-	if _, wall, err = e.run(ctx, "sh", []string{"-c", `zstd -dc -q "$1" | tar -C "$2" -xf -`, "sh", archive, peerDir}, nil); err != nil {
+	if _, wall, err = e.run(ctx, "sh", []string{"-c", `zstd -dc -q "$1" | tar -C "$2" -xf -`, "sh", recv, peerDir}, nil); err != nil {
 		return step("podman-like extract", err)
 	}
 	p.ExtractSeconds = wall.Seconds()
@@ -246,9 +257,10 @@ func (e *env) measureRaw(ctx context.Context, j *job, r *Run) error {
 	logf("  raw criu restore: %s wall (verified)", secs(r.Raw.RestoreWallSeconds))
 	p.CheckpointSeconds = r.Raw.DumpWallSeconds + p.ArchiveSeconds
 	p.RestoreSeconds = p.ExtractSeconds + r.Raw.RestoreWallSeconds
+	p.MigrateSeconds = p.CheckpointSeconds + p.SendSeconds + p.RestoreSeconds
 	r.Peer = p
-	logf("  podman-like: checkpoint %s (archive %s, %s), restore %s (extract %s)", secs(p.CheckpointSeconds), secs(p.ArchiveSeconds),
-		human(p.ArchiveBytes), secs(p.RestoreSeconds), secs(p.ExtractSeconds))
+	logf("  podman-like: checkpoint %s (archive %s, %s), restore %s (extract %s), migrate %s (send %s)", secs(p.CheckpointSeconds), secs(p.ArchiveSeconds),
+		human(p.ArchiveBytes), secs(p.RestoreSeconds), secs(p.ExtractSeconds), secs(p.MigrateSeconds), secs(p.SendSeconds))
 	return nil
 }
 
