@@ -10,6 +10,7 @@ import (
 	"runtime"
 	"slices"
 	"strings"
+	"sync"
 
 	"github.com/klauspost/compress/s2"
 	"github.com/klauspost/compress/zstd"
@@ -47,6 +48,7 @@ type EntryWriter struct {
 	h          hash.Hash
 	size       int64
 	done       bool
+	lanes      int
 }
 
 // NewEntryWriter writes the entry name (mode) into f, compressed as
@@ -57,7 +59,10 @@ func NewEntryWriter(f *os.File, name string, mode uint32, compression string, co
 	if err := checkName(name); err != nil {
 		return nil, fmt.Errorf("entry %q: %w", name, err)
 	}
-	e := &EntryWriter{name: name, mode: mode, comp: compression, f: f, out: &countWriter{w: f}, h: sha256.New()}
+	if concurrency <= 0 {
+		concurrency = runtime.NumCPU()
+	}
+	e := &EntryWriter{name: name, mode: mode, comp: compression, f: f, out: &countWriter{w: f}, h: sha256.New(), lanes: concurrency}
 	if e.comp == "" {
 		e.comp = CompressionZstd
 	}
@@ -70,6 +75,37 @@ func NewEntryWriter(f *os.File, name string, mode uint32, compression string, co
 		e.w = enc
 	}
 	return e, nil
+}
+
+// zstdPool keeps the zstd encoders of ended entries for the next ones,
+// by concurrency: an encoder holds several MiB of buffers, and a dump of
+// many processes compresses one pages image after another.
+var zstdPool = struct {
+	sync.Mutex
+	free map[int][]*zstd.Encoder
+}{free: map[int][]*zstd.Encoder{}}
+
+func getZstd(n int) *zstd.Encoder {
+	zstdPool.Lock()
+	defer zstdPool.Unlock()
+	l := zstdPool.free[n]
+	if len(l) == 0 {
+		return nil
+	}
+	enc := l[len(l)-1]
+	zstdPool.free[n] = l[:len(l)-1]
+	return enc
+}
+
+// putZstd returns an encoder whose stream was closed without error; at
+// most a few are kept.
+func putZstd(n int, enc *zstd.Encoder) {
+	zstdPool.Lock()
+	defer zstdPool.Unlock()
+	if len(zstdPool.free[n]) < 4 {
+		enc.Reset(nil)
+		zstdPool.free[n] = append(zstdPool.free[n], enc)
+	}
 }
 
 // compressor is a streaming encoder of one of the compressions: Close
@@ -91,6 +127,10 @@ func newCompressor(w io.Writer, compression string, n int) (compressor, error) {
 	}
 	switch compression {
 	case CompressionZstd:
+		if enc := getZstd(n); enc != nil {
+			enc.Reset(w)
+			return enc, nil
+		}
 		enc, err := zstd.NewWriter(w,
 			zstd.WithEncoderLevel(zstd.SpeedFastest),
 			zstd.WithEncoderConcurrency(n),
@@ -137,6 +177,10 @@ func (e *EntryWriter) Close() error {
 		if err := e.enc.Close(); err != nil {
 			return fmt.Errorf("write %s: %w", e.name, err)
 		}
+		if z, ok := e.enc.(*zstd.Encoder); ok {
+			putZstd(e.lanes, z)
+		}
+		e.enc = nil
 	}
 	return nil
 }
