@@ -160,9 +160,10 @@ func (c *Checkpoint) dumpStream(ctx context.Context, o Options, m *member) (*ima
 	switch {
 	case ctx.Err() != nil:
 		return nil, ctx.Err()
-	case cerr != nil && !errors.Is(cerr, streamer.ErrCutShort):
+	case cerr != nil && !errors.Is(cerr, streamer.ErrCutShort) && !errors.Is(cerr, context.Canceled):
 		// cr's side failed first (no space for the pages, say): CRIU then
-		// failed only because its pipes were closed.
+		// failed only because its pipes were closed. (A capture cut short,
+		// or stopped because CRIU had exited, says nothing of its own.)
 		return nil, fmt.Errorf("dump %s: stream images: %w", m.node.Path, cerr)
 	case werr != nil:
 		if s := strings.TrimSpace(stderr.String()); s != "" {
