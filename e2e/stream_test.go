@@ -207,7 +207,7 @@ func TestStreamStagingFull(t *testing.T) {
 	before := j.ask(t)
 	img := image(t)
 	r := crEnv(t, []string{"CR_STAGING=" + small}, "checkpoint", "/full", "-o", img)
-	if r.code != 1 || !strings.Contains(r.err, "Error: dump /full: stream images: pages-") || !strings.Contains(r.err, "no space left on device") {
+	if r.code != 1 || !strings.Contains(r.err, "Error: dump /full: stream images: ") || !strings.Contains(r.err, "no space left on device") {
 		t.Errorf("checkpoint into a full staging area: %s; want exit 1 and the reason", r)
 	}
 	if _, err := os.Stat(img); err == nil {
