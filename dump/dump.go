@@ -698,8 +698,11 @@ func (c *Checkpoint) Finish(ctx context.Context) error {
 	return err
 }
 
-// Cleanup removes the staging directory.
+// Cleanup removes the staging directory. A lazy dump's page servers still
+// running (a migration in doubt) end first: they write into the staging
+// directory, and a CRIU writing there while it goes leaves it behind.
 func (c *Checkpoint) Cleanup() {
+	_ = c.endPages()
 	_ = c.staging.Remove()
 	_ = c.logs.Remove()
 	_ = c.stream.spill.Remove()
