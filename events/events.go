@@ -20,6 +20,7 @@ import (
 	"io"
 	"io/fs"
 	"os"
+	"path"
 	"path/filepath"
 	"sort"
 	"strings"
@@ -229,6 +230,11 @@ func parse(line []byte) (Event, bool) {
 	// one bad line: skip it.
 	var ev Event
 	if len(line) == 0 || json.Unmarshal(line, &ev) != nil || ev.Type == "" || ev.Time.IsZero() {
+		return Event{}, false
+	}
+	// cr writes only clean absolute paths ("/a/b"); anything else was not
+	// written by cr, and would not be scoped right ("/a/" is not below /a).
+	if ev.Path != "" && (!strings.HasPrefix(ev.Path, "/") || path.Clean(ev.Path) != ev.Path) {
 		return Event{}, false
 	}
 	return ev, true
