@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"hash"
 	"io"
-	"io/fs"
 	"os"
 	"runtime"
 	"sync"
@@ -60,7 +59,7 @@ func (s *Store) Add(ctx context.Context, stagingDir string, m *images.Manifest, 
 	if m == nil || m.Root == "" {
 		return nil, errors.New("add snapshot: manifest has no root path")
 	}
-	unlock, err := s.hold(ctx)
+	unlock, err := s.hold(ctx, false)
 	if err != nil {
 		return nil, fmt.Errorf("add snapshot: %w", err)
 	}
@@ -83,10 +82,6 @@ type chunkJob struct {
 	name string
 }
 
-type pendingChunk struct {
-	tmp, name string
-}
-
 // adder is the state of one Add: a reader that cuts the files into chunks
 // and workers that hash, compress and write the new ones.
 type adder struct {
@@ -97,11 +92,12 @@ type adder struct {
 	free   chan []byte // bounds the chunks in flight
 	wg     sync.WaitGroup
 
-	mu      sync.Mutex
-	seen    map[string]bool // chunks in the store or written by this Add
-	pending []pendingChunk  // written to DIR/tmp, not yet renamed
-	added   int64
-	read    int64 // bytes of the staged files read so far
+	chunks chunkWriter
+
+	mu    sync.Mutex
+	seen  map[string]bool // chunks in the store or written by this Add
+	added int64
+	read  int64 // bytes of the staged files read so far
 }
 
 func (s *Store) add(ctx context.Context, stagingDir string, m *images.Manifest, at time.Time) (snap *Snapshot, err error) {
@@ -109,7 +105,7 @@ func (s *Store) add(ctx context.Context, stagingDir string, m *images.Manifest, 
 		at = time.Now()
 	}
 	at = at.Round(0)
-	if _, err := s.cleanTmp(false); err != nil {
+	if _, err := s.be.cleanTmp(ctx, false); err != nil {
 		return nil, err
 	}
 	// The entries as images.WriteArchive writes them, in its order.
@@ -128,15 +124,14 @@ func (s *Store) add(ctx context.Context, stagingDir string, m *images.Manifest, 
 		jobs:   make(chan *chunkJob, workers),
 		free:   make(chan []byte, 4*workers),
 		seen:   make(map[string]bool),
+		chunks: s.be.newChunkWriter(),
 	}
 	for range cap(a.free) {
 		a.free <- make([]byte, 0, MaxChunk)
 	}
 	defer func() {
 		if err != nil {
-			for _, p := range a.pending {
-				os.Remove(p.tmp)
-			}
+			a.chunks.abort()
 		}
 	}()
 	a.wg.Add(workers)
@@ -204,7 +199,7 @@ func (s *Store) add(ctx context.Context, stagingDir string, m *images.Manifest, 
 	if err := checkManifestFiles(&mc, files); err != nil {
 		return nil, fmt.Errorf("invalid manifest: %w", err)
 	}
-	if err := a.commitChunks(); err != nil {
+	if err := a.chunks.commit(ctx); err != nil {
 		return nil, err
 	}
 	mb, err := json.Marshal(&mc)
@@ -214,6 +209,7 @@ func (s *Store) add(ctx context.Context, stagingDir string, m *images.Manifest, 
 	r := &record{
 		Version:    FormatVersion,
 		Path:       m.Root,
+		Host:       s.Host,
 		Time:       at,
 		Manifest:   mb,
 		Files:      files,
@@ -227,12 +223,18 @@ func (s *Store) add(ctx context.Context, stagingDir string, m *images.Manifest, 
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	if err := writeAtomic(s.path(tmpDir), s.recordPath(id), b, "record"); err != nil {
+	// A lock lost meanwhile (an S3 lock that could not be refreshed) may
+	// have let a prune remove chunks this snapshot trusted to be there.
+	if err := s.lockValid(); err != nil {
+		return nil, err
+	}
+	if err := s.be.writeRecord(ctx, id, b); err != nil {
 		return nil, fmt.Errorf("write snapshot record: %w", err)
 	}
 	return &Snapshot{
 		ID:         id,
 		Path:       r.Path,
+		Host:       r.Host,
 		Time:       r.Time,
 		Manifest:   &mc,
 		Files:      files,
@@ -320,59 +322,19 @@ func (a *adder) storeChunk(data, dst []byte) (string, []byte, error) {
 	if seen {
 		return name, dst, nil
 	}
-	if _, err := os.Lstat(a.s.chunkPath(name)); err == nil {
-		return name, dst, nil
-	} else if !errors.Is(err, fs.ErrNotExist) {
+	if ok, err := a.s.be.hasChunk(a.ctx, name); err != nil {
 		return "", dst, err
+	} else if ok {
+		return name, dst, nil
 	}
 	dst = encoder().EncodeAll(data, dst[:0])
-	f, err := os.CreateTemp(a.s.path(tmpDir), tempPrefix+"chunk-*")
-	if err != nil {
-		return "", dst, err
-	}
 	a.mu.Lock()
-	a.pending = append(a.pending, pendingChunk{tmp: f.Name(), name: name})
 	a.added += int64(len(dst))
 	a.mu.Unlock()
-	if _, err := f.Write(dst); err != nil {
-		f.Close()
-		return "", dst, fmt.Errorf("write chunk: %w", err)
-	}
-	if err := f.Close(); err != nil {
-		return "", dst, fmt.Errorf("write chunk: %w", err)
+	if err := a.chunks.put(a.ctx, name, dst); err != nil {
+		return "", dst, err
 	}
 	return name, dst, nil
-}
-
-// commitChunks moves the new chunks into DIR/chunks: their content is made
-// durable before the renames, and the renames before the record is written.
-func (a *adder) commitChunks() error {
-	if len(a.pending) == 0 {
-		return nil
-	}
-	failpoint("chunks-written")
-	if err := syncFS(a.s.dir); err != nil {
-		return err
-	}
-	shards := make(map[string]bool)
-	for i, p := range a.pending {
-		shard := p.name[:2]
-		if !shards[shard] {
-			if err := os.Mkdir(a.s.path(chunksDir, shard), 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
-				return fmt.Errorf("store chunk: %w", err)
-			}
-			shards[shard] = true
-		}
-		if err := os.Rename(p.tmp, a.s.chunkPath(p.name)); err != nil {
-			return fmt.Errorf("store chunk: %w", err)
-		}
-		if i == len(a.pending)/2 {
-			failpoint("chunks-half-renamed")
-		}
-	}
-	a.pending = nil // renamed chunks are garbage for Prune now, not for us
-	failpoint("chunks-renamed")
-	return syncFS(a.s.dir)
 }
 
 // sameFiles reports how the staging dir differs from the files a manifest
@@ -396,21 +358,4 @@ func sameFiles(want, got []images.File) error {
 		return fmt.Errorf("staging entry %q is not in the manifest", name)
 	}
 	return nil
-}
-
-// cleanTmp removes the temporary files in DIR/tmp (left by a crash; the
-// caller holds the lock, so no writer owns them) and returns their count.
-func (s *Store) cleanTmp(dryRun bool) (int, error) {
-	ents, err := os.ReadDir(s.path(tmpDir))
-	if err != nil {
-		return 0, fmt.Errorf("clean %s: %w", tmpDir, err)
-	}
-	for _, e := range ents {
-		if !dryRun {
-			if err := os.RemoveAll(s.path(tmpDir, e.Name())); err != nil {
-				return 0, fmt.Errorf("clean %s: %w", tmpDir, err)
-			}
-		}
-	}
-	return len(ents), nil
 }

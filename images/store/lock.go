@@ -2,95 +2,87 @@ package store
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"os"
-	"strconv"
-	"strings"
+	"slices"
 	"sync"
 	"time"
-
-	"golang.org/x/sys/unix"
 )
 
-// lockPoll is how often a waiting Lock tries again.
-const lockPoll = 50 * time.Millisecond
-
-// Lock takes the store's exclusive lock (flock(2) on DIR/lock), waiting up
-// to wait for another holder to release it, and fails with ErrLocked (naming
-// the holder's pid when it is known) after that, or with ctx's error when ctx
-// ends first. The lock is released by calling unlock, or by the kernel when
-// the process dies, so a killed cron run never leaves the store locked.
-// While a Store holds the lock, its own Add, Remove, Forget and Prune use it.
+// Lock takes the store's exclusive lock, waiting up to wait for other
+// holders to release theirs, and fails with ErrLocked (naming the holder
+// when it is known) after that, or with ctx's error when ctx ends first.
+// In a directory it is flock(2) on DIR/lock, released by the kernel when
+// the process dies; in S3 a lock object that expires when its holder stops
+// refreshing it (§11). While a Store holds the lock, its own Add, Remove,
+// Forget and Prune use it.
 func (s *Store) Lock(ctx context.Context, wait time.Duration) (unlock func(), err error) {
-	f, err := os.OpenFile(s.path(lockFile), os.O_RDWR|os.O_CREATE, 0o600)
+	return s.lock(ctx, wait, true)
+}
+
+// LockShared takes the store's lock for writing snapshots and removing
+// records, which many holders may do at once in S3 (many hosts
+// snapshotting into one bucket); only Prune needs the exclusive lock, which
+// it takes on top of a shared one when no other holder has any. In a
+// directory it is the same as Lock.
+func (s *Store) LockShared(ctx context.Context, wait time.Duration) (unlock func(), err error) {
+	return s.lock(ctx, wait, false)
+}
+
+func (s *Store) lock(ctx context.Context, wait time.Duration, exclusive bool) (func(), error) {
+	h, err := s.be.lock(ctx, wait, exclusive)
 	if err != nil {
-		return nil, fmt.Errorf("lock store: %w", err)
-	}
-	deadline := time.Now().Add(wait)
-	for {
-		err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
-		if err == nil {
-			break
-		}
-		if !errors.Is(err, unix.EWOULDBLOCK) && !errors.Is(err, unix.EINTR) {
-			f.Close()
-			return nil, fmt.Errorf("lock store: flock %s: %w", f.Name(), err)
-		}
-		left := time.Until(deadline)
-		if left <= 0 {
-			holder := readHolder(f)
-			f.Close()
-			if holder != "" {
-				return nil, fmt.Errorf("lock store %s: %w by pid %s", s.dir, ErrLocked, holder)
-			}
-			return nil, fmt.Errorf("lock store %s: %w", s.dir, ErrLocked)
-		}
-		t := time.NewTimer(min(left, lockPoll))
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			f.Close()
-			return nil, fmt.Errorf("lock store: %w", ctx.Err())
-		case <-t.C:
-		}
-	}
-	// The pid is only a hint for the ErrLocked message of the next waiter.
-	if err := f.Truncate(0); err == nil {
-		f.WriteAt([]byte(strconv.Itoa(os.Getpid())+"\n"), 0)
+		return nil, err
 	}
 	s.mu.Lock()
-	s.locks++
+	s.held = append(s.held, h)
 	s.mu.Unlock()
 	var once sync.Once
 	return func() {
 		once.Do(func() {
 			s.mu.Lock()
-			s.locks--
+			if i := slices.Index(s.held, h); i >= 0 {
+				s.held = slices.Delete(s.held, i, i+1)
+			}
 			s.mu.Unlock()
-			f.Close() // closing the last descriptor releases the flock
+			h.release()
 		})
 	}, nil
 }
 
-func readHolder(f *os.File) string {
-	b := make([]byte, 32)
-	n, _ := f.ReadAt(b, 0)
-	pid := strings.TrimSpace(string(b[:n]))
-	if _, err := strconv.Atoi(pid); err != nil {
-		return ""
-	}
-	return pid
-}
-
 // hold returns with the store locked for a mutating call: a no-op when this
-// Store already holds the lock, otherwise a Lock that does not wait.
-func (s *Store) hold(ctx context.Context) (func(), error) {
+// Store already holds a lock that is enough (an exclusive one, for
+// exclusive), an upgrade of a shared one to exclusive, and otherwise a lock
+// that does not wait.
+func (s *Store) hold(ctx context.Context, exclusive bool) (func(), error) {
 	s.mu.Lock()
-	held := s.locks > 0
+	var have heldLock
+	for _, h := range s.held {
+		if have == nil || h.exclusive() {
+			have = h
+		}
+	}
 	s.mu.Unlock()
-	if held {
+	if have == nil {
+		return s.lock(ctx, 0, exclusive)
+	}
+	if exclusive && !have.exclusive() {
+		if err := have.upgrade(ctx); err != nil {
+			return nil, err
+		}
 		return func() {}, nil
 	}
-	return s.Lock(ctx, 0)
+	return func() {}, nil
+}
+
+// lockValid fails when a lock this Store holds has been lost (an S3 lock
+// not refreshed in time), so that a writer stops before its record.
+func (s *Store) lockValid() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, h := range s.held {
+		if err := h.valid(); err != nil {
+			return fmt.Errorf("lock store %s: %w", s.be, err)
+		}
+	}
+	return nil
 }

@@ -1,13 +1,11 @@
 package store
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"os"
 	"path"
@@ -15,7 +13,6 @@ import (
 	"runtime"
 	"slices"
 	"sync"
-	"syscall"
 
 	"github.com/cr-dev/cr/images"
 	"github.com/cr-dev/cr/scratch"
@@ -34,26 +31,21 @@ func (c *chunkFault) Error() string { return c.reason }
 // readChunk reads, decompresses and checks one chunk, appending its
 // plaintext to dst[:0].
 func (s *Store) readChunk(name string, dst []byte) ([]byte, error) {
-	f, err := os.Open(s.chunkPath(name))
+	b, err := s.be.readChunk(context.Background(), name)
+	var fault *chunkFault
 	if errors.Is(err, fs.ErrNotExist) {
 		return dst, &chunkFault{"missing"}
 	}
-	if err != nil {
-		return dst, fmt.Errorf("read chunk %s: %w", name, err)
-	}
-	defer f.Close()
-	var buf bytes.Buffer
-	_, err = buf.ReadFrom(io.LimitReader(f, maxChunkFile+1))
-	if errors.Is(err, syscall.EIO) {
-		return dst, &chunkFault{"read: " + err.Error()}
+	if errors.As(err, &fault) {
+		return dst, fault
 	}
 	if err != nil {
 		return dst, fmt.Errorf("read chunk %s: %w", name, err)
 	}
-	if buf.Len() > maxChunkFile {
+	if len(b) > maxChunkFile {
 		return dst, &chunkFault{"file too large"}
 	}
-	dst, err = decoder().DecodeAll(buf.Bytes(), dst[:0])
+	dst, err = decoder().DecodeAll(b, dst[:0])
 	if err != nil {
 		return dst, &chunkFault{"decode: " + err.Error()}
 	}

@@ -2,10 +2,7 @@ package store
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"io/fs"
-	"os"
 	"time"
 )
 
@@ -25,7 +22,7 @@ type PruneResult struct {
 // the damaged snapshot first. With dryRun it only counts.
 func (s *Store) Prune(ctx context.Context, dryRun bool) (PruneResult, error) {
 	var res PruneResult
-	unlock, err := s.hold(ctx)
+	unlock, err := s.hold(ctx, true)
 	if err != nil {
 		return res, fmt.Errorf("prune: %w", err)
 	}
@@ -48,49 +45,26 @@ func (s *Store) Prune(ctx context.Context, dryRun bool) (PruneResult, error) {
 		}
 	}
 
-	if res.TempFiles, err = s.cleanTmp(dryRun); err != nil {
+	if res.TempFiles, err = s.be.cleanTmp(ctx, dryRun); err != nil {
 		return res, fmt.Errorf("prune: %w", err)
 	}
-	shards, err := os.ReadDir(s.path(chunksDir))
+	err = s.be.listChunks(ctx, func(name string, size int64) error {
+		if used[name] {
+			res.KeptChunks++
+			res.KeptBytes += size
+			return nil
+		}
+		if !dryRun {
+			if err := s.be.removeChunk(ctx, name); err != nil {
+				return err
+			}
+		}
+		res.Chunks++
+		res.Bytes += size
+		return nil
+	})
 	if err != nil {
 		return res, fmt.Errorf("prune: %w", err)
-	}
-	for _, shard := range shards {
-		if !shard.IsDir() || len(shard.Name()) != 2 || !isLowerHex(shard.Name()) {
-			continue
-		}
-		ents, err := os.ReadDir(s.path(chunksDir, shard.Name()))
-		if err != nil {
-			return res, fmt.Errorf("prune: %w", err)
-		}
-		for _, e := range ents {
-			if err := ctx.Err(); err != nil {
-				return res, fmt.Errorf("prune: %w", err)
-			}
-			name := e.Name()
-			if !isHash(name) || name[:2] != shard.Name() {
-				continue // not ours: leave it alone
-			}
-			fi, err := e.Info()
-			if errors.Is(err, fs.ErrNotExist) {
-				continue
-			}
-			if err != nil {
-				return res, fmt.Errorf("prune: %w", err)
-			}
-			if used[name] {
-				res.KeptChunks++
-				res.KeptBytes += fi.Size()
-				continue
-			}
-			if !dryRun {
-				if err := os.Remove(s.chunkPath(name)); err != nil && !errors.Is(err, fs.ErrNotExist) {
-					return res, fmt.Errorf("prune: %w", err)
-				}
-			}
-			res.Chunks++
-			res.Bytes += fi.Size()
-		}
 	}
 	return res, nil
 }
@@ -103,7 +77,7 @@ func (s *Store) Forget(ctx context.Context, path string, p Policy, dryRun bool) 
 	if err := p.Validate(); err != nil {
 		return nil, fmt.Errorf("forget: %w", err)
 	}
-	unlock, err := s.hold(ctx)
+	unlock, err := s.hold(ctx, false)
 	if err != nil {
 		return nil, fmt.Errorf("forget: %w", err)
 	}

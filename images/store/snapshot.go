@@ -9,7 +9,6 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"os"
 	"slices"
 	"strings"
 	"time"
@@ -25,6 +24,7 @@ const idLen = 16
 type Snapshot struct {
 	ID         string // first 16 hex digits of the sha256 of the record
 	Path       string // the checkpointed container path (Manifest.Root)
+	Host       string // the host that took it, "" when not recorded
 	Time       time.Time
 	Manifest   *images.Manifest
 	Files      []FileRef
@@ -46,6 +46,7 @@ type FileRef struct {
 type record struct {
 	Version    int             `json:"version"`
 	Path       string          `json:"path"`
+	Host       string          `json:"host,omitempty"`
 	Time       time.Time       `json:"time"`
 	Manifest   json.RawMessage `json:"manifest"`
 	Files      []FileRef       `json:"files"`
@@ -67,7 +68,7 @@ func encodeRecord(r *record) ([]byte, string, error) {
 // loadSnapshot reads and checks the record of id. A record that does not
 // match its id or does not decode is a Damage.
 func (s *Store) loadSnapshot(id string) (*Snapshot, error) {
-	b, err := os.ReadFile(s.recordPath(id))
+	b, err := s.be.readRecord(context.Background(), id)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, fmt.Errorf("%w: %s", ErrNotFound, id)
 	}
@@ -133,6 +134,7 @@ func decodeRecord(id string, b []byte) (*Snapshot, error) {
 	return &Snapshot{
 		ID:         id,
 		Path:       r.Path,
+		Host:       r.Host,
 		Time:       r.Time,
 		Manifest:   m,
 		Files:      r.Files,
@@ -214,17 +216,11 @@ func isLowerHex(s string) bool {
 
 // ids returns the ids of every snapshot record, sorted.
 func (s *Store) ids() ([]string, error) {
-	ents, err := os.ReadDir(s.path(snapshotsDir))
+	ids, err := s.be.recordIDs(context.Background())
 	if err != nil {
 		return nil, fmt.Errorf("list snapshots: %w", err)
 	}
-	var ids []string
-	for _, e := range ents {
-		id, ok := strings.CutSuffix(e.Name(), ".json")
-		if ok && len(id) == idLen && isLowerHex(id) && e.Type().IsRegular() {
-			ids = append(ids, id)
-		}
-	}
+	slices.Sort(ids)
 	return ids, nil
 }
 
@@ -322,7 +318,7 @@ func (s *Store) Latest(path string) (*Snapshot, error) {
 // prefixes; all are resolved before any is removed). Their chunks stay until
 // Prune, so a crash between the two leaves only garbage.
 func (s *Store) Remove(ids ...string) error {
-	unlock, err := s.hold(context.Background())
+	unlock, err := s.hold(context.Background(), false)
 	if err != nil {
 		return fmt.Errorf("remove snapshots: %w", err)
 	}
@@ -339,15 +335,8 @@ func (s *Store) remove(ids []string) error {
 		}
 		full = append(full, id)
 	}
-	for _, id := range full {
-		if err := os.Remove(s.recordPath(id)); err != nil && !errors.Is(err, fs.ErrNotExist) {
-			return fmt.Errorf("remove snapshot %s: %w", id, err)
-		}
-	}
-	if len(full) > 0 {
-		if err := syncDir(s.path(snapshotsDir)); err != nil {
-			return fmt.Errorf("remove snapshots: %w", err)
-		}
+	if err := s.be.removeRecords(context.Background(), full); err != nil {
+		return fmt.Errorf("remove snapshots: %w", err)
 	}
 	return nil
 }

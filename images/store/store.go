@@ -15,12 +15,13 @@ package store
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -62,6 +63,9 @@ var (
 	ErrNoStore = errors.New("no such store")
 	// ErrUnsupportedVersion: the store was written by a newer format.
 	ErrUnsupportedVersion = errors.New("unsupported store version")
+	// ErrLockLost: an S3 lock could not be refreshed in time, so another
+	// host may have taken the store; the writer stopped.
+	ErrLockLost = errors.New("store lock lost")
 )
 
 // Damage names one damaged object: a chunk of a file of a snapshot, or a
@@ -100,42 +104,48 @@ type config struct {
 // Store is an open snapshot store. Reading methods (List, Get, Latest,
 // Materialize, Export, Verify) need no lock. Methods that change the store
 // (Add, Remove, Forget, Prune) run under the store's lock: taken by the
-// caller with Lock, or, when this Store does not hold it, taken for the
-// call without waiting (ErrLocked if another holder has it).
+// caller with Lock (or LockShared), or, when this Store does not hold it,
+// taken for the call without waiting (ErrLocked if another holder has it).
 type Store struct {
-	dir string
+	dir string // the directory of a directory store, "" for S3
+	be  backend
 	// Progress, if set, is called as Add reads the staged files, with
 	// the bytes read so far.
 	Progress func(done int64)
+	// Host, if set, is recorded in the snapshots Add writes (the host
+	// that took them); cr sets it to the machine's host name.
+	Host string
 
-	mu    sync.Mutex
-	locks int // Lock calls of this Store not yet released
+	mu   sync.Mutex
+	held []heldLock // locks of this Store not yet released
 }
 
-// Open opens the existing store at dir, for reading or changing it. It
-// never creates one: a directory that does not exist or is empty (or holds
-// only what an interrupted create leaves) is ErrNoStore, whose message
-// names dir. It fails with ErrNotStore for a directory that holds something
-// else, and with ErrUnsupportedVersion for a newer store.
-func Open(dir string) (*Store, error) {
-	s, err := newStore(dir)
+// Open opens the existing store at loc, a directory or s3://BUCKET/PREFIX
+// (IsS3), for reading or changing it. It never creates one: a directory
+// that does not exist or is empty (or holds only what an interrupted create
+// leaves), or a prefix without a config object, is ErrNoStore, whose
+// message names loc. It fails with ErrNotStore for a directory that holds
+// something else, and with ErrUnsupportedVersion for a newer store.
+func Open(loc string) (*Store, error) {
+	s, err := newStore(loc)
 	if err != nil {
 		return nil, err
 	}
 	if err := s.open(); err != nil {
 		if errors.Is(err, ErrNoStore) {
-			return nil, fmt.Errorf("%w: %s", ErrNoStore, dir)
+			return nil, fmt.Errorf("%w: %s", ErrNoStore, s.be)
 		}
-		return nil, fmt.Errorf("open store %s: %w", dir, err)
+		return nil, fmt.Errorf("open store %s: %w", s.be, err)
 	}
 	return s, nil
 }
 
-// OpenOrCreate opens the store at dir, creating it (mode 0700, with its
-// parents) when dir does not exist or is empty; created says it did. It
-// fails as Open does for a directory that holds something else.
-func OpenOrCreate(dir string) (s *Store, created bool, err error) {
-	s, err = newStore(dir)
+// OpenOrCreate opens the store at loc, creating it (a directory with mode
+// 0700 and its parents; in S3 its config object) when there is none yet;
+// created says it did. It fails as Open does for a directory that holds
+// something else.
+func OpenOrCreate(loc string) (s *Store, created bool, err error) {
+	s, err = newStore(loc)
 	if err != nil {
 		return nil, false, err
 	}
@@ -144,30 +154,31 @@ func OpenOrCreate(dir string) (s *Store, created bool, err error) {
 		created, err = true, s.create()
 	}
 	if err != nil {
-		return nil, false, fmt.Errorf("open store %s: %w", dir, err)
+		return nil, false, fmt.Errorf("open store %s: %w", s.be, err)
 	}
 	return s, created, nil
 }
 
-func newStore(dir string) (*Store, error) {
-	abs, err := filepath.Abs(dir)
-	if err != nil {
-		return nil, fmt.Errorf("open store %s: %w", dir, err)
+func newStore(loc string) (*Store, error) {
+	if IsS3(loc) {
+		be, err := newS3Backend(loc)
+		if err != nil {
+			return nil, fmt.Errorf("open store %s: %w", loc, err)
+		}
+		return &Store{be: be}, nil
 	}
-	return &Store{dir: abs}, nil
+	abs, err := filepath.Abs(loc)
+	if err != nil {
+		return nil, fmt.Errorf("open store %s: %w", loc, err)
+	}
+	return &Store{dir: abs, be: &dirBackend{dir: abs}}, nil
 }
 
 // open reads the config of an existing store; ErrNoStore when there is
 // none and the directory is missing or holds no more than a half-created
 // store's skeleton.
 func (s *Store) open() error {
-	b, err := os.ReadFile(s.path(configFile))
-	if errors.Is(err, fs.ErrNotExist) {
-		if err := s.checkEmpty(); err != nil {
-			return err
-		}
-		return ErrNoStore
-	}
+	b, err := s.be.readConfig(context.Background())
 	if err != nil {
 		return err
 	}
@@ -178,80 +189,44 @@ func (s *Store) open() error {
 	if c.Version != FormatVersion {
 		return fmt.Errorf("%w: version %d, this cr reads version %d", ErrUnsupportedVersion, c.Version, FormatVersion)
 	}
-	for _, d := range []string{chunksDir, snapshotsDir, tmpDir} {
-		if err := os.Mkdir(s.path(d), 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
-			return err
-		}
-	}
-	return nil
-}
-
-// checkEmpty fails with ErrNotStore when the directory holds anything but
-// what create makes (a crash may have left it half-made, or another
-// process may be creating it at the same time); a missing directory is
-// empty.
-func (s *Store) checkEmpty() error {
-	ents, err := os.ReadDir(s.dir)
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil
-	}
-	if err != nil {
-		return err
-	}
-	for _, e := range ents {
-		switch e.Name() {
-		case chunksDir, snapshotsDir, tmpDir, lockFile, configFile:
-		default:
-			if !isTemp(e.Name()) {
-				return fmt.Errorf("%w: directory is not empty", ErrNotStore)
-			}
-		}
-	}
 	return nil
 }
 
 // create lays out a new store. Two processes creating the same store at
 // once both succeed: every step tolerates the other's.
 func (s *Store) create() error {
-	if err := os.MkdirAll(s.dir, 0o700); err != nil {
-		return err
-	}
-	if err := s.checkEmpty(); err != nil {
-		return err
-	}
-	for _, d := range []string{chunksDir, snapshotsDir, tmpDir} {
-		if err := os.Mkdir(s.path(d), 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
-			return err
-		}
-	}
 	b, err := json.Marshal(config{Format: FormatName, Version: FormatVersion, Created: time.Now().UTC().Truncate(time.Second)})
 	if err != nil {
 		return err
 	}
-	return writeAtomic(s.dir, s.path(configFile), append(b, '\n'), "config")
+	return s.be.create(context.Background(), append(b, '\n'))
 }
 
-// Dir returns the store's absolute directory.
-func (s *Store) Dir() string { return s.dir }
+// Dir returns where the store is: its absolute directory, or
+// s3://BUCKET/PREFIX.
+func (s *Store) Dir() string { return s.be.String() }
 
+// path, chunkPath and recordPath name files of a directory store.
 func (s *Store) path(elem ...string) string {
 	return filepath.Join(append([]string{s.dir}, elem...)...)
 }
 
-// chunkPath is chunks/<first two hex digits>/<64 hex digits>.
-func (s *Store) chunkPath(name string) string {
-	return filepath.Join(s.dir, chunksDir, name[:2], name)
-}
+func (s *Store) chunkPath(name string) string { return (&dirBackend{dir: s.dir}).chunkPath(name) }
 
-func (s *Store) recordPath(id string) string {
-	return filepath.Join(s.dir, snapshotsDir, id+".json")
-}
+func (s *Store) recordPath(id string) string { return (&dirBackend{dir: s.dir}).recordPath(id) }
 
 // tempPrefix starts the names of temporary files; a crash can leave them.
 const tempPrefix = ".tmp-"
 
 func isTemp(name string) bool {
-	return len(name) > len(tempPrefix) && name[:len(tempPrefix)] == tempPrefix
+	return len(name) > len(tempPrefix) && strings.HasPrefix(name, tempPrefix)
+}
+
+// recordName returns the id of a record's file or object name,
+// <16 hex digits>.json.
+func recordName(name string) (string, bool) {
+	id, ok := strings.CutSuffix(name, ".json")
+	return id, ok && len(id) == idLen && isLowerHex(id)
 }
 
 // writeAtomic writes b to path through a synced temporary file in tmpDir

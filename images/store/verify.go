@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"os"
 	"runtime"
 	"sort"
 	"sync"
@@ -103,7 +102,7 @@ func (s *Store) Verify(ctx context.Context) (VerifyReport, error) {
 		// A snapshot removed while Verify ran lost its chunks to Prune
 		// legitimately.
 		if len(damage) > 0 {
-			if _, err := os.Lstat(s.recordPath(snap.ID)); errors.Is(err, fs.ErrNotExist) {
+			if _, err := s.be.readRecord(ctx, snap.ID); errors.Is(err, fs.ErrNotExist) {
 				rep.Snapshots--
 				continue
 			}
