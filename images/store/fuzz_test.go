@@ -137,7 +137,7 @@ func FuzzRecord(f *testing.F) {
 		if err != nil {
 			t.Fatalf("marshal an accepted manifest: %v", err)
 		}
-		r := &record{Version: FormatVersion, Path: snap.Path, Time: snap.Time, Manifest: mb,
+		r := &record{Version: FormatVersion, Path: snap.Path, Host: snap.Host, Time: snap.Time, Manifest: mb,
 			Files: snap.Files, AddedBytes: snap.AddedBytes, TotalBytes: snap.TotalBytes}
 		b2, id2, err := encodeRecord(r)
 		if err != nil {

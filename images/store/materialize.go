@@ -65,7 +65,7 @@ type fetched struct {
 // bounded window ahead of the consumer, and returns their results in order.
 // The consumer must read every result or cancel ctx and drain the channel.
 func (s *Store) fetchChunks(ctx context.Context, names []string, pool *sync.Pool) <-chan chan fetched {
-	workers := runtime.GOMAXPROCS(0)
+	workers := s.readers()
 	out := make(chan chan fetched, 2*workers)
 	sem := make(chan struct{}, workers)
 	go func() {
@@ -95,6 +95,15 @@ func (s *Store) fetchChunks(ctx context.Context, names []string, pool *sync.Pool
 		}
 	}()
 	return out
+}
+
+// readers is how many chunks are read at once: one per CPU from a local
+// disk, more from object storage, where each read waits for a round trip.
+func (s *Store) readers() int {
+	if s.dir == "" {
+		return max(16, runtime.GOMAXPROCS(0))
+	}
+	return runtime.GOMAXPROCS(0)
 }
 
 // freeSpace is images.FreeSpace; tests replace it.

@@ -85,12 +85,8 @@ func newS3BackendWith(obj objects, u objstore.URL) *s3Backend {
 	if prefix != "" {
 		prefix += "/"
 	}
-	host, _ := os.Hostname()
-	if h := os.Getenv("CR_HOSTNAME"); h != "" {
-		host = h
-	}
 	u.Key = strings.TrimSuffix(u.Key, "/")
-	return &s3Backend{obj: obj, loc: u.String(), prefix: prefix, host: host, now: time.Now}
+	return &s3Backend{obj: obj, loc: u.String(), prefix: prefix, host: HostName(), now: time.Now}
 }
 
 func (b *s3Backend) String() string { return b.loc }

@@ -301,9 +301,31 @@ func (s *Store) Get(idOrPrefix string) (*Snapshot, error) {
 // Latest returns the newest snapshot of path ("" for any path), or
 // ErrNotFound.
 func (s *Store) Latest(path string) (*Snapshot, error) {
-	snaps, err := s.List(path)
+	return s.LatestFrom(path, "")
+}
+
+// LatestFrom returns the newest snapshot of path ("" for any path) taken
+// by host ("" for any host), or ErrNotFound.
+func (s *Store) LatestFrom(path, host string) (*Snapshot, error) {
+	all, err := s.List(path)
 	if err != nil {
 		return nil, err
+	}
+	snaps := all
+	if host != "" {
+		snaps = nil
+		for _, sn := range all {
+			if sn.Host == host {
+				snaps = append(snaps, sn)
+			}
+		}
+		if len(snaps) == 0 {
+			what := "store"
+			if path != "" {
+				what = path
+			}
+			return nil, fmt.Errorf("latest snapshot: %w: none of %s from host %s", ErrNotFound, what, host)
+		}
 	}
 	if len(snaps) == 0 {
 		if path == "" {

@@ -165,13 +165,24 @@ func newStore(loc string) (*Store, error) {
 		if err != nil {
 			return nil, fmt.Errorf("open store %s: %w", loc, err)
 		}
-		return &Store{be: be}, nil
+		return &Store{be: be, Host: HostName()}, nil
 	}
 	abs, err := filepath.Abs(loc)
 	if err != nil {
 		return nil, fmt.Errorf("open store %s: %w", loc, err)
 	}
-	return &Store{dir: abs, be: &dirBackend{dir: abs}}, nil
+	return &Store{dir: abs, be: &dirBackend{dir: abs}, Host: HostName()}, nil
+}
+
+// HostName is the name snapshots and S3 locks record for this machine:
+// CR_HOSTNAME when set (two cr state directories on one machine acting as
+// two hosts, or a name more stable than the kernel's), else the host name.
+func HostName() string {
+	if h := os.Getenv("CR_HOSTNAME"); h != "" {
+		return h
+	}
+	h, _ := os.Hostname()
+	return h
 }
 
 // open reads the config of an existing store; ErrNoStore when there is

@@ -5,16 +5,20 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"runtime"
+	"math"
+	"math/rand/v2"
 	"sort"
+	"strconv"
+	"strings"
 	"sync"
 )
 
 // VerifyReport is the result of Verify.
 type VerifyReport struct {
-	Snapshots int      // snapshot records checked
-	Chunks    int      // distinct chunks read and checked
-	Damaged   []Damage // in snapshot id order, then file order
+	Snapshots   int      // snapshot records checked
+	Chunks      int      // distinct chunks read and checked
+	TotalChunks int      // distinct chunks the records list (Chunks, unless a subset was read)
+	Damaged     []Damage // in snapshot id order, then file order
 }
 
 // DamagedSnapshots returns the ids of the snapshots that have damage.
@@ -35,6 +39,13 @@ func (r VerifyReport) DamagedSnapshots() []string {
 // stay usable. The error is for failures of the check itself (for example
 // an unreadable snapshots directory), not for damage.
 func (s *Store) Verify(ctx context.Context) (VerifyReport, error) {
+	return s.VerifySubset(ctx, Subset{})
+}
+
+// VerifySubset is Verify reading only the chunks sub selects (every chunk
+// for the zero Subset); every record is still checked, and the files whose
+// chunks were all read are checked whole.
+func (s *Store) VerifySubset(ctx context.Context, sub Subset) (VerifyReport, error) {
 	var rep VerifyReport
 	ids, err := s.ids()
 	if err != nil {
@@ -71,6 +82,8 @@ func (s *Store) Verify(ctx context.Context) (VerifyReport, error) {
 		}
 	}
 	sort.Strings(names) // read in directory order
+	rep.TotalChunks = len(names)
+	names = sub.pick(names)
 	results, err := s.checkChunks(ctx, names)
 	if err != nil {
 		return rep, fmt.Errorf("verify: %w", err)
@@ -84,7 +97,11 @@ func (s *Store) Verify(ctx context.Context) (VerifyReport, error) {
 			bad := false
 			reported := make(map[string]bool)
 			for _, c := range f.Chunks {
-				r := results[c]
+				r, ok := results[c]
+				if !ok {
+					bad = true // not read: the size cannot be checked
+					continue
+				}
 				if r.fault == "" {
 					size += r.size
 					continue
@@ -126,7 +143,7 @@ func (s *Store) checkChunks(ctx context.Context, names []string) (map[string]chu
 	var mu sync.Mutex
 	work := make(chan string)
 	var wg sync.WaitGroup
-	for range runtime.GOMAXPROCS(0) {
+	for range s.readers() {
 		wg.Go(func() {
 			var buf []byte
 			for name := range work {
@@ -164,4 +181,69 @@ func (s *Store) checkChunks(ctx context.Context, names []string) (map[string]chu
 		return nil, context.Cause(ctx)
 	}
 	return results, nil
+}
+
+// Subset selects the chunks verify reads, as restic's --read-data-subset:
+// a fraction of them chosen at random on each run (Fraction, 0 < f <= 1),
+// or group N of T (N/T: chunks whose name, as a number, is N-1 modulo T;
+// running 1/T to T/T reads each chunk once). The zero Subset is all.
+type Subset struct {
+	Fraction float64
+	N, T     int
+}
+
+// ParseSubset parses "10%", "0.1" or "2/5".
+func ParseSubset(s string) (Subset, error) {
+	bad := fmt.Errorf("--read-data-subset %q: want a percentage (10%%), a fraction (0.1) or N/T (2/5)", s)
+	if n, t, ok := strings.Cut(s, "/"); ok {
+		nv, err1 := strconv.Atoi(n)
+		tv, err2 := strconv.Atoi(t)
+		if err1 != nil || err2 != nil || tv < 1 || nv < 1 || nv > tv {
+			return Subset{}, bad
+		}
+		return Subset{N: nv, T: tv}, nil
+	}
+	scale := 1.0
+	if p, ok := strings.CutSuffix(s, "%"); ok {
+		s, scale = p, 100
+	}
+	f, err := strconv.ParseFloat(s, 64)
+	if err != nil || f <= 0 || f/scale > 1 || math.IsNaN(f) {
+		return Subset{}, bad
+	}
+	return Subset{Fraction: f / scale}, nil
+}
+
+func (sub Subset) String() string {
+	switch {
+	case sub.T > 0:
+		return fmt.Sprintf("%d/%d", sub.N, sub.T)
+	case sub.Fraction > 0:
+		return strconv.FormatFloat(sub.Fraction*100, 'g', -1, 64) + "%"
+	}
+	return "all"
+}
+
+func (sub Subset) pick(names []string) []string {
+	switch {
+	case sub.T > 0:
+		var out []string
+		for _, n := range names {
+			v, _ := strconv.ParseUint(n[:15], 16, 64)
+			if int(v%uint64(sub.T)) == sub.N-1 {
+				out = append(out, n)
+			}
+		}
+		return out
+	case sub.Fraction > 0 && sub.Fraction < 1:
+		k := int(math.Ceil(sub.Fraction * float64(len(names))))
+		perm := rand.Perm(len(names))[:k]
+		sort.Ints(perm)
+		out := make([]string, k)
+		for i, p := range perm {
+			out[i] = names[p]
+		}
+		return out
+	}
+	return names
 }
