@@ -253,7 +253,7 @@ func completeSnapshotPaths(c *cobra.Command, _ []string, toComplete string) ([]c
 // storeSnapshots lists the store's snapshots, oldest first; nothing when
 // there is no store at dir (completion never creates one).
 func storeSnapshots(dir string) []*store.Snapshot {
-	if dir == "" {
+	if dir == "" || store.IsS3(dir) { // no network round trips on a TAB
 		return nil
 	}
 	st, err := store.Open(dir)

@@ -16,6 +16,7 @@ import (
 	"github.com/cr-dev/cr/migrate"
 	"github.com/cr-dev/cr/network"
 	"github.com/cr-dev/cr/nstree"
+	"github.com/cr-dev/cr/objstore"
 	"github.com/cr-dev/cr/restore"
 )
 
@@ -34,7 +35,8 @@ const (
 	ExitImage       = 8   // the image is corrupt, truncated, foreign or too new
 	ExitLocked      = 9   // another cr holds the lock (snapshot store, staging area)
 	ExitState       = 10  // the container is in the wrong state (frozen, empty)
-	ExitAuth        = 11  // migration: authentication failed or was refused
+	ExitAuth        = 11  // migration or object storage: authentication failed or was refused
+	ExitUnreachable = 12  // object storage: the endpoint does not answer
 	ExitInterrupted = 130 // interrupted by SIGINT or SIGTERM; the job was left running
 )
 
@@ -45,7 +47,7 @@ EXIT STATUS
   5 not root or outside your container; 6 CRIU or cgroups missing;
   7 CRIU failed (the job was left running); 8 bad image; 9 locked;
   10 wrong container state; 11 authentication failed;
-  130 interrupted (the job was left running).`
+  12 object storage unreachable; 130 interrupted (the job was left running).`
 
 // sentinels maps other packages' errors (matched with errors.Is) to exit
 // statuses, first match wins.
@@ -77,7 +79,12 @@ var sentinels = []struct {
 	{criubin.ErrNotFound, ExitEnv},
 	{criubin.ErrTooOld, ExitEnv},
 	{criubin.ErrCheckFailed, ExitEnv},
+	{objstore.ErrBadURL, ExitUsage},
+	{objstore.ErrAuth, ExitAuth},
+	{objstore.ErrUnreachable, ExitUnreachable},
+	{objstore.ErrNoBucket, ExitNotFound},
 	{store.ErrLocked, ExitLocked},
+	{store.ErrLockLost, ExitLocked},
 	{store.ErrNotFound, ExitNotFound},
 	{store.ErrNoStore, ExitNotFound},
 	{store.ErrAmbiguous, ExitUsage},
@@ -147,6 +154,8 @@ func errKind(code int) string {
 		return "state"
 	case ExitAuth:
 		return "auth"
+	case ExitUnreachable:
+		return "unreachable"
 	case ExitInterrupted:
 		return "interrupted"
 	}

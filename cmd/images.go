@@ -20,6 +20,7 @@ func init() { register(newImagesCommand) }
 type SnapshotEntry struct {
 	ID         string    `json:"id"`
 	Path       string    `json:"path"`
+	Host       string    `json:"host"` // that took it; "" for snapshots that do not record it
 	Time       time.Time `json:"time"`
 	AddedBytes int64     `json:"added_bytes"`
 	TotalBytes int64     `json:"total_bytes"`
@@ -33,19 +34,22 @@ func newImagesCommand(g *Global) *cobra.Command {
 		Use:   "images",
 		Short: "Work with a snapshot store",
 		Long: `List, inspect, remove, prune, verify and export the snapshots that
-cr snapshot keeps in a store (--store DIR). A snapshot is named by its id or
-any unique prefix of it. Restore one with cr restore --store DIR ID, or the
-latest of a container with cr restore --store DIR PATH.`,
+cr snapshot keeps in a store (--store DIR, or --store s3://BUCKET/PREFIX in
+S3-compatible object storage, configured by AWS_ENDPOINT_URL, AWS_REGION,
+AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY or ~/.aws). A snapshot is named by
+its id or any unique prefix of it. Restore one with cr restore --store DIR
+ID, or the latest of a container with cr restore --store DIR PATH.`,
 		Example: `  cr images ls --store /var/lib/cr/snapshots
   cr images prune --store /var/lib/cr/snapshots --keep-daily 7 --dry-run
   cr images verify --store /var/lib/cr/snapshots
-  cr images export --store /var/lib/cr/snapshots 3fa9c2 -o lab.cr`,
+  cr images export --store /var/lib/cr/snapshots 3fa9c2 -o lab.cr
+  cr images ls --store s3://snapshots/fleet`,
 	}
-	c.PersistentFlags().StringVar(&dir, "store", "", "the snapshot store's directory (required)")
+	c.PersistentFlags().StringVar(&dir, "store", "", "the snapshot store: a directory or s3://BUCKET/PREFIX (required)")
 	c.PersistentFlags().BoolVar(&asJSON, "json", false, "print JSON")
 	open := func() (*store.Store, error) {
 		if dir == "" {
-			return nil, usageError{fmt.Errorf("--store DIR is required")}
+			return nil, usageError{fmt.Errorf("--store DIR or s3://BUCKET/PREFIX is required")}
 		}
 		return store.Open(dir) // never creates one: a mistyped path is "no such store"
 	}
@@ -84,15 +88,19 @@ latest of a container with cr restore --store DIR PATH.`,
 			}
 			es := []SnapshotEntry{}
 			for _, s := range snaps {
-				es = append(es, SnapshotEntry{ID: s.ID, Path: s.Path, Time: s.Time, AddedBytes: s.AddedBytes, TotalBytes: s.TotalBytes, Containers: len(s.Manifest.Containers)})
+				es = append(es, SnapshotEntry{ID: s.ID, Path: s.Path, Host: s.Host, Time: s.Time, AddedBytes: s.AddedBytes, TotalBytes: s.TotalBytes, Containers: len(s.Manifest.Containers)})
 			}
 			if asJSON {
 				return writeJSON(cmd.OutOrStdout(), es)
 			}
 			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "ID\tPATH\tTIME\tADDED\tTOTAL")
+			fmt.Fprintln(tw, "ID\tPATH\tHOST\tTIME\tADDED\tTOTAL")
 			for _, e := range es {
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", e.ID, e.Path, e.Time.Local().Format("2006-01-02 15:04:05"), humanBytes(e.AddedBytes), humanBytes(e.TotalBytes))
+				host := e.Host
+				if host == "" {
+					host = "-"
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", e.ID, e.Path, host, e.Time.Local().Format("2006-01-02 15:04:05"), humanBytes(e.AddedBytes), humanBytes(e.TotalBytes))
 			}
 			return tw.Flush()
 		},
@@ -116,7 +124,11 @@ latest of a container with cr restore --store DIR PATH.`,
 				return writeJSON(cmd.OutOrStdout(), snapshotReport(s))
 			}
 			out := cmd.OutOrStdout()
-			fmt.Fprintf(out, "snapshot %s of %s at %s: %s, %s added\n", s.ID, s.Path, s.Time.Local().Format(time.RFC3339), humanBytes(s.TotalBytes), humanBytes(s.AddedBytes))
+			from := ""
+			if s.Host != "" {
+				from = " from " + s.Host
+			}
+			fmt.Fprintf(out, "snapshot %s of %s%s at %s: %s, %s added\n", s.ID, s.Path, from, s.Time.Local().Format(time.RFC3339), humanBytes(s.TotalBytes), humanBytes(s.AddedBytes))
 			for _, c := range s.Manifest.Containers {
 				fmt.Fprintf(out, "  %s", c.Path)
 				if len(c.Command) > 0 {
@@ -199,18 +211,33 @@ latest of a container with cr restore --store DIR PATH.`,
 	}
 	keep.AddFlags(prune.Flags())
 	prune.Flags().BoolVar(&dryRun, "dry-run", false, "say what would be removed, remove nothing")
+	var subset string
 	verify := &cobra.Command{
 		Use:   "verify",
 		Short: "Re-read every chunk and check every hash",
+		Long: `Read every snapshot record and every chunk they use (from S3 too: each is
+downloaded and hashed again), once each, and report what is damaged: the
+snapshot, file and chunk, and why. Nothing is repaired or removed. With
+--read-data-subset, only a share of the chunks is read (every record is
+still checked): 10% (or 0.1) picks at random each run, N/T picks group N of T,
+so that 1/7 to 7/7 on seven days read every chunk once a week.`,
 		Example: `  cr images verify --store /var/lib/cr/snapshots
-  cr images verify --store /var/lib/cr/snapshots || echo "damaged (exit 8)"`,
+  cr images verify --store /var/lib/cr/snapshots || echo "damaged (exit 8)"
+  cr images verify --store s3://snapshots/fleet --read-data-subset 10%
+  cr images verify --store s3://snapshots/fleet --read-data-subset "$(date +%u)/7"`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			st, err := open()
 			if err != nil {
 				return err
 			}
-			rep, err := st.Verify(cmd.Context())
+			var sub store.Subset
+			if subset != "" {
+				if sub, err = store.ParseSubset(subset); err != nil {
+					return usageError{err}
+				}
+			}
+			rep, err := st.VerifySubset(cmd.Context(), sub)
 			if err != nil {
 				return err
 			}
@@ -220,7 +247,11 @@ latest of a container with cr restore --store DIR PATH.`,
 				}
 			} else {
 				out := cmd.OutOrStdout()
-				fmt.Fprintf(out, "%s, %s checked\n", plural(rep.Snapshots, "snapshot", "snapshots"), plural(rep.Chunks, "chunk", "chunks"))
+				if rep.Chunks == rep.TotalChunks {
+					fmt.Fprintf(out, "%s, %s checked\n", plural(rep.Snapshots, "snapshot", "snapshots"), plural(rep.Chunks, "chunk", "chunks"))
+				} else {
+					fmt.Fprintf(out, "%s, %d of %s checked (%s)\n", plural(rep.Snapshots, "snapshot", "snapshots"), rep.Chunks, plural(rep.TotalChunks, "chunk", "chunks"), sub)
+				}
 				for _, d := range rep.Damaged {
 					fmt.Fprintf(out, "DAMAGED snapshot %s: file %s, chunk %s: %s\n", d.SnapshotID, d.File, d.Chunk, d.Reason)
 				}
@@ -231,6 +262,7 @@ latest of a container with cr restore --store DIR PATH.`,
 			return nil
 		},
 	}
+	verify.Flags().StringVar(&subset, "read-data-subset", "", "read only this share of the chunks: a percentage (10%), a fraction (0.1) or N/T")
 	var output, compress string
 	export := &cobra.Command{
 		Use:   "export ID -o FILE",
@@ -266,6 +298,7 @@ latest of a container with cr restore --store DIR PATH.`,
 type SnapshotInspect struct {
 	ID          string    `json:"id"`
 	Path        string    `json:"path"`
+	Host        string    `json:"host"`
 	Time        time.Time `json:"time"`
 	AddedBytes  int64     `json:"added_bytes"`
 	TotalBytes  int64     `json:"total_bytes"`
@@ -280,16 +313,17 @@ type SnapshotInspect struct {
 
 func snapshotReport(s *store.Snapshot) SnapshotInspect {
 	m := s.Manifest
-	return SnapshotInspect{ID: s.ID, Path: s.Path, Time: s.Time, AddedBytes: s.AddedBytes, TotalBytes: s.TotalBytes,
+	return SnapshotInspect{ID: s.ID, Path: s.Path, Host: s.Host, Time: s.Time, AddedBytes: s.AddedBytes, TotalBytes: s.TotalBytes,
 		CRVersion: m.CRVersion, CRIUVersion: criuVersionString(m.CRIUVersion), Kernel: m.Kernel, Arch: m.Arch,
 		Stats: inspectStats(m.Stats), Containers: m.Containers}
 }
 
 // VerifyResult is what cr images verify --json reports.
 type VerifyResult struct {
-	Snapshots int            `json:"snapshots"` // checked
-	Chunks    int            `json:"chunks"`    // distinct chunks read and checked
-	Damaged   []DamageReport `json:"damaged"`
+	Snapshots   int            `json:"snapshots"`    // checked
+	Chunks      int            `json:"chunks"`       // distinct chunks read and checked
+	TotalChunks int            `json:"total_chunks"` // distinct chunks the snapshots use (more than chunks with --read-data-subset)
+	Damaged     []DamageReport `json:"damaged"`
 }
 
 // DamageReport is one damaged file of a snapshot.
@@ -301,7 +335,7 @@ type DamageReport struct {
 }
 
 func verifyReport(r store.VerifyReport) VerifyResult {
-	v := VerifyResult{Snapshots: r.Snapshots, Chunks: r.Chunks, Damaged: []DamageReport{}}
+	v := VerifyResult{Snapshots: r.Snapshots, Chunks: r.Chunks, TotalChunks: r.TotalChunks, Damaged: []DamageReport{}}
 	for _, d := range r.Damaged {
 		v.Damaged = append(v.Damaged, DamageReport{SnapshotID: d.SnapshotID, File: d.File, Chunk: d.Chunk, Reason: d.Reason})
 	}
@@ -317,18 +351,21 @@ func criuVersionString(code int) string {
 // materializeSnapshot rebuilds a snapshot into a fresh staging directory,
 // verifying every chunk; ref is an id (or prefix) or a container path for
 // its latest snapshot.
-func materializeSnapshot(ctx context.Context, dir, staging, ref string) (*scratch.Entry, *images.Manifest, error) {
+func materializeSnapshot(ctx context.Context, dir, staging, ref, host string) (*scratch.Entry, *images.Manifest, error) {
 	st, err := store.Open(dir)
 	if err != nil {
 		return nil, nil, err
 	}
 	var s *store.Snapshot
 	if len(ref) > 0 && ref[0] == '/' {
-		s, err = st.Latest(ref)
+		s, err = st.LatestFrom(ref, host)
 	} else if ref == "latest" {
-		s, err = st.Latest("")
+		s, err = st.LatestFrom("", host)
 	} else {
 		s, err = st.Get(ref)
+		if err == nil && host != "" && s.Host != host {
+			err = fmt.Errorf("%w: snapshot %s was taken by host %s, not %s", store.ErrNotFound, s.ID, s.Host, host)
+		}
 	}
 	if err != nil {
 		return nil, nil, err

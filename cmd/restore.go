@@ -20,6 +20,7 @@ import (
 type RestoreOptions struct {
 	As    string
 	Store string
+	Host  string
 	JSON  bool
 }
 
@@ -50,19 +51,24 @@ processes, staging).`,
   cr restore --as /lab-copy lab.cr
   cr restore --json lab.cr | jq .init_pids
   cr restore --store /var/lib/cr/snapshots /lab     # latest snapshot of /lab
-  cr restore --store /var/lib/cr/snapshots 3fa9c2   # a snapshot by id`,
+  cr restore --store /var/lib/cr/snapshots 3fa9c2   # a snapshot by id
+  cr restore --store s3://snapshots/fleet --host web1 /lab   # the latest web1 took`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return runRestore(cmd.Context(), cmd.OutOrStdout(), cmd.ErrOrStderr(), g, o, args[0])
 		},
 	}
 	c.Flags().StringVar(&o.Store, "store", "", "restore a snapshot from this store: IMAGE is then an id, a container path (its latest snapshot) or \"latest\"")
+	c.Flags().StringVar(&o.Host, "host", "", "with --store: only snapshots taken by this host (as cr images ls shows it)")
 	c.Flags().StringVar(&o.As, "as", "", "restore the subtree at this path instead of its original one")
 	c.Flags().BoolVar(&o.JSON, "json", false, "print a JSON report")
 	return c
 }
 
 func runRestore(ctx context.Context, out, errOut io.Writer, g *Global, o RestoreOptions, image string) error {
+	if o.Host != "" && o.Store == "" {
+		return usageError{fmt.Errorf("--host needs --store")}
+	}
 	e, err := openEnv()
 	if err != nil {
 		return err
@@ -95,7 +101,7 @@ func runRestore(ctx context.Context, out, errOut io.Writer, g *Global, o Restore
 	prog := newProgress(errOut, g, o.JSON)
 	start := time.Now()
 	if o.Store != "" {
-		dir, m, err = materializeSnapshot(ctx, o.Store, ropts.StagingDir, image)
+		dir, m, err = materializeSnapshot(ctx, o.Store, ropts.StagingDir, image, o.Host)
 	} else {
 		f, oerr := openImage(image)
 		if oerr != nil {

@@ -80,10 +80,14 @@ func init() {
 func newSnapshotCommand(g *Global) *cobra.Command {
 	var o SnapshotOptions
 	c := &cobra.Command{
-		Use:   "snapshot PATH --store DIR [--keep-...]",
+		Use:   "snapshot PATH --store DIR|s3://BUCKET/PREFIX [--keep-...]",
 		Short: "Snapshot a running subtree into a deduplicating store",
 		Long: `Checkpoint the subtree at PATH and leave it running (it is frozen only for
-the dump, never for storing), into the store at DIR (created on first use, which is said on stderr).
+the dump, never for storing), into the store at DIR (created on first use, which is said on stderr),
+or in S3-compatible object storage at s3://BUCKET/PREFIX, which many hosts
+can share (endpoint, region and credentials from AWS_ENDPOINT_URL,
+AWS_REGION, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY or ~/.aws; each
+snapshot records its host: CR_HOSTNAME or the host name).
 The store keeps chunks by content, so memory that did not change since the
 last snapshot, and identical pages across containers, are stored once.
 
@@ -94,17 +98,20 @@ keeps it; no rule keeps everything). Unused chunks are removed.
 
 Made for cron: quiet on success (-v to hear what was kept and why), a lock so
 that overlapping runs wait (up to --lock-wait) or exit 9, and a crash at any
-moment leaves every listed snapshot complete and restorable.`,
+moment leaves every listed snapshot complete and restorable. In S3, hosts
+snapshot at the same time; removing unused chunks waits for a moment when no
+other host holds the store (until then they stay, and the next prune takes them).`,
 		Example: `  cr snapshot /lab --store /var/lib/cr/snapshots --keep-hourly 24 --keep-daily 7
   # crontab: every 10 minutes
   */10 * * * * root cr snapshot /lab --store /var/lib/cr/snapshots --keep-last 6 --keep-daily 7
-  cr restore --store /var/lib/cr/snapshots /lab     # the latest snapshot of /lab`,
+  cr restore --store /var/lib/cr/snapshots /lab     # the latest snapshot of /lab
+  AWS_ENDPOINT_URL=http://10.0.0.5:8333 cr snapshot /lab --store s3://snapshots/fleet --keep-last 6`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return runSnapshot(cmd.Context(), cmd.OutOrStdout(), cmd.ErrOrStderr(), g, o, args[0])
 		},
 	}
-	c.Flags().StringVar(&o.Store, "store", "", "the snapshot store's directory (required)")
+	c.Flags().StringVar(&o.Store, "store", "", "the snapshot store: a directory or s3://BUCKET/PREFIX (required)")
 	o.Keep.AddFlags(c.Flags())
 	c.Flags().DurationVar(&o.LockWait, "lock-wait", time.Minute, "how long to wait for another cr using the store")
 	c.Flags().BoolVar(&o.JSON, "json", false, "print a JSON report")
@@ -134,7 +141,9 @@ func runSnapshot(ctx context.Context, out, errOut io.Writer, g *Global, o Snapsh
 	}
 	ctx, cancel := interruptible(ctx)
 	defer cancel()
-	unlock, err := st.Lock(ctx, o.LockWait)
+	// Shared: in S3 other hosts snapshot meanwhile (in a directory it is
+	// the one exclusive lock); the prune after the retention upgrades it.
+	unlock, err := st.LockShared(ctx, o.LockWait)
 	if err != nil {
 		return err
 	}
@@ -172,6 +181,12 @@ func runSnapshot(ctx context.Context, out, errOut io.Writer, g *Global, o Snapsh
 	var decisions []store.Decision
 	if !pol.Empty() {
 		decisions, rep.Retention, err = applyRetention(ctx, st, pol, snap.Path, false)
+		if errors.Is(err, store.ErrLocked) && store.IsS3(o.Store) {
+			// The snapshot is stored and the retention applied; only the
+			// unused chunks stay until a prune finds the store alone.
+			fmt.Fprintf(errOut, "unused chunks kept for a later prune: %v\n", err)
+			err = nil
+		}
 		if err != nil {
 			return err
 		}

@@ -67,11 +67,11 @@ func TestJSONErrors(t *testing.T) {
 	if err := dec.Decode(&e); err != nil {
 		t.Fatalf("stderr %q is not a JSON error: %v", errOut, err)
 	}
-	want := JSONErrorBody{Message: "--store DIR is required", Code: 2, Kind: "usage"}
+	want := JSONErrorBody{Message: "--store DIR or s3://BUCKET/PREFIX is required", Code: 2, Kind: "usage"}
 	if e.Error.Message != want.Message || e.Error.Code != want.Code || e.Error.Kind != want.Kind {
 		t.Errorf("got %+v, want %+v", e.Error, want)
 	}
-	if got := errOut; got != `{"error":{"message":"--store DIR is required","code":2,"kind":"usage"}}`+"\n" {
+	if got := errOut; got != `{"error":{"message":"--store DIR or s3://BUCKET/PREFIX is required","code":2,"kind":"usage"}}`+"\n" {
 		t.Errorf("stderr %q", got)
 	}
 }
