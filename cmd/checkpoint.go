@@ -19,6 +19,7 @@ import (
 	"github.com/cr-dev/cr/images"
 	"github.com/cr-dev/cr/network"
 	"github.com/cr-dev/cr/nstree"
+	"github.com/cr-dev/cr/objstore"
 )
 
 // CheckpointOptions are the flags of cr checkpoint.
@@ -61,7 +62,10 @@ func newCheckpointCommand(g *Global) *cobra.Command {
 		Long: `Freeze the subtree at PATH as one consistent cut, dump every container in
 it with CRIU (processes, memory, threads, signals, timers, pipes, unix sockets,
 files, SysV IPC, pid/ipc/uts namespaces, cgroup membership), and write one
-compressed, checksummed image file (default: NAME-TIMESTAMP.cr).
+compressed, checksummed image file (default: NAME-TIMESTAMP.cr), or stream it
+to S3-compatible object storage with -o s3://BUCKET/KEY (no local copy; the
+object appears only when the image is whole; endpoint and credentials from
+AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION or ~/.aws).
 
 Containers with a network namespace of their own (cr run --net) have their
 network locked while they are dumped, and their established TCP connections
@@ -96,13 +100,14 @@ rootfs cache ($CR_ROOTFS_CACHE, default /var/lib/cr/rootfs), unless
 		Example: `  cr checkpoint /lab -o lab.cr
   cr checkpoint --with-rootfs /vm1 -o vm1.cr       # restorable on a host without its rootfs
   cr checkpoint --leave-running --json /lab/pi | jq .frozen_seconds
-  cr restore lab.cr`,
+  cr restore lab.cr
+  cr checkpoint /lab -o s3://images/lab.cr && cr restore s3://images/lab.cr`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return runCheckpoint(cmd.Context(), cmd.OutOrStdout(), cmd.ErrOrStderr(), g, o, args[0])
 		},
 	}
-	c.Flags().StringVarP(&o.Output, "output", "o", "", "image file to write (default NAME-TIMESTAMP.cr)")
+	c.Flags().StringVarP(&o.Output, "output", "o", "", "image file to write, or s3://BUCKET/KEY (default NAME-TIMESTAMP.cr)")
 	c.Flags().BoolVar(&o.LeaveRunning, "leave-running", false, "keep the subtree running after the dump")
 	c.Flags().StringVar(&o.Compress, "compress", "zstd", "compression: zstd (smallest; checkpointctl reads it), s2 (about 2.5x faster to write, images about 10% larger) or none")
 	c.Flags().BoolVar(&o.WithRootfs, "with-rootfs", false, "carry the lower of --rootfs containers in the image too")
@@ -189,16 +194,28 @@ func runCheckpoint(ctx context.Context, out, errOut io.Writer, g *Global, o Chec
 	if o.Output == "" {
 		o.Output = fmt.Sprintf("%s-%s.cr", n.Name, time.Now().Format("20060102-150405"))
 	}
-	// Fail before touching the job if the image cannot be written.
-	if err := images.CheckOutput(o.Output, false); err != nil {
-		return fmt.Errorf("cannot write the image: %w", err)
-	}
 	ctx, cancel := interruptible(ctx)
 	defer cancel()
+	// Fail before touching the job if the image cannot be written.
+	var obj imageSink
+	if objstore.IsURL(o.Output) {
+		if obj, err = createS3Image(ctx, o.Output); err != nil {
+			return fmt.Errorf("cannot write the image: %w", err)
+		}
+		defer obj.Abort() // a no-op once committed
+	} else if err := images.CheckOutput(o.Output, false); err != nil {
+		return fmt.Errorf("cannot write the image: %w", err)
+	}
 	prog := newProgress(errOut, g, o.JSON)
 	defer prog.done()
 	prog.phase("dumping "+e.show(n.Path), subtreeMemory(n))
-	sink := &dump.FileSink{Path: o.Output, Compression: o.Compress, Progress: prog.update}
+	fsink := &dump.FileSink{Path: o.Output, Compression: o.Compress, Progress: prog.update}
+	var sink dump.Sink = fsink
+	var osink *objectSink
+	if obj != nil {
+		osink = &objectSink{w: obj, archive: dump.ArchiveSink{Compression: o.Compress, Progress: prog.update}}
+		sink = osink
+	}
 	ck, err := dump.Take(ctx, e.tree, n, dump.Options{
 		CRIU: criu, CRIUVersion: ver.Code(), CRVersion: Version, StagingDir: stagingDir(e.tree),
 		LeaveRunning: o.LeaveRunning, WithRootfs: o.WithRootfs, NoTCPEstablished: !o.TCPEstablished,
@@ -210,7 +227,11 @@ func runCheckpoint(ctx context.Context, out, errOut io.Writer, g *Global, o Chec
 			prog.phase("writing "+o.Output, ck.Bytes())
 		},
 		Stored: func(*dump.Checkpoint) {
-			e.tree.RecordSubtree(n, events.Checkpointed, func(ev *events.Event) { ev.Image = absPath(o.Output) })
+			image := o.Output
+			if obj == nil {
+				image = absPath(o.Output)
+			}
+			e.tree.RecordSubtree(n, events.Checkpointed, func(ev *events.Event) { ev.Image = image })
 		},
 	}, sink)
 	prog.done()
@@ -225,8 +246,10 @@ func runCheckpoint(ctx context.Context, out, errOut io.Writer, g *Global, o Chec
 		}
 		return fmt.Errorf("write image: %w (%s left running)", err, e.show(n.Path))
 	}
-	res := sink.Result
-	wdur := sink.Elapsed
+	res, wdur := fsink.Result, fsink.Elapsed
+	if osink != nil {
+		res, wdur = osink.archive.Result, osink.elapsed
+	}
 	g.verbosef(errOut, "wrote %s in %s: %s raw, %s image; CRIU's logs are in it (dump.log beside each container's images)", o.Output, dur(wdur.Seconds()), humanBytes(res.RawBytes), humanBytes(res.ImageBytes))
 	rep := CheckpointReport{
 		Path: e.show(n.Path), Image: o.Output, Containers: len(ck.Manifest.Containers), LeftRunning: o.LeaveRunning,

@@ -12,6 +12,7 @@ import (
 	"github.com/cr-dev/cr/events"
 	"github.com/cr-dev/cr/images"
 	"github.com/cr-dev/cr/nstree"
+	"github.com/cr-dev/cr/objstore"
 	"github.com/cr-dev/cr/restore"
 	"github.com/cr-dev/cr/scratch"
 )
@@ -37,7 +38,7 @@ func init() { register(newRestoreCommand) }
 func newRestoreCommand(g *Global) *cobra.Command {
 	var o RestoreOptions
 	c := &cobra.Command{
-		Use:   "restore IMAGE",
+		Use:   "restore IMAGE|s3://BUCKET/KEY",
 		Short: "Restore a checkpointed subtree from an image",
 		Long: `Verify the whole image (manifest, every checksum, format version, CRIU
 version, architecture) before creating anything, then recreate the subtree at
@@ -46,10 +47,13 @@ every pid inside each container is the one it had, SysV IPC objects keep
 their ids and contents, and the jobs continue where they were. The containers
 resume together once all are restored; if any fails, nothing is left. If cr
 itself is killed, the next cr command removes what it had made (nodes,
-processes, staging).`,
+processes, staging). An image in S3-compatible object storage (s3://BUCKET/KEY,
+as cr checkpoint -o writes it) is read as a stream, in parallel ranges,
+without a local copy of the image.`,
 		Example: `  cr restore lab.cr
   cr restore --as /lab-copy lab.cr
   cr restore --json lab.cr | jq .init_pids
+  cr restore s3://images/lab.cr
   cr restore --store /var/lib/cr/snapshots /lab     # latest snapshot of /lab
   cr restore --store /var/lib/cr/snapshots 3fa9c2   # a snapshot by id
   cr restore --store s3://snapshots/fleet --host web1 /lab   # the latest web1 took`,
@@ -102,6 +106,15 @@ func runRestore(ctx context.Context, out, errOut io.Writer, g *Global, o Restore
 	start := time.Now()
 	if o.Store != "" {
 		dir, m, err = materializeSnapshot(ctx, o.Store, ropts.StagingDir, image, o.Host)
+	} else if objstore.IsURL(image) {
+		r, oerr := openS3Image(ctx, image)
+		if oerr != nil {
+			return oerr
+		}
+		defer r.Close()
+		prog.phase("reading "+image, r.Size())
+		dir, m, err = restore.Extract(ctx, prog.reader(r), image, ropts)
+		prog.done()
 	} else {
 		f, oerr := openImage(image)
 		if oerr != nil {

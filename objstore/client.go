@@ -203,3 +203,8 @@ func (c *Client) Remove(ctx context.Context, key string) error {
 	}
 	return c.wrap(ctx, "remove", key, err)
 }
+
+var (
+	errExist    = fs.ErrExist
+	errNotExist = fs.ErrNotExist
+)

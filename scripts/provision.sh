@@ -9,6 +9,11 @@
 #     CRIU 4.1 cannot dump any IPv4/IPv6 socket on kernels >= 6.16 (they refuse
 #     SO_PASSCRED on inet sockets), so 4.1 no longer counts as working.
 #   - checkpointctl v1.6.0 (go install), to test image compatibility
+#   - SeaweedFS (weed), the S3-compatible server the tests of S3 stores run on
+#     loopback: built from its Go module source (go install refuses it for
+#     the replace directives in its go.mod) into $CR_CRIU_PREFIX/weed, with
+#     the version recorded in weed.build; a second run with the same version
+#     does nothing (a few minutes on 2 cores the first time).
 #   - iproute2 and util-linux (nsenter) for namespaces, used by cr and its tests.
 #
 # A second run finds everything in place and does nothing. Any failure stops
@@ -29,6 +34,9 @@ PREFIX=${CR_CRIU_PREFIX:-/usr/local/libexec/cr}
 KDAT_DIR=/dev/shm/cr-criu
 BUILD_ID="criu $CRIU_VERSION rundir=$KDAT_DIR"
 CACHE=${CR_CACHE:-/var/cache/cr}
+WEED_MODULE=github.com/seaweedfs/seaweedfs
+WEED_VERSION=v0.0.0-20261109003541-7506e5f91cd6
+WEED_BUILD_ID="seaweedfs $WEED_VERSION"
 here=$(cd "$(dirname "$0")/.." && pwd)
 
 say() { printf 'provision: %s\n' "$*" >&2; }
@@ -139,6 +147,32 @@ elif [ -n "$stale" ] && criu_ok "$stale"; then
 	(build_criu) || say "warning: the rebuild failed; keeping $stale, which probes the kernel on every run"
 else
 	build_criu
+fi
+# SeaweedFS for the S3 tests: weed.build records the version built.
+build_weed() {
+	local build="$CACHE/seaweedfs-build" json dir
+	mkdir -p "$build"
+	say "fetching the source of SeaweedFS $WEED_VERSION"
+	json=$(cd / && go mod download -json "$WEED_MODULE@$WEED_VERSION" 2>"$build/dl.err") ||
+		{ cat "$build/dl.err" >&2; die "go mod download $WEED_MODULE@$WEED_VERSION failed"; }
+	dir=$(printf '%s\n' "$json" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",\{0,1\}$/\1/p')
+	[ -n "$dir" ] && [ -d "$dir" ] || die "go mod download gave no source directory for $WEED_MODULE"
+	# The module cache is read-only; go build wants a writable tree.
+	rm -rf "$build/src"
+	cp -r "$dir" "$build/src" && chmod -R u+w "$build/src" || die "copying the SeaweedFS source failed"
+	say "building SeaweedFS (several minutes on 2 cores)"
+	(cd "$build/src" && go build -o "$build/weed" ./weed >"$build/build.log" 2>&1) ||
+		{ tail -n 30 "$build/build.log" >&2; die "SeaweedFS build failed (full log: $build/build.log)"; }
+	install -D -m 0755 "$build/weed" "$PREFIX/weed"
+	echo "$WEED_BUILD_ID" >"$PREFIX/weed.build"
+	rm -rf "$build/src"
+	"$PREFIX/weed" version >/dev/null 2>&1 || die "the weed just built at $PREFIX/weed does not run"
+	say "installed SeaweedFS at $PREFIX/weed"
+}
+if [ -x "$PREFIX/weed" ] && [ "$(cat "$PREFIX/weed.build" 2>/dev/null)" = "$WEED_BUILD_ID" ]; then
+	say "SeaweedFS ok: $PREFIX/weed ($WEED_VERSION)"
+else
+	build_weed
 fi
 # checkpointctl reads single-container images; the tests check that it can.
 gobin=$(go env GOPATH)/bin
