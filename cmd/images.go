@@ -193,7 +193,7 @@ ID, or the latest of a container with cr restore --store DIR PATH.`,
 			if len(args) == 1 {
 				path = args[0]
 			}
-			ds, es, err := applyRetention(cmd.Context(), st, pol, path, dryRun)
+			ds, es, err := applyRetention(cmd.Context(), st, pol, path, "", dryRun)
 			if err != nil {
 				return err
 			}

@@ -91,7 +91,8 @@ snapshot records its host: CR_HOSTNAME or the host name).
 The store keeps chunks by content, so memory that did not change since the
 last snapshot, and identical pages across containers, are stored once.
 
-Then the retention policy is applied to the snapshots of PATH: --keep-last,
+Then the retention policy is applied to the snapshots of PATH that this host
+took (CR_HOSTNAME or the host name; another host's are its own): --keep-last,
 --keep-within, --keep-hourly, --keep-daily, --keep-weekly, --keep-monthly,
 --keep-yearly (restic's "forget" semantics; a snapshot is kept if any rule
 keeps it; no rule keeps everything). Unused chunks are removed.
@@ -180,7 +181,7 @@ func runSnapshot(ctx context.Context, out, errOut io.Writer, g *Global, o Snapsh
 		AddedBytes: snap.AddedBytes, TotalBytes: snap.TotalBytes, Policy: pol.String()}
 	var decisions []store.Decision
 	if !pol.Empty() {
-		decisions, rep.Retention, err = applyRetention(ctx, st, pol, snap.Path, false)
+		decisions, rep.Retention, err = applyRetention(ctx, st, pol, snap.Path, st.Host, false)
 		if errors.Is(err, store.ErrLocked) && store.IsS3(o.Store) {
 			// The snapshot is stored and the retention applied; only the
 			// unused chunks stay until a prune finds the store alone.
@@ -205,10 +206,11 @@ func runSnapshot(ctx context.Context, out, errOut io.Writer, g *Global, o Snapsh
 	return nil
 }
 
-// applyRetention applies pol to the snapshots of path (all paths if ""),
+// applyRetention applies pol to the snapshots of path (all paths if "")
+// that host took (all hosts if ""), each path and host on its own,
 // removes what it does not keep, and the chunks nothing uses any more.
-func applyRetention(ctx context.Context, st *store.Store, pol store.Policy, path string, dryRun bool) ([]store.Decision, []RetentionEntry, error) {
-	ds, err := st.Forget(ctx, path, pol, dryRun)
+func applyRetention(ctx context.Context, st *store.Store, pol store.Policy, path, host string, dryRun bool) ([]store.Decision, []RetentionEntry, error) {
+	ds, err := st.ForgetFrom(ctx, path, host, pol, dryRun)
 	if err != nil {
 		return nil, nil, err
 	}

@@ -64,6 +64,10 @@ func run(m *testing.M) int {
 		fmt.Fprintf(os.Stderr, "e2e: FAIL: no working CRIU: %v\nrun scripts/provision.sh first\n", err)
 		return 1
 	}
+	if err := checkWeed(); err != nil {
+		fmt.Fprintf(os.Stderr, "e2e: FAIL: %v\n", err)
+		return 1
+	}
 	dir, err := os.MkdirTemp("", "cr-e2e-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -109,6 +113,7 @@ func run(m *testing.M) int {
 		"CR_ROOTFS_CACHE=" + filepath.Join(dir, "rootfs-cache"),
 	}
 	code := m.Run()
+	stopS3()
 	leaks := cleanupTree()
 	if l := cleanupBridge(); l != "" {
 		leaks = strings.TrimPrefix(leaks+", "+l, ", ")

@@ -185,7 +185,9 @@ func ApplyPolicy(snaps []*Snapshot, p Policy) []Decision {
 }
 
 // ApplyPolicyIn decides which snapshots p keeps, with hours, days and ISO
-// weeks taken in loc. Snapshots are grouped by Path (groups in path order)
+// weeks taken in loc. Snapshots are grouped by Path and Host (groups in
+// path order, then host order: restic's default grouping by host and
+// paths, so that one host's retention never thins another's snapshots)
 // and each group is walked newest first (ties: larger id first), which is
 // also the order of the result. The newest p.Last are kept as "last
 // snapshot" (after "within", as restic orders them). With p.Within, every snapshot strictly newer than the group's
@@ -204,15 +206,22 @@ func ApplyPolicyIn(snaps []*Snapshot, p Policy, loc *time.Location) []Decision {
 	if loc == nil {
 		loc = time.Local
 	}
-	groups := make(map[string][]*Snapshot)
+	type group struct{ path, host string }
+	groups := make(map[group][]*Snapshot)
 	for _, s := range snaps {
-		groups[s.Path] = append(groups[s.Path], s)
+		g := group{s.Path, s.Host}
+		groups[g] = append(groups[g], s)
 	}
-	paths := make([]string, 0, len(groups))
-	for path := range groups {
-		paths = append(paths, path)
+	paths := make([]group, 0, len(groups))
+	for g := range groups {
+		paths = append(paths, g)
 	}
-	slices.Sort(paths)
+	slices.SortFunc(paths, func(a, b group) int {
+		if c := strings.Compare(a.path, b.path); c != 0 {
+			return c
+		}
+		return strings.Compare(a.host, b.host)
+	})
 
 	type bucket struct {
 		n      int
@@ -284,12 +293,15 @@ func WriteDecisions(w io.Writer, ds []Decision, loc *time.Location) error {
 	}
 	var b strings.Builder
 	for i := 0; i < len(ds); {
-		path := ds[i].Snapshot.Path
+		path, host := ds[i].Snapshot.Path, ds[i].Snapshot.Host
 		j, kept := i, 0
-		for ; j < len(ds) && ds[j].Snapshot.Path == path; j++ {
+		for ; j < len(ds) && ds[j].Snapshot.Path == path && ds[j].Snapshot.Host == host; j++ {
 			if ds[j].Keep {
 				kept++
 			}
+		}
+		if host != "" {
+			path += " (host " + host + ")"
 		}
 		fmt.Fprintf(&b, "%s: keep %d of %d snapshots\n", path, kept, j-i)
 		for _, d := range ds[i:j] {

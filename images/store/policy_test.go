@@ -2,6 +2,8 @@ package store
 
 import (
 	"bytes"
+	"context"
+	"maps"
 	"flag"
 	"fmt"
 	"math/rand/v2"
@@ -349,5 +351,56 @@ func TestApplyPolicyLocation(t *testing.T) {
 	}
 	if n := kept(time.FixedZone("UTC+3", 3*3600)); n != 2 {
 		t.Errorf("UTC+3: %d kept, want 2", n)
+	}
+}
+
+// TestPolicyGroupsByHost: retention thins each host's snapshots of a path
+// on its own (restic's default grouping), and ForgetFrom touches only the
+// given host's.
+func TestPolicyGroupsByHost(t *testing.T) {
+	base := time.Date(2026, 12, 1, 10, 0, 0, 0, time.UTC)
+	var snaps []*Snapshot
+	for i, h := range []string{"a", "b", "a", "b", "a"} {
+		snaps = append(snaps, &Snapshot{ID: fmt.Sprintf("%016x", i), Path: "/fleet", Host: h, Time: base.Add(time.Duration(i) * time.Hour)})
+	}
+	ds := ApplyPolicyIn(snaps, Policy{Last: 1}, time.UTC)
+	kept := map[string]bool{}
+	for _, d := range ds {
+		if d.Keep {
+			kept[d.Snapshot.ID] = true
+		}
+	}
+	if want := map[string]bool{fmt.Sprintf("%016x", 3): true, fmt.Sprintf("%016x", 4): true}; !maps.Equal(kept, want) {
+		t.Errorf("kept %v, want the newest of each host %v", kept, want)
+	}
+	var b strings.Builder
+	if err := WriteDecisions(&b, ds, time.UTC); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(b.String(), "/fleet (host a): keep 1 of 3 snapshots\n") || !strings.Contains(b.String(), "/fleet (host b): keep 1 of 2 snapshots\n") {
+		t.Errorf("decisions:\n%s", b.String())
+	}
+
+	ctx := context.Background()
+	f := newFakeBucket()
+	sa, sb := openFake(t, f, "", "a"), openFake(t, f, "", "b")
+	rng := rand.New(rand.NewPCG(11, 12))
+	for i := 0; i < 2; i++ {
+		for _, s := range []*Store{sa, sb} {
+			if _, err := s.Add(ctx, stageJob(t, rng, makeMemory(rng, 32<<10)), testManifest("/fleet"), base.Add(time.Duration(i)*time.Hour)); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if _, err := sa.ForgetFrom(ctx, "/fleet", "a", Policy{Last: 1}, false); err != nil {
+		t.Fatal(err)
+	}
+	left, _ := sa.List("")
+	hosts := map[string]int{}
+	for _, s := range left {
+		hosts[s.Host]++
+	}
+	if hosts["a"] != 1 || hosts["b"] != 2 {
+		t.Errorf("after host a's forget: %v snapshots per host, want a:1 b:2", hosts)
 	}
 }

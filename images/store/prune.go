@@ -74,6 +74,12 @@ func (s *Store) Prune(ctx context.Context, dryRun bool) (PruneResult, error) {
 // snapshots p does not keep (unless dryRun), and returns the decisions. The
 // removed snapshots' chunks stay until Prune.
 func (s *Store) Forget(ctx context.Context, path string, p Policy, dryRun bool) ([]Decision, error) {
+	return s.ForgetFrom(ctx, path, "", p, dryRun)
+}
+
+// ForgetFrom is Forget of the snapshots host took ("" for every host; the
+// policy applies to each path and host on its own either way).
+func (s *Store) ForgetFrom(ctx context.Context, path, host string, p Policy, dryRun bool) ([]Decision, error) {
 	if err := p.Validate(); err != nil {
 		return nil, fmt.Errorf("forget: %w", err)
 	}
@@ -82,9 +88,18 @@ func (s *Store) Forget(ctx context.Context, path string, p Policy, dryRun bool) 
 		return nil, fmt.Errorf("forget: %w", err)
 	}
 	defer unlock()
-	snaps, err := s.List(path)
+	all, err := s.List(path)
 	if err != nil {
 		return nil, fmt.Errorf("forget: %w", err)
+	}
+	snaps := all
+	if host != "" {
+		snaps = nil
+		for _, sn := range all {
+			if sn.Host == host {
+				snaps = append(snaps, sn)
+			}
+		}
 	}
 	ds := ApplyPolicyIn(snaps, p, time.Local)
 	if dryRun {
