@@ -83,7 +83,8 @@ func (w *Writer) Write(p []byte) (int, error) {
 	return n, err
 }
 
-// Commit completes the upload: the object exists once it returns nil.
+// Commit completes the upload: the object exists once it returns nil
+// (and a later Abort does nothing).
 func (w *Writer) Commit() error {
 	w.pw.Close()
 	<-w.done
@@ -91,12 +92,15 @@ func (w *Writer) Commit() error {
 		return w.c.wrap(context.Background(), "upload", w.key, w.err)
 	}
 	if w.info.Size != w.n {
+		w.Abort()
 		return fmt.Errorf("upload %s: %d bytes stored of %d written", w.key, w.info.Size, w.n)
 	}
+	w.once.Do(func() {}) // committed: Abort is a no-op now
 	return nil
 }
 
 // Abort ends the upload without an object: the parts sent are discarded.
+// After a successful Commit it does nothing.
 func (w *Writer) Abort() {
 	w.once.Do(func() {
 		w.pw.CloseWithError(errAborted)
