@@ -93,7 +93,7 @@ func TestS3Fleet(t *testing.T) {
 	bucket := srv.bucket(t)
 	store := "s3://" + bucket + "/fleet"
 	envA := srv.env("CR_HOSTNAME=host-a")
-	envB := otherTree(t, "s3b", srv.env())
+	envB := otherTree(t, "host-b", srv.env())
 
 	j := startJob(t, "/fleet", "--mem", "256")
 	orig := j.ask(t)
