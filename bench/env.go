@@ -52,6 +52,7 @@ type env struct {
 	serveDone chan error
 	// lastMaxRSS is the peak RSS (VmHWM) of the last command run, bytes.
 	lastMaxRSS int64
+	s3         *s3Server // SeaweedFS in namespace A, for the store rows
 }
 
 // newEnv builds the environment; on error it removes what it made.
@@ -107,6 +108,7 @@ func newEnv(ctx context.Context, o options) (_ *env, err error) {
 	if err := e.startServe(); err != nil {
 		return nil, err
 	}
+	e.startS3(ctx)
 	return e, nil
 }
 
@@ -346,6 +348,7 @@ func (e *env) Close() string {
 			<-e.serveDone
 		}
 	}
+	e.stopS3()
 	var left []string
 	for _, t := range []*tree{e.src, e.dst} {
 		if t != nil {

@@ -391,6 +391,31 @@ func writeTables(out io.Writer, res *Results) {
 	}
 	tw.Flush()
 
+	fmt.Fprintln(out, "\nSTORES: cr snapshot + cr restore --store of the same job: a directory store (work dir) | an S3 store (SeaweedFS on loopback); every copy checked")
+	tw = tabwriter.NewWriter(out, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "WORKLOAD\tSNAPSHOT\tFROZEN\tADDED\tRESTORE\t|\tSNAPSHOT\tFROZEN\tADDED\tRESTORE\t|\tS3/DIR SNAPSHOT\tS3/DIR RESTORE\t")
+	s3reason := ""
+	for _, w := range res.Workloads {
+		st := w.Stores
+		if st == nil || st.Dir == nil {
+			continue
+		}
+		d := st.Dir
+		row := []string{w.Name, secs(d.SnapshotWallSeconds), secs(d.FrozenSeconds), human(d.AddedBytes), secs(d.RestoreWallSeconds), "|"}
+		if s := st.S3; s != nil {
+			row = append(row, secs(s.SnapshotWallSeconds), secs(s.FrozenSeconds), human(s.AddedBytes), secs(s.RestoreWallSeconds), "|",
+				fmt.Sprintf("%.2fx", s.SnapshotWallSeconds/d.SnapshotWallSeconds), fmt.Sprintf("%.2fx", s.RestoreWallSeconds/d.RestoreWallSeconds))
+		} else {
+			row = append(row, "-", "-", "-", "-", "|", "-", "-")
+			s3reason = st.S3Reason
+		}
+		fmt.Fprintln(tw, strings.Join(row, "\t")+"\t")
+	}
+	tw.Flush()
+	if s3reason != "" {
+		fmt.Fprintf(out, "S3 store: not measured: %s\n", s3reason)
+	}
+
 	fmt.Fprintln(out, "\nMIGRATE: cr migrate in netns A -> cr serve in netns B over a veth (stop-and-copy; --lazy) | as cr serve logged it")
 	tw = tabwriter.NewWriter(out, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "WORKLOAD\tDOWNTIME\tWALL\tDUMP\tTRANSFER\tRESTORE\t|\tRECEIVE\tRESTORE\t|\tSENT\tMB/s END-TO-END\tMB/s TRANSFER\t--lazy\t")

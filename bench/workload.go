@@ -34,6 +34,7 @@ type Run struct {
 	CheckpointLR *CheckpointResult `json:"cr_checkpoint_leave_running,omitempty"`
 	Checkpoint   *CheckpointResult `json:"cr_checkpoint,omitempty"`
 	Restore      *RestoreResult    `json:"cr_restore,omitempty"`
+	Stores       *StoresResult     `json:"cr_stores,omitempty"`
 	Lazy         *MigrateResult    `json:"cr_migrate_lazy,omitempty"`
 	Migrate      *MigrateResult    `json:"cr_migrate,omitempty"`
 }
@@ -193,6 +194,9 @@ func (e *env) measureIn(ctx context.Context, w Workload, r *Run, warn func(strin
 		}
 	}
 	if err != nil {
+		return err
+	}
+	if err := e.measureStores(ctx, j, r); err != nil {
 		return err
 	}
 	return e.measureMigrate(ctx, j, r)
@@ -425,7 +429,7 @@ func (e *env) cleanWorkload(w Workload) {
 		_, _, _ = e.crCmd(ctx, t, "kill", "/bench")
 	}
 	removeCgroupTree(e.rawCg)
-	for _, p := range []string{"raw-" + w.Name, w.Name + ".cr", w.Name + "-lr.cr", w.Name + ".report.json"} {
+	for _, p := range []string{"raw-" + w.Name, w.Name + ".cr", w.Name + "-lr.cr", w.Name + ".report.json", "store-" + w.Name} {
 		_ = os.RemoveAll(filepath.Join(e.dir, p))
 	}
 }

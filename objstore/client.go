@@ -152,7 +152,7 @@ func (c *Client) Get(ctx context.Context, key string, limit int64) ([]byte, erro
 // Put writes the object key: S3 makes it visible whole or not at all.
 func (c *Client) Put(ctx context.Context, key string, data []byte) error {
 	_, err := c.mc.PutObject(ctx, c.bucket, key, bytes.NewReader(data), int64(len(data)), minio.PutObjectOptions{
-		ContentType: "application/octet-stream", DisableMultipart: true, SendContentMd5: true,
+		ContentType: "application/octet-stream", DisableMultipart: true,
 	})
 	return c.wrap(ctx, "put", key, err)
 }
