@@ -10,6 +10,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/minio/minio-go/v7"
 )
 
 // s3Snap is a line of cr images ls --json on an S3 store.
@@ -332,5 +334,82 @@ func TestS3CheckpointStream(t *testing.T) {
 	}
 	if r := crEnv(t, e, "restore", "s3://"+bucket+"/nothing.cr"); r.code != 3 || !strings.Contains(r.err, "no such image: s3://"+bucket+"/nothing.cr") {
 		t.Errorf("restore of a missing key: %s", r)
+	}
+}
+
+// TestS3ImagesCommands: inspect, export, verify (all and a subset), rm
+// and prune work on an S3 store as on a directory; verify reports a chunk
+// damaged in the bucket and repairs nothing.
+func TestS3ImagesCommands(t *testing.T) {
+	srv := needS3(t)
+	bucket := srv.bucket(t)
+	store := "s3://" + bucket + "/st"
+	e := srv.env("CR_HOSTNAME=img-host")
+	j := startJob(t, "/s3img", "--mem", "16")
+	orig := j.ask(t)
+	r := crEnv(t, e, "snapshot", "/s3img", "--store", store, "--json")
+	if r.code != 0 || !strings.Contains(r.err, "created store "+store) {
+		t.Fatalf("first snapshot: %s", r)
+	}
+	var rep struct {
+		ID string `json:"id"`
+	}
+	if err := json.Unmarshal([]byte(r.out), &rep); err != nil {
+		t.Fatal(err)
+	}
+	if r := crEnv(t, e, "images", "inspect", "--store", store, rep.ID[:8]); r.code != 0 ||
+		!strings.HasPrefix(r.out, "snapshot "+rep.ID+" of /s3img from img-host at ") {
+		t.Errorf("inspect: %s", r)
+	}
+	img := filepath.Join(t.TempDir(), "exported.cr")
+	if r := crEnv(t, e, "images", "export", "--store", store, rep.ID, "-o", img); r.code != 0 {
+		t.Fatalf("export: %s", r)
+	}
+	mustCr(t, "restore", "--as", "/s3img-exported", img)
+	killAtCleanup(t, "/s3img-exported")
+	if got := (&job{path: "/s3img-exported", report: j.report}).ask(t); got.MemSHA != orig.MemSHAAtInit {
+		t.Errorf("exported snapshot restored with other memory")
+	}
+	mustCr(t, "kill", "--grace", "1s", "/s3img-exported")
+
+	var all struct {
+		Chunks      int `json:"chunks"`
+		TotalChunks int `json:"total_chunks"`
+	}
+	r = crEnv(t, e, "images", "verify", "--store", store, "--json")
+	if r.code != 0 || json.Unmarshal([]byte(r.out), &all) != nil || all.Chunks < 10 || all.Chunks != all.TotalChunks {
+		t.Fatalf("verify: %s", r)
+	}
+	r = crEnv(t, e, "images", "verify", "--store", store, "--read-data-subset", "50%")
+	if want := fmt.Sprintf("1 snapshot, %d of %d chunks checked (50%%)\n", (all.Chunks+1)/2, all.Chunks); r.code != 0 || r.out != want {
+		t.Errorf("verify --read-data-subset 50%%: want %q, got %s", want, r)
+	}
+	if r := crEnv(t, e, "images", "verify", "--store", store, "--read-data-subset", "150%"); r.code != 2 {
+		t.Errorf("verify --read-data-subset 150%%: %s", r)
+	}
+	// Damage one chunk in the bucket: verify names it, exit 8, and leaves
+	// it as it is.
+	objs, _ := srv.keys(t, bucket, "st/chunks/")
+	victim := objs[len(objs)/2]
+	if _, err := srv.admin.PutObject(t.Context(), bucket, victim, strings.NewReader("not a zstd frame"), 16, minio.PutObjectOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	r = crEnv(t, e, "images", "verify", "--store", store)
+	name := victim[strings.LastIndexByte(victim, '/')+1:]
+	if r.code != 8 || !strings.Contains(r.out, "DAMAGED snapshot "+rep.ID+": file ") || !strings.Contains(r.out, ", chunk "+name+": decode: ") {
+		t.Errorf("verify of a damaged chunk: %s", r)
+	}
+	if n := srv.bytesUnder(t, bucket, victim); n != 16 {
+		t.Errorf("verify changed the damaged chunk (%d bytes)", n)
+	}
+	// rm removes the snapshot and, with it, its chunks.
+	if r := crEnv(t, e, "images", "rm", "--store", store, rep.ID); r.code != 0 {
+		t.Fatalf("rm: %s", r)
+	}
+	if left, _ := srv.keys(t, bucket, "st/"); len(left) != 1 || left[0] != "st/config" {
+		t.Errorf("after rm: %v, want only st/config", left)
+	}
+	if es := s3Snapshots(t, e, store); len(es) != 0 {
+		t.Errorf("after rm: %v", es)
 	}
 }
