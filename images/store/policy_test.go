@@ -3,9 +3,9 @@ package store
 import (
 	"bytes"
 	"context"
-	"maps"
 	"flag"
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
