@@ -11,6 +11,12 @@
 // disk, so a crash at any moment leaves only complete snapshots visible; a
 // lock file keeps two writers (two overlapping cron runs) apart.
 // docs/store-format.md specifies the layout byte by byte.
+//
+// Where the objects live is a backend: a local directory (dirBackend) or
+// a prefix of an S3 bucket (s3Backend, through package objstore), with the
+// same names as keys; in S3 the lock is a set of expiring lock objects,
+// shared for writers and exclusive for garbage collection, so that many
+// hosts snapshot into one bucket while one of them prunes.
 package store
 
 import (
