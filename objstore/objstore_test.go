@@ -3,8 +3,13 @@ package objstore
 import (
 	"context"
 	"errors"
+	"fmt"
+	"io"
 	"io/fs"
 	"net"
+	"net/http"
+	"net/http/httptest"
+	"sync/atomic"
 	"os"
 	"path/filepath"
 	"strings"
@@ -134,5 +139,83 @@ func TestDialUnreachable(t *testing.T) {
 	}
 	if d := time.Since(start); d > 8*time.Second {
 		t.Errorf("Dial took %v", d)
+	}
+}
+
+// fakeS3 answers HEAD of the bucket, and PUTs with the statuses in order
+// (then 200), counting the PUTs.
+func fakeS3(t *testing.T, statuses ...int) (*httptest.Server, *atomic.Int32) {
+	var puts atomic.Int32
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodHead && r.URL.Path == "/bucket" || r.URL.Path == "/bucket/" {
+			w.WriteHeader(http.StatusOK)
+			return
+		}
+		if r.Method == http.MethodPut {
+			io.Copy(io.Discard, r.Body)
+			n := int(puts.Add(1))
+			if n <= len(statuses) {
+				code := statuses[n-1]
+				name := map[int]string{503: "SlowDown", 500: "InternalError", 403: "InvalidAccessKeyId"}[code]
+				w.Header().Set("Content-Type", "application/xml")
+				w.WriteHeader(code)
+				fmt.Fprintf(w, `<?xml version="1.0" encoding="UTF-8"?><Error><Code>%s</Code><Message>%s</Message><Resource>%s</Resource></Error>`, name, name, r.URL.Path)
+				return
+			}
+			w.Header().Set("ETag", `"d41d8cd98f00b204e9800998ecf8427e"`)
+			w.WriteHeader(http.StatusOK)
+			return
+		}
+		w.WriteHeader(http.StatusNotImplemented)
+	}))
+	t.Cleanup(srv.Close)
+	return srv, &puts
+}
+
+// TestRetries: throttling and server errors are retried with backoff and
+// then succeed; refused credentials are not retried.
+func TestRetries(t *testing.T) {
+	srv, puts := fakeS3(t, 503, 500, 503)
+	setenv(t, "AWS_ENDPOINT_URL", srv.URL, "AWS_ACCESS_KEY_ID", "k", "AWS_SECRET_ACCESS_KEY", "s", "AWS_CONFIG_FILE", "/nonexistent")
+	c, err := Dial(context.Background(), "bucket")
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	if err := c.Put(context.Background(), "k", []byte("data")); err != nil {
+		t.Fatalf("Put after 3 transient errors: %v", err)
+	}
+	if n := puts.Load(); n != 4 {
+		t.Errorf("%d PUTs, want 4 (3 refused, then one that succeeds)", n)
+	}
+	if d := time.Since(start); d < 100*time.Millisecond {
+		t.Errorf("3 retries in %v: no backoff", d)
+	}
+
+	srv, puts = fakeS3(t, 403, 403, 403, 403, 403, 403, 403, 403)
+	setenv(t, "AWS_ENDPOINT_URL", srv.URL, "AWS_ACCESS_KEY_ID", "k", "AWS_SECRET_ACCESS_KEY", "s", "AWS_CONFIG_FILE", "/nonexistent")
+	c, err = Dial(context.Background(), "bucket")
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = c.Put(context.Background(), "k", []byte("data"))
+	if !errors.Is(err, ErrAuth) || puts.Load() != 1 {
+		t.Errorf("Put refused: %v after %d PUTs, want ErrAuth after 1", err, puts.Load())
+	}
+
+	// Throttling that does not end is reported after the bounded retries.
+	srv, puts = fakeS3(t, 503, 503, 503, 503, 503, 503, 503, 503, 503, 503, 503, 503)
+	setenv(t, "AWS_ENDPOINT_URL", srv.URL, "AWS_ACCESS_KEY_ID", "k", "AWS_SECRET_ACCESS_KEY", "s", "AWS_CONFIG_FILE", "/nonexistent")
+	c, err = Dial(context.Background(), "bucket")
+	if err != nil {
+		t.Fatal(err)
+	}
+	start = time.Now()
+	err = c.Put(context.Background(), "k", []byte("data"))
+	if err == nil || !strings.Contains(err.Error(), "SlowDown") || int(puts.Load()) != maxRetries {
+		t.Errorf("Put throttled for good: %v after %d PUTs, want SlowDown after %d", err, puts.Load(), maxRetries)
+	}
+	if d := time.Since(start); d > 10*time.Second {
+		t.Errorf("gave up after %v", d)
 	}
 }
