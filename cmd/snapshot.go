@@ -185,7 +185,7 @@ func runSnapshot(ctx context.Context, out, errOut io.Writer, g *Global, o Snapsh
 		if errors.Is(err, store.ErrLocked) && store.IsS3(o.Store) {
 			// The snapshot is stored and the retention applied; only the
 			// unused chunks stay until a prune finds the store alone.
-			fmt.Fprintf(errOut, "unused chunks kept for a later prune: %v\n", err)
+			fmt.Fprintf(errOut, "retention applied; unused chunks stay for a later prune: %v\n", err)
 			err = nil
 		}
 		if err != nil {

@@ -413,3 +413,65 @@ func TestS3ImagesCommands(t *testing.T) {
 		t.Errorf("after rm: %v", es)
 	}
 }
+
+// TestS3LockObjects: another host's live lock object keeps a snapshot's
+// retention from removing chunks (they stay, and it says so) and makes an
+// explicit prune wait; an expired one is ignored and removed.
+func TestS3LockObjects(t *testing.T) {
+	srv := needS3(t)
+	bucket := srv.bucket(t)
+	store := "s3://" + bucket + "/st"
+	e := srv.env("CR_HOSTNAME=this-host")
+	startJob(t, "/s3lock", "--mem", "16")
+	if r := crEnv(t, e, "snapshot", "/s3lock", "--store", store); r.code != 0 {
+		t.Fatalf("snapshot: %s", r)
+	}
+	putLock := func(key string, at time.Time) {
+		t.Helper()
+		b := fmt.Sprintf(`{"host":"other-host","pid":1,"exclusive":false,"time":%q,"expires":%q}`+"\n",
+			at.UTC().Format(time.RFC3339), at.Add(5*time.Minute).UTC().Format(time.RFC3339))
+		if _, err := srv.admin.PutObject(t.Context(), bucket, key, strings.NewReader(b), int64(len(b)), minio.PutObjectOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	live := "st/locks/00000000000000aa.json"
+	putLock(live, time.Now())
+	before := srv.bytesUnder(t, bucket, "st/chunks/")
+	r := crEnv(t, e, "snapshot", "/s3lock", "--store", store, "--keep-last", "1")
+	if r.code != 0 || !strings.Contains(r.err, "retention applied; unused chunks stay for a later prune: prune: lock store "+store+": store is locked by host other-host pid 1 (shared, since ") {
+		t.Fatalf("snapshot with retention while another host holds the store: %s", r)
+	}
+	if n := len(s3Snapshots(t, e, store)); n != 1 {
+		t.Errorf("%d snapshots after --keep-last 1", n)
+	}
+	mid := srv.bytesUnder(t, bucket, "st/chunks/")
+	if mid <= before {
+		t.Errorf("chunks went from %d to %d bytes while another host held the store: some were removed", before, mid)
+	}
+	// An explicit prune waits for the other host (here: until its lock is
+	// deleted), then removes the unused chunks.
+	time.AfterFunc(2*time.Second, func() { srv.admin.RemoveObject(t.Context(), bucket, live, minio.RemoveObjectOptions{}) })
+	t0 := time.Now()
+	if r := crEnv(t, e, "images", "prune", "--store", store); r.code != 0 {
+		t.Fatalf("prune: %s", r)
+	}
+	if d := time.Since(t0); d < 1500*time.Millisecond {
+		t.Errorf("prune did not wait for the other host's lock (%v)", d)
+	}
+	if r := crEnv(t, e, "images", "verify", "--store", store); r.code != 0 {
+		t.Errorf("verify after prune: %s", r)
+	}
+	if n := srv.bytesUnder(t, bucket, "st/chunks/"); n >= mid {
+		t.Errorf("prune freed nothing: %d bytes of chunks, %d before it", n, mid)
+	}
+	// A lock whose expiry passed (its holder died) neither blocks nor stays.
+	stale := "st/locks/00000000000000bb.json"
+	putLock(stale, time.Now().Add(-time.Hour))
+	t0 = time.Now()
+	if r := crEnv(t, e, "images", "prune", "--store", store); r.code != 0 || time.Since(t0) > 5*time.Second {
+		t.Fatalf("prune next to an expired lock: %s (%v)", r, time.Since(t0))
+	}
+	if objs, _ := srv.keys(t, bucket, "st/locks/"); len(objs) != 0 {
+		t.Errorf("lock objects left: %v", objs)
+	}
+}
