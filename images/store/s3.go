@@ -63,9 +63,9 @@ type s3Backend struct {
 	host   string
 	now    func() time.Time
 
-	chunksOnce sync.Once
-	chunksErr  error
-	known      map[string]bool // chunks listed at the first hasChunk
+	mu     sync.Mutex
+	listed bool
+	known  map[string]bool // chunks listed at the first hasChunk of an Add
 }
 
 func newS3Backend(loc string) (*s3Backend, error) {
@@ -336,18 +336,23 @@ func (l *s3Lock) upgrade(ctx context.Context) error {
 }
 
 func (b *s3Backend) hasChunk(ctx context.Context, name string) (bool, error) {
-	// One listing of the chunks instead of a request per chunk; a chunk
-	// another writer adds meanwhile is written again, with the same
-	// content.
-	b.chunksOnce.Do(func() {
-		b.known = make(map[string]bool)
-		b.chunksErr = b.listChunks(ctx, func(name string, _ int64) error {
-			b.known[name] = true
+	// One listing of the chunks per Add (newChunkWriter starts it anew)
+	// instead of a request per chunk; a chunk another writer adds
+	// meanwhile is written again, with the same content. No prune can
+	// remove a listed chunk before the record is written: the writer
+	// holds a shared lock throughout.
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if !b.listed {
+		known := make(map[string]bool)
+		err := b.listChunks(ctx, func(name string, _ int64) error {
+			known[name] = true
 			return nil
 		})
-	})
-	if b.chunksErr != nil {
-		return false, b.chunksErr
+		if err != nil {
+			return false, err
+		}
+		b.known, b.listed = known, true
 	}
 	return b.known[name], nil
 }
@@ -423,7 +428,12 @@ func (b *s3Backend) cleanTmp(ctx context.Context, dryRun bool) (int, error) {
 // removed here: another writer may already count on it).
 type s3Chunks struct{ b *s3Backend }
 
-func (b *s3Backend) newChunkWriter() chunkWriter { return s3Chunks{b} }
+func (b *s3Backend) newChunkWriter() chunkWriter {
+	b.mu.Lock()
+	b.listed, b.known = false, nil // a prune since the last Add may have removed some
+	b.mu.Unlock()
+	return s3Chunks{b}
+}
 
 func (w s3Chunks) put(ctx context.Context, name string, data []byte) error {
 	return w.b.obj.Put(ctx, w.b.chunkKey(name), data)

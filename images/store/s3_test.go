@@ -482,3 +482,34 @@ func TestVerifySubset(t *testing.T) {
 		}
 	}
 }
+
+// TestS3AddAfterPrune: a Store that adds, removes, prunes and adds the
+// same content again uploads the pruned chunks again (it does not trust an
+// old listing of the bucket).
+func TestS3AddAfterPrune(t *testing.T) {
+	ctx := context.Background()
+	f := newFakeBucket()
+	s := openFake(t, f, "", "h")
+	rng := rand.New(rand.NewPCG(13, 14))
+	staging := stageJob(t, rng, makeMemory(rng, 256<<10))
+	first, err := s.Add(ctx, staging, testManifest("/lab"), time.Time{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Remove(first.ID); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Prune(ctx, false); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(f.keys("chunks/")); n != 0 {
+		t.Fatalf("%d chunks after prune", n)
+	}
+	second, err := s.Add(ctx, staging, testManifest("/lab"), time.Now().Add(time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Materialize(ctx, second.ID, filepath.Join(t.TempDir(), "x")); err != nil {
+		t.Fatalf("the second snapshot of the same content: %v", err)
+	}
+}
