@@ -483,8 +483,8 @@ func TestVerifySubset(t *testing.T) {
 	}
 }
 
-// TestS3AddAfterPrune: a Store that adds, removes, prunes and adds the
-// same content again uploads the pruned chunks again (it does not trust an
+// TestS3AddAfterPrune: a Store that adds (twice), removes, prunes and adds
+// the same content again uploads the pruned chunks again (it does not trust an
 // old listing of the bucket).
 func TestS3AddAfterPrune(t *testing.T) {
 	ctx := context.Background()
@@ -492,12 +492,15 @@ func TestS3AddAfterPrune(t *testing.T) {
 	s := openFake(t, f, "", "h")
 	rng := rand.New(rand.NewPCG(13, 14))
 	staging := stageJob(t, rng, makeMemory(rng, 256<<10))
-	first, err := s.Add(ctx, staging, testManifest("/lab"), time.Time{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := s.Remove(first.ID); err != nil {
-		t.Fatal(err)
+	// Two Adds: the second one's listing holds the first one's chunks.
+	for i := range 2 {
+		snap, err := s.Add(ctx, staging, testManifest("/lab"), time.Now().Add(time.Duration(i-2)*time.Second))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Remove(snap.ID); err != nil {
+			t.Fatal(err)
+		}
 	}
 	if _, err := s.Prune(ctx, false); err != nil {
 		t.Fatal(err)
