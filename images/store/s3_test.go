@@ -483,22 +483,23 @@ func TestVerifySubset(t *testing.T) {
 	}
 }
 
-// TestS3AddAfterPrune: a Store that adds (twice), removes, prunes and adds
-// the same content again uploads the pruned chunks again (it does not trust an
-// old listing of the bucket).
+// TestS3AddAfterPrune: a Store whose Add listed chunks that a prune then
+// removed uploads them again in its next Add (it does not trust an old
+// listing of the bucket).
 func TestS3AddAfterPrune(t *testing.T) {
 	ctx := context.Background()
 	f := newFakeBucket()
+	other := openFake(t, f, "", "h")
 	s := openFake(t, f, "", "h")
 	rng := rand.New(rand.NewPCG(13, 14))
 	staging := stageJob(t, rng, makeMemory(rng, 256<<10))
-	// Two Adds: the second one's listing holds the first one's chunks.
-	for i := range 2 {
-		snap, err := s.Add(ctx, staging, testManifest("/lab"), time.Now().Add(time.Duration(i-2)*time.Second))
+	// other's chunks are in the bucket when s lists it.
+	for i, st := range []*Store{other, s} {
+		snap, err := st.Add(ctx, staging, testManifest("/lab"), time.Now().Add(time.Duration(i-2)*time.Second))
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := s.Remove(snap.ID); err != nil {
+		if err := st.Remove(snap.ID); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -508,11 +509,11 @@ func TestS3AddAfterPrune(t *testing.T) {
 	if n := len(f.keys("chunks/")); n != 0 {
 		t.Fatalf("%d chunks after prune", n)
 	}
-	second, err := s.Add(ctx, staging, testManifest("/lab"), time.Now().Add(time.Second))
+	second, err := s.Add(ctx, staging, testManifest("/lab"), time.Now())
 	if err != nil {
 		t.Fatal(err)
 	}
 	if _, err := s.Materialize(ctx, second.ID, filepath.Join(t.TempDir(), "x")); err != nil {
-		t.Fatalf("the second snapshot of the same content: %v", err)
+		t.Fatalf("the snapshot after the prune: %v", err)
 	}
 }
