@@ -203,8 +203,3 @@ func (c *Client) Remove(ctx context.Context, key string) error {
 	}
 	return c.wrap(ctx, "remove", key, err)
 }
-
-var (
-	errExist    = fs.ErrExist
-	errNotExist = fs.ErrNotExist
-)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"sync"
 
 	"github.com/minio/minio-go/v7"
@@ -63,9 +64,9 @@ var errUploadEnded = errors.New("upload ended")
 func (c *Client) CheckAbsent(ctx context.Context, key string) error {
 	_, err := c.Stat(ctx, key)
 	if err == nil {
-		return fmt.Errorf("%s%s/%s: %w", Scheme, c.bucket, key, errExist)
+		return fmt.Errorf("%s%s/%s: %w", Scheme, c.bucket, key, fs.ErrExist)
 	}
-	if errors.Is(err, errNotExist) {
+	if errors.Is(err, fs.ErrNotExist) {
 		return nil
 	}
 	return err
