@@ -290,3 +290,21 @@ func (s *s3Server) keys(t *testing.T, bucket, prefix string) (objects, uploads [
 	}
 	return objects, uploads
 }
+
+// partsUploaded is how many parts the incomplete uploads of key have.
+func (s *s3Server) partsUploaded(t *testing.T, bucket, key string) int {
+	t.Helper()
+	ctx := context.Background()
+	core := minio.Core{Client: s.admin}
+	n := 0
+	for u := range s.admin.ListIncompleteUploads(ctx, bucket, key, true) {
+		if u.Err != nil || u.Key != key {
+			continue
+		}
+		res, err := core.ListObjectParts(ctx, bucket, key, u.UploadID, 0, 1000)
+		if err == nil {
+			n += len(res.ObjectParts)
+		}
+	}
+	return n
+}

@@ -271,10 +271,9 @@ func TestS3CheckpointStream(t *testing.T) {
 		if err := c.Start(); err != nil {
 			t.Fatal(err)
 		}
-		// Mid-upload: once its multipart upload has begun.
-		waitFor(t, 60*time.Second, "the upload to begin", func() bool {
-			_, ups := srv.keys(t, bucket, key)
-			return len(ups) > 0
+		// Mid-upload: once a part of the image is in the bucket.
+		waitFor(t, 60*time.Second, "a part to be uploaded", func() bool {
+			return srv.partsUploaded(t, bucket, key) > 0
 		})
 		_ = c.Process.Signal(sig)
 		err := c.Wait()
