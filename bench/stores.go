@@ -88,17 +88,8 @@ func (e *env) startS3(ctx context.Context) {
 		return
 	}
 	defer logF.Close()
-	// SeaweedFS puts unix sockets in /tmp whatever it is told (named by
-	// port, so they would meet another weed's): it runs in a mount namespace
-	// of its own whose /tmp is in its directory.
-	if err := os.Mkdir(filepath.Join(dir, "tmp"), 0o700); err != nil {
-		e.s3.reason = err.Error()
-		return
-	}
-	c := exec.Command("unshare", "--mount", "--propagation", "private", "--",
-		"sh", "-c", `mount --bind tmp /tmp && exec "$@"`, "sh",
-		weed, "server", "-dir=data", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-		"-filer", "-s3", "-s3.port="+s3Port, "-s3.config=s3.json",
+	c := exec.Command(weed, "server", "-dir="+filepath.Join(dir, "data"), "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+		"-filer", "-s3", "-s3.port="+s3Port, "-s3.config="+filepath.Join(dir, "s3.json"),
 		"-s3.port.iceberg=0", "-s3.port.lance=0", "-master.volumeSizeLimitMB=1024", "-volume.max=32")
 	c.Dir = dir
 	c.Stdout, c.Stderr = logF, logF

@@ -139,23 +139,12 @@ func startS3(bin string) (*s3Server, error) {
 		return nil, err
 	}
 	s.log = log
-	// SeaweedFS puts unix sockets in /tmp whatever it is told (one per
-	// gRPC service, named by port): it runs in a mount namespace of its own
-	// whose /tmp is a directory of its data, gone with it. Its paths are
-	// relative to its working directory, which stays reachable when /tmp
-	// (where the e2e work dir may be) is covered.
-	if err := os.Mkdir(filepath.Join(s.dir, "tmp"), 0o700); err != nil {
-		return nil, err
-	}
-	s.cmd = exec.Command("unshare", "--mount", "--propagation", "private", "--",
-		"sh", "-c", `mount --bind tmp /tmp && exec "$@"`, "sh",
-		bin, "server", "-dir=data",
+	s.cmd = exec.Command(bin, "server", "-dir="+filepath.Join(s.dir, "data"),
 		"-ip=127.0.0.1", "-ip.bind=127.0.0.1",
 		"-master.port="+strconv.Itoa(ports[0]), "-volume.port="+strconv.Itoa(ports[1]),
 		"-filer", "-filer.port="+strconv.Itoa(ports[2]),
-		"-s3", "-s3.port="+strconv.Itoa(ports[3]), "-s3.config=s3.json",
+		"-s3", "-s3.port="+strconv.Itoa(ports[3]), "-s3.config="+cfg,
 		"-s3.port.iceberg=0", "-s3.port.lance=0",
-
 		"-master.volumeSizeLimitMB=256", "-volume.max=16")
 	s.cmd.Stdout, s.cmd.Stderr = log, log
 	s.cmd.Dir = s.dir
