@@ -90,7 +90,8 @@ func (e *env) startS3(ctx context.Context) {
 	defer logF.Close()
 	c := exec.Command(weed, "server", "-dir="+filepath.Join(dir, "data"), "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
 		"-filer", "-s3", "-s3.port="+s3Port, "-s3.config="+filepath.Join(dir, "s3.json"),
-		"-s3.port.iceberg=0", "-s3.port.lance=0", "-master.volumeSizeLimitMB=1024", "-volume.max=32")
+		"-s3.port.iceberg=0", "-s3.port.lance=0", "-master.volumeSizeLimitMB=1024", "-volume.max=32",
+		"-filer.localSocket="+filepath.Join(dir, "filer.sock"), "-s3.localSocket="+filepath.Join(dir, "s3.sock"))
 	c.Dir = dir
 	c.Stdout, c.Stderr = logF, logF
 	c.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
@@ -146,6 +147,11 @@ func (e *env) stopS3() {
 		<-e.s3.done
 	}
 	e.s3.cmd = nil
+	// It puts a unix socket per gRPC service (the default ports + 10000)
+	// in /tmp, whatever it is told.
+	for _, s := range []string{"master-grpc-19333", "volume-grpc-18080", "filer-grpc-18888", "s3-grpc-18333"} {
+		_ = os.Remove("/tmp/seaweedfs-" + s + ".sock")
+	}
 }
 
 // measureStores snapshots the running job into each store and restores

@@ -60,6 +60,7 @@ type s3Server struct {
 	exited   chan struct{}
 	log      *os.File
 	admin    *minio.Client
+	socks    []string // what it leaves in /tmp
 }
 
 var (
@@ -145,7 +146,13 @@ func startS3(bin string) (*s3Server, error) {
 		"-filer", "-filer.port="+strconv.Itoa(ports[2]),
 		"-s3", "-s3.port="+strconv.Itoa(ports[3]), "-s3.config="+cfg,
 		"-s3.port.iceberg=0", "-s3.port.lance=0",
+		"-filer.localSocket="+filepath.Join(s.dir, "filer.sock"), "-s3.localSocket="+filepath.Join(s.dir, "s3.sock"),
 		"-master.volumeSizeLimitMB=256", "-volume.max=16")
+	// It also puts a unix socket per gRPC service in /tmp, whatever it is
+	// told: stop removes them.
+	for i, name := range []string{"master", "volume", "filer", "s3"} {
+		s.socks = append(s.socks, fmt.Sprintf("/tmp/seaweedfs-%s-grpc-%d.sock", name, ports[i]+10000))
+	}
 	s.cmd.Stdout, s.cmd.Stderr = log, log
 	s.cmd.Dir = s.dir
 	// Its own process group: stopS3 ends everything it started.
@@ -212,6 +219,9 @@ func (s *s3Server) stop() {
 	}
 	s.log.Close()
 	os.RemoveAll(s.dir)
+	for _, p := range s.socks {
+		os.Remove(p)
+	}
 }
 
 var bucketSeq struct {
