@@ -7,8 +7,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path"
-	"path/filepath"
 	"sort"
 	"strings"
 
@@ -33,13 +31,7 @@ const DigestPrefix = "sha256:"
 func Digest(dir string) (string, error) {
 	h := sha256.New()
 	links := map[[2]uint64]string{}
-	var walk func(rel string) error
-	walk = func(rel string) error {
-		p := filepath.Join(dir, rel)
-		var s unix.Stat_t
-		if err := unix.Lstat(p, &s); err != nil {
-			return err
-		}
+	err := walkTree(dir, func(rel, p string, s *unix.Stat_t) error {
 		typ, content, size := "", "", int64(0)
 		switch s.Mode & unix.S_IFMT {
 		case unix.S_IFDIR:
@@ -83,21 +75,9 @@ func Digest(dir string) (string, error) {
 			return err
 		}
 		fmt.Fprintf(h, "%s\x00%s %o %d %d %d\x00%s\x00%s\x00\n", rel, typ, s.Mode&0o7777, s.Uid, s.Gid, size, content, xs)
-		if typ != "d" {
-			return nil
-		}
-		names, err := readDirNames(p)
-		if err != nil {
-			return err
-		}
-		for _, n := range names {
-			if err := walk(path.Join(rel, n)); err != nil {
-				return err
-			}
-		}
 		return nil
-	}
-	if err := walk("."); err != nil {
+	})
+	if err != nil {
 		return "", fmt.Errorf("digest of %s: %w", dir, err)
 	}
 	return DigestPrefix + hex.EncodeToString(h.Sum(nil)), nil

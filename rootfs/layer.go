@@ -52,13 +52,7 @@ func WriteLayer(w io.Writer, dir string) (LayerStats, error) {
 	var st LayerStats
 	tw := tar.NewWriter(w)
 	links := map[[2]uint64]string{} // dev, inode -> first name
-	var walk func(rel string) error
-	walk = func(rel string) error {
-		p := filepath.Join(dir, rel)
-		var s unix.Stat_t
-		if err := unix.Lstat(p, &s); err != nil {
-			return err
-		}
+	err := walkTree(dir, func(rel, p string, s *unix.Stat_t) error {
 		h := &tar.Header{Name: rel, Mode: int64(s.Mode & 0o7777), Uid: int(s.Uid), Gid: int(s.Gid),
 			ModTime: time.Unix(s.Mtim.Sec, s.Mtim.Nsec), Format: tar.FormatPAX}
 		if err := readXattrs(p, h); err != nil {
@@ -135,7 +129,31 @@ func WriteLayer(w io.Writer, dir string) (LayerStats, error) {
 			}
 			data.Close()
 		}
-		if h.Typeflag != tar.TypeDir {
+		return nil
+	})
+	if err != nil {
+		return st, err
+	}
+	return st, tw.Close()
+}
+
+// walkTree calls visit for every entry of the tree at dir, in lexical walk
+// order, parents first: rel is the entry's name relative to dir (the root
+// is "."), p its path and s its lstat. A directory's entries are visited
+// after visit returns for it. Digest and WriteLayer share it, so a digest
+// and a layer archive always see the same entries in the same order.
+func walkTree(dir string, visit func(rel, p string, s *unix.Stat_t) error) error {
+	var walk func(rel string) error
+	walk = func(rel string) error {
+		p := filepath.Join(dir, rel)
+		var s unix.Stat_t
+		if err := unix.Lstat(p, &s); err != nil {
+			return err
+		}
+		if err := visit(rel, p, &s); err != nil {
+			return err
+		}
+		if s.Mode&unix.S_IFMT != unix.S_IFDIR {
 			return nil
 		}
 		names, err := readDirNames(p)
@@ -149,10 +167,7 @@ func WriteLayer(w io.Writer, dir string) (LayerStats, error) {
 		}
 		return nil
 	}
-	if err := walk("."); err != nil {
-		return st, err
-	}
-	return st, tw.Close()
+	return walk(".")
 }
 
 func readDirNames(p string) ([]string, error) {
