@@ -124,35 +124,17 @@ type Open func(name string) (io.WriteCloser, error)
 // its dump on its own, resuming the tasks it seized; cr never has to kill
 // it.
 func (l *Listener) Capture(ctx context.Context, open Open) error {
-	defer l.Close()
-	conn, err := l.accept(ctx)
-	if err != nil {
-		return err
-	}
-	s := newSession(ctx, conn)
-	for {
-		name, err := s.readRequest()
-		if err == io.EOF {
-			break // CRIU dismissed the streamer: no more files
-		}
-		if err != nil {
-			s.fail(err)
-			break
-		}
+	return l.converse(ctx, func(s *session, name string) error {
 		pipe, err := s.recvFd(name)
 		if err != nil {
-			s.fail(err)
-			break
+			return err
 		}
 		w, err := open(name)
 		if err != nil {
 			pipe.Close()
-			s.fail(fmt.Errorf("%s: %w", name, err))
-			break
+			return fmt.Errorf("%s: %w", name, err)
 		}
-		s.track(pipe)
-		s.wg.Go(func() {
-			defer s.untrack(pipe)
+		s.goPipe(pipe, func() {
 			var err error
 			if pw, ok := w.(PipeWriter); ok {
 				_, err = pw.ReadFromPipe(pipe)
@@ -166,8 +148,8 @@ func (l *Listener) Capture(ctx context.Context, open Open) error {
 				s.fail(fmt.Errorf("%s: %w", name, err))
 			}
 		})
-	}
-	return s.wait()
+		return nil
+	})
 }
 
 // PipeWriter is an Open's writer that takes the pipe itself (to splice
@@ -193,6 +175,35 @@ type Lookup func(name string) (write func(io.Writer) error, ok bool)
 // it closes the connection and every pipe: CRIU's next read fails and its
 // restore with it.
 func (l *Listener) Serve(ctx context.Context, lookup Lookup) error {
+	return l.converse(ctx, func(s *session, name string) error {
+		write, ok := lookup(name)
+		if err := s.reply(ok); err != nil {
+			return err
+		}
+		if !ok {
+			return nil
+		}
+		pipe, err := s.recvFd(name)
+		if err != nil {
+			return err
+		}
+		s.goPipe(pipe, func() {
+			err := write(pipe)
+			if err != nil && !errors.Is(err, syscall.EPIPE) {
+				s.fail(fmt.Errorf("%s: %w", name, err))
+			}
+		})
+		return nil
+	})
+}
+
+// converse is the conversation Capture and Serve share: it accepts CRIU's
+// connection, then hands each request's file name to handle until CRIU
+// closes the connection between two requests. A bad request or an error
+// from handle fails the session (the connection and every pipe are
+// closed); either way it returns once every pipe has ended, with the
+// first error.
+func (l *Listener) converse(ctx context.Context, handle func(s *session, name string) error) error {
 	defer l.Close()
 	conn, err := l.accept(ctx)
 	if err != nil {
@@ -202,33 +213,15 @@ func (l *Listener) Serve(ctx context.Context, lookup Lookup) error {
 	for {
 		name, err := s.readRequest()
 		if err == io.EOF {
-			break
+			break // CRIU dismissed the streamer: no more files
+		}
+		if err == nil {
+			err = handle(s, name)
 		}
 		if err != nil {
 			s.fail(err)
 			break
 		}
-		write, ok := lookup(name)
-		if err := s.reply(ok); err != nil {
-			s.fail(err)
-			break
-		}
-		if !ok {
-			continue
-		}
-		pipe, err := s.recvFd(name)
-		if err != nil {
-			s.fail(err)
-			break
-		}
-		s.track(pipe)
-		s.wg.Go(func() {
-			defer s.untrack(pipe)
-			err := write(pipe)
-			if err != nil && !errors.Is(err, syscall.EPIPE) {
-				s.fail(fmt.Errorf("%s: %w", name, err))
-			}
-		})
 	}
 	return s.wait()
 }
@@ -277,6 +270,16 @@ func (s *session) track(p *os.File) {
 		return
 	}
 	s.pipes[p] = true
+}
+
+// goPipe runs run on a goroutine of its own with p tracked, so that a
+// failure closes p under it; p is closed once run returns.
+func (s *session) goPipe(p *os.File, run func()) {
+	s.track(p)
+	s.wg.Go(func() {
+		defer s.untrack(p)
+		run()
+	})
 }
 
 func (s *session) untrack(p *os.File) {
