@@ -500,15 +500,7 @@ func (c *Checkpoint) dumpOne(ctx context.Context, o Options, m *member) (*images
 	if _, err := criubin.Swrk(ctx, o.CRIU, rpc.CriuReqType_DUMP, opts, check); err != nil {
 		return nil, c.criuError("dump", m.node.Path, filepath.Join(work, "dump.log"), err)
 	}
-	st, err := crit.GetDumpStats(work)
-	if err != nil {
-		return nil, nil // stats are informational
-	}
-	return &images.DumpStats{
-		FreezingTime: st.GetFreezingTime(), FrozenTime: st.GetFrozenTime(), MemdumpTime: st.GetMemdumpTime(),
-		MemwriteTime: st.GetMemwriteTime(), PagesScanned: st.GetPagesScanned(), PagesSkippedParent: st.GetPagesSkippedParent(),
-		PagesWritten: st.GetPagesWritten(), PagesLazy: st.GetPagesLazy(),
-	}, nil
+	return dumpStats(work), nil
 }
 
 // dumpLazy dumps a container with CRIU's lazy pages. It runs CRIU on the
@@ -763,4 +755,19 @@ func anyFrozen(root *nstree.Node) bool {
 		}
 	})
 	return frozen
+}
+
+// dumpStats reads the statistics CRIU wrote into work (stats-dump), the
+// same for a dump to files and a streamed one; nil if there are none:
+// they are informational, a dump without them has not failed.
+func dumpStats(work string) *images.DumpStats {
+	st, err := crit.GetDumpStats(work)
+	if err != nil {
+		return nil
+	}
+	return &images.DumpStats{
+		FreezingTime: st.GetFreezingTime(), FrozenTime: st.GetFrozenTime(), MemdumpTime: st.GetMemdumpTime(),
+		MemwriteTime: st.GetMemwriteTime(), PagesScanned: st.GetPagesScanned(), PagesSkippedParent: st.GetPagesSkippedParent(),
+		PagesWritten: st.GetPagesWritten(), PagesLazy: st.GetPagesLazy(),
+	}
 }

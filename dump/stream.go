@@ -16,8 +16,6 @@ import (
 	"sync/atomic"
 	"syscall"
 
-	"github.com/checkpoint-restore/go-criu/v7/crit"
-
 	"github.com/cr-dev/cr/criubin/streamer"
 	"github.com/cr-dev/cr/images"
 	"github.com/cr-dev/cr/scratch"
@@ -173,15 +171,7 @@ func (c *Checkpoint) dumpStream(ctx context.Context, o Options, m *member) (*ima
 	case cerr != nil:
 		return nil, fmt.Errorf("dump %s: stream images: %w", m.node.Path, cerr)
 	}
-	st, err := crit.GetDumpStats(work)
-	if err != nil {
-		return nil, nil // stats are informational
-	}
-	return &images.DumpStats{
-		FreezingTime: st.GetFreezingTime(), FrozenTime: st.GetFrozenTime(), MemdumpTime: st.GetMemdumpTime(),
-		MemwriteTime: st.GetMemwriteTime(), PagesScanned: st.GetPagesScanned(), PagesSkippedParent: st.GetPagesSkippedParent(),
-		PagesWritten: st.GetPagesWritten(), PagesLazy: st.GetPagesLazy(),
-	}, nil
+	return dumpStats(work), nil
 }
 
 // storeImage is where one image file CRIU streams goes: a pages image
