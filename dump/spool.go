@@ -63,13 +63,9 @@ func (s *spool) Write(p []byte) (int, error) {
 		s.mu.Unlock()
 		return len(p), nil
 	}
-	if s.file == nil {
-		f, err := s.newFile()
-		if err != nil {
-			s.mu.Unlock()
-			return 0, err
-		}
-		s.file = f
+	if err := s.openFile(); err != nil {
+		s.mu.Unlock()
+		return 0, err
 	}
 	off := s.woff
 	s.mu.Unlock()
@@ -89,18 +85,28 @@ func (s *spool) Write(p []byte) (int, error) {
 	return n, err
 }
 
+// openFile creates the spool's file the first time a write needs it
+// (Write past the memory limit, or ReadFromPipe); s.mu is held.
+func (s *spool) openFile() error {
+	if s.file != nil {
+		return nil
+	}
+	f, err := s.newFile()
+	if err != nil {
+		return err
+	}
+	s.file = f
+	return nil
+}
+
 // ReadFromPipe moves the pipe's content into the spool's file with
 // splice(2), a copy inside the kernel, as fast as CRIU writing to tmpfs
 // itself.
 func (s *spool) ReadFromPipe(pipe *os.File) (int64, error) {
 	s.mu.Lock()
-	if s.file == nil {
-		f, err := s.newFile()
-		if err != nil {
-			s.mu.Unlock()
-			return 0, err
-		}
-		s.file = f
+	if err := s.openFile(); err != nil {
+		s.mu.Unlock()
+		return 0, err
 	}
 	dst := int(s.file.Fd())
 	s.mu.Unlock()
