@@ -169,16 +169,9 @@ func initStage1(c InitConfig) error {
 	if err := unix.CloseRange(4, ^uint(0), unix.CLOSE_RANGE_CLOEXEC); err != nil {
 		return fmt.Errorf("close inherited descriptors: %w", err)
 	}
-	null, err := unix.Open(os.DevNull, unix.O_RDWR|unix.O_CLOEXEC, 0)
-	if err != nil {
+	if err := nullStdio(); err != nil {
 		return err
 	}
-	for fd := 0; fd < 3; fd++ {
-		if err := unix.Dup3(null, fd, 0); err != nil {
-			return fmt.Errorf("stdio: %w", err)
-		}
-	}
-	unix.Close(null)
 	if err := JoinCgroup(c.Leaf); err != nil {
 		return err
 	}
@@ -211,6 +204,22 @@ func enterRootfs(c InitConfig) error {
 	if err := rootfs.Enter(*spec); err != nil {
 		return err
 	}
+	if err := nullStdio(); err != nil {
+		return err
+	}
+	c.Stage = 3
+	self := filepath.Join(rootfs.BinDir, filepath.Base(exe))
+	if err := unix.Exec(self, append([]string{"cr-init"}, c.args()...), os.Environ()); err != nil {
+		return fmt.Errorf("re-execute the init from %s: %w", self, err)
+	}
+	return nil
+}
+
+// nullStdio points descriptors 0, 1 and 2 at /dev/null, as the init
+// wants them before it re-executes itself: both re-executions (stage 2,
+// and stage 3 inside a --rootfs root, whose /dev/null is the container's)
+// do it the same way.
+func nullStdio() error {
 	null, err := unix.Open(os.DevNull, unix.O_RDWR|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return err
@@ -221,11 +230,6 @@ func enterRootfs(c InitConfig) error {
 		}
 	}
 	unix.Close(null)
-	c.Stage = 3
-	self := filepath.Join(rootfs.BinDir, filepath.Base(exe))
-	if err := unix.Exec(self, append([]string{"cr-init"}, c.args()...), os.Environ()); err != nil {
-		return fmt.Errorf("re-execute the init from %s: %w", self, err)
-	}
 	return nil
 }
 
