@@ -171,33 +171,21 @@ func tmpfsWrite(dir string, buf []byte) (float64, error) {
 // current namespace), over TLS when cfg is set, and times it from the
 // first byte to the receiver's acknowledgement of the last.
 func tcpThroughput(listenNS, dialNS, addr string, buf []byte, cfg *tls.Config) (float64, error) {
-	var ln net.Listener
-	err := maybeNetns(listenNS, func() (err error) {
-		ln, err = net.Listen("tcp", net.JoinHostPort(addr, "0"))
-		return err
-	})
+	ln, err := listenIn(listenNS, addr)
 	if err != nil {
 		return 0, err
 	}
 	defer ln.Close()
-	srvErr := make(chan error, 1)
-	go func() {
-		c, err := ln.Accept()
-		if err != nil {
-			srvErr <- err
-			return
-		}
-		defer c.Close()
+	srvErr := acceptOne(ln, func(c net.Conn) error {
 		if cfg != nil {
 			c = tls.Server(c, cfg)
 		}
 		if _, err := io.CopyN(io.Discard, c, tcpProbe); err != nil {
-			srvErr <- err
-			return
+			return err
 		}
-		_, err = c.Write([]byte{1})
-		srvErr <- err
-	}()
+		_, err := c.Write([]byte{1})
+		return err
+	})
 	var c net.Conn
 	err = maybeNetns(dialNS, func() (err error) {
 		c, err = net.DialTimeout("tcp", ln.Addr().String(), 5*time.Second)
@@ -237,11 +225,7 @@ func tcpThroughput(listenNS, dialNS, addr string, buf []byte, cfg *tls.Config) (
 // it to dst, and returns the time until the receiver had it all (its
 // acknowledgement).
 func sendFile(listenNS, addr, src, dst string) (time.Duration, error) {
-	var ln net.Listener
-	err := maybeNetns(listenNS, func() (err error) {
-		ln, err = net.Listen("tcp", net.JoinHostPort(addr, "0"))
-		return err
-	})
+	ln, err := listenIn(listenNS, addr)
 	if err != nil {
 		return 0, err
 	}
@@ -255,18 +239,10 @@ func sendFile(listenNS, addr, src, dst string) (time.Duration, error) {
 	if err != nil {
 		return 0, err
 	}
-	srvErr := make(chan error, 1)
-	go func() {
-		c, err := ln.Accept()
-		if err != nil {
-			srvErr <- err
-			return
-		}
-		defer c.Close()
+	srvErr := acceptOne(ln, func(c net.Conn) error {
 		out, err := os.Create(dst)
 		if err != nil {
-			srvErr <- err
-			return
+			return err
 		}
 		_, err = io.CopyN(out, c, fi.Size())
 		if cerr := out.Close(); err == nil {
@@ -275,8 +251,8 @@ func sendFile(listenNS, addr, src, dst string) (time.Duration, error) {
 		if err == nil {
 			_, err = c.Write([]byte{1})
 		}
-		srvErr <- err
-	}()
+		return err
+	})
 	c, err := net.DialTimeout("tcp", ln.Addr().String(), 5*time.Second)
 	if err != nil {
 		return 0, err
@@ -295,6 +271,36 @@ func sendFile(listenNS, addr, src, dst string) (time.Duration, error) {
 		return 0, err
 	}
 	return d, nil
+}
+
+// listenIn listens on a free TCP port of addr in the network namespace
+// ns ("" = the current one), the receiving end of tcpThroughput and
+// sendFile.
+func listenIn(ns, addr string) (net.Listener, error) {
+	var ln net.Listener
+	err := maybeNetns(ns, func() (err error) {
+		ln, err = net.Listen("tcp", net.JoinHostPort(addr, "0"))
+		return err
+	})
+	return ln, err
+}
+
+// acceptOne accepts one connection on ln, on a goroutine of its own, and
+// hands it to receive (which reads the probe and acknowledges it), then
+// closes it; the channel has the first error, or nil. Closing ln ends a
+// wait for a connection that never comes.
+func acceptOne(ln net.Listener, receive func(c net.Conn) error) <-chan error {
+	srvErr := make(chan error, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			srvErr <- err
+			return
+		}
+		defer c.Close()
+		srvErr <- receive(c)
+	}()
+	return srvErr
 }
 
 func maybeNetns(path string, fn func() error) error {
