@@ -345,15 +345,7 @@ func TestBridgeTCPCheckpointRestore(t *testing.T) {
 	img := image(t)
 	mustCr(t, "checkpoint", path, "-o", img)
 	gone(t, path)
-	var rep struct {
-		Containers []struct {
-			Network string `json:"network"`
-			Address string `json:"address"`
-		} `json:"containers"`
-	}
-	if err := json.Unmarshal([]byte(mustCr(t, "inspect", "--json", img)), &rep); err != nil {
-		t.Fatal(err)
-	}
+	rep := inspectJSON(t, mustCr(t, "inspect", "--json", img))
 	wantAddr := netip.PrefixFrom(netip.MustParseAddr(addr), testSubnet.Bits()).String()
 	if len(rep.Containers) != 1 || rep.Containers[0].Network != "bridge" || rep.Containers[0].Address != wantAddr {
 		t.Errorf("cr inspect: %+v, want one container with network bridge, address %s", rep.Containers, wantAddr)

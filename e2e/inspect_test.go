@@ -74,6 +74,9 @@ type inspected struct {
 	Original   string `json:"original_path"`
 	Empty      bool   `json:"empty"`
 	ImageBytes int64  `json:"image_bytes"`
+	Network    string `json:"network"`
+	Address    string `json:"address"`
+	Until      string `json:"until"`
 	Dump       *struct {
 		FrozenTime   float64 `json:"frozen_seconds"`
 		PagesScanned uint64  `json:"pages_scanned"`

@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"encoding/json"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -156,15 +155,7 @@ func TestUntilEmptyRedisCheckpoint(t *testing.T) {
 	img := image(t)
 	mustCr(t, "checkpoint", path, "-o", img)
 	gone(t, path)
-	var rep struct {
-		Containers []struct {
-			Path  string `json:"path"`
-			Until string `json:"until"`
-		} `json:"containers"`
-	}
-	if err := json.Unmarshal([]byte(mustCr(t, "inspect", "--json", img)), &rep); err != nil {
-		t.Fatal(err)
-	}
+	rep := inspectJSON(t, mustCr(t, "inspect", "--json", img))
 	if len(rep.Containers) != 1 || rep.Containers[0].Until != "empty" {
 		t.Errorf("cr inspect: containers %+v, want one with until empty", rep.Containers)
 	}
