@@ -88,7 +88,7 @@ func (e *env) startS3(ctx context.Context) {
 		return
 	}
 	defer logF.Close()
-	c := exec.Command(weed, "server", "-dir="+filepath.Join(dir, "data"), "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+	c := exec.Command(weed, "-logdir="+dir, "server", "-dir="+filepath.Join(dir, "data"), "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
 		"-filer", "-s3", "-s3.port="+s3Port, "-s3.config="+filepath.Join(dir, "s3.json"),
 		"-s3.port.iceberg=0", "-s3.port.lance=0", "-master.volumeSizeLimitMB=1024", "-volume.max=32",
 		"-filer.localSocket="+filepath.Join(dir, "filer.sock"), "-s3.localSocket="+filepath.Join(dir, "s3.sock"))

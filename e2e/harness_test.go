@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sort"
 	"strconv"
 	"strings"
 	"syscall"
@@ -112,9 +113,13 @@ func run(m *testing.M) int {
 		"CR_STAGING=" + filepath.Join(dir, "staging"),
 		"CR_ROOTFS_CACHE=" + filepath.Join(dir, "rootfs-cache"),
 	}
+	tmpBefore := serverTmpFiles()
 	code := m.Run()
 	stopS3()
 	leaks := cleanupTree()
+	if l := newTmpFiles(tmpBefore); l != "" {
+		leaks = strings.TrimPrefix(leaks+", "+l, ", ")
+	}
 	if l := cleanupBridge(); l != "" {
 		leaks = strings.TrimPrefix(leaks+", "+l, ", ")
 	}
@@ -446,4 +451,32 @@ func (j *job) progresses(t testing.TB, since int64) bool {
 		time.Sleep(50 * time.Millisecond)
 	}
 	return false
+}
+
+// serverTmpFiles lists what the servers the tests start (SeaweedFS) are
+// known to drop in /tmp when not told otherwise: glog's logs, gRPC sockets.
+func serverTmpFiles() map[string]bool {
+	names := map[string]bool{}
+	for _, pat := range []string{"/tmp/weed.*", "/tmp/seaweedfs-*"} {
+		m, _ := filepath.Glob(pat)
+		for _, p := range m {
+			names[p] = true
+		}
+	}
+	return names
+}
+
+// newTmpFiles names those that appeared since before.
+func newTmpFiles(before map[string]bool) string {
+	var added []string
+	for p := range serverTmpFiles() {
+		if !before[p] {
+			added = append(added, p)
+		}
+	}
+	sort.Strings(added)
+	if len(added) == 0 {
+		return ""
+	}
+	return "files in /tmp: " + strings.Join(added, " ")
 }

@@ -140,7 +140,8 @@ func startS3(bin string) (*s3Server, error) {
 		return nil, err
 	}
 	s.log = log
-	s.cmd = exec.Command(bin, "server", "-dir="+filepath.Join(s.dir, "data"),
+	// -logdir: its logs (glog) would go to /tmp otherwise.
+	s.cmd = exec.Command(bin, "-logdir="+s.dir, "server", "-dir="+filepath.Join(s.dir, "data"),
 		"-ip=127.0.0.1", "-ip.bind=127.0.0.1",
 		"-master.port="+strconv.Itoa(ports[0]), "-volume.port="+strconv.Itoa(ports[1]),
 		"-filer", "-filer.port="+strconv.Itoa(ports[2]),

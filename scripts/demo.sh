@@ -9,7 +9,11 @@ tmp=$(mktemp -d /tmp/cr-demo.XXXXXX)
 export CR_STATE_DIR=$tmp/state CR_CGROUP_PARENT=cr-demo-$$ CR_BIN_DIR=$tmp/bin
 cleanup() {
 	"$CR" kill --grace 1s /demo >/dev/null 2>&1 || true
-	rmdir /sys/fs/cgroup/unified/$CR_CGROUP_PARENT /sys/fs/cgroup/$CR_CGROUP_PARENT /sys/fs/cgroup/freezer/$CR_CGROUP_PARENT 2>/dev/null || true
+	# The parent in every hierarchy: cr's own, and the v1 controllers'
+	# (memory, pids, blkio, ...) where its limits' mirrors live.
+	for d in /sys/fs/cgroup/$CR_CGROUP_PARENT /sys/fs/cgroup/*/$CR_CGROUP_PARENT; do
+		[ -d "$d" ] && rmdir "$d" 2>/dev/null || true
+	done
 	rm -rf "$tmp"
 }
 trap cleanup EXIT
