@@ -334,6 +334,18 @@ func TestBlkioWeight(t *testing.T) {
 	}
 	wantFail(t, 2, `blkio-weight "5" (want 10 to 1000)`, "set", "/bw/c", "blkio-weight=5")
 	inLimitedCgroups(t, l, "/bw/c")
+	// The weight travels in the image and is set again before the
+	// restored job resumes.
+	img := image(t)
+	mustCr(t, "checkpoint", "/bw/c", "-o", img)
+	if _, ok := ls(t)["/bw/c"]; ok {
+		t.Fatal("/bw/c still there after its checkpoint")
+	}
+	mustCr(t, "restore", img)
+	if got, err := l.Read(nodeRel(t, "/bw/c")); err != nil || got.BlkioWeight != 50 {
+		t.Errorf("after restore: %+v, %v; want blkio weight 50", got, err)
+	}
+	inLimitedCgroups(t, l, "/bw/c")
 }
 
 // --on-empty-exec travels in the image: the restored container runs it.
