@@ -121,7 +121,7 @@ func (e *env) startS3(ctx context.Context) {
 
 // weedShell runs one weed shell command in namespace A.
 func (e *env) weedShell(ctx context.Context, command string) error {
-	c := exec.CommandContext(ctx, e.s3.weed, "shell", "-master="+s3Master, "-filer="+s3Filer)
+	c := exec.CommandContext(ctx, e.s3.weed, "-logdir="+filepath.Join(e.dir, "weed"), "shell", "-master="+s3Master, "-filer="+s3Filer)
 	c.Stdin = strings.NewReader(command + "\n")
 	var out []byte
 	err := inNetns(netnsPath(e.nsA), func() error {
