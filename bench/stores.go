@@ -11,6 +11,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/cr-dev/cr/internal/weed"
 )
 
 // The store rows: the same job snapshotted into, and restored from, a
@@ -53,25 +55,10 @@ type s3Server struct {
 	reason string   // why there is none
 }
 
-func findWeed() (string, error) {
-	for _, c := range []string{os.Getenv("CR_WEED"), "/usr/local/libexec/cr/weed"} {
-		if c == "" {
-			continue
-		}
-		if fi, err := os.Stat(c); err == nil && fi.Mode()&0o111 != 0 {
-			return c, nil
-		}
-	}
-	if p, err := exec.LookPath("weed"); err == nil {
-		return p, nil
-	}
-	return "", errors.New("no SeaweedFS at /usr/local/libexec/cr/weed (make provision builds it)")
-}
-
 // startS3 starts SeaweedFS in namespace A; without it the S3 rows say why.
 func (e *env) startS3(ctx context.Context) {
 	e.s3 = &s3Server{}
-	weed, err := findWeed()
+	bin, err := weed.Find()
 	if err != nil {
 		e.s3.reason = err.Error()
 		logf("warning: %v: no S3 store rows", err)
@@ -88,7 +75,7 @@ func (e *env) startS3(ctx context.Context) {
 		return
 	}
 	defer logF.Close()
-	c := exec.Command(weed, "-logdir="+dir, "server", "-dir="+filepath.Join(dir, "data"), "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+	c := exec.Command(bin, "-logdir="+dir, "server", "-dir="+filepath.Join(dir, "data"), "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
 		"-filer", "-s3", "-s3.port="+s3Port, "-s3.config="+filepath.Join(dir, "s3.json"),
 		"-s3.port.iceberg=0", "-s3.port.lance=0", "-master.volumeSizeLimitMB=1024", "-volume.max=32",
 		"-filer.localSocket="+filepath.Join(dir, "filer.sock"), "-s3.localSocket="+filepath.Join(dir, "s3.sock"))
@@ -99,7 +86,7 @@ func (e *env) startS3(ctx context.Context) {
 		e.s3.reason = "start SeaweedFS: " + err.Error()
 		return
 	}
-	e.s3.cmd, e.s3.weed, e.s3.done = c, weed, make(chan error, 1)
+	e.s3.cmd, e.s3.weed, e.s3.done = c, bin, make(chan error, 1)
 	go func() { e.s3.done <- c.Wait() }()
 	e.s3.env = []string{"AWS_ENDPOINT_URL=http://127.0.0.1:" + s3Port, "AWS_ACCESS_KEY_ID=" + s3KeyID,
 		"AWS_SECRET_ACCESS_KEY=" + s3SecretKy, "AWS_REGION=us-east-1",

@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cr-dev/cr/internal/weed"
 	"github.com/minio/minio-go/v7"
 	"github.com/minio/minio-go/v7/pkg/credentials"
 )
@@ -28,26 +29,10 @@ const (
 	s3Secret = "cr-e2e-secret-0123456789"
 )
 
-// weedBin finds SeaweedFS as scripts/provision.sh installs it.
-func weedBin() (string, error) {
-	for _, c := range []string{os.Getenv("CR_WEED"), "/usr/local/libexec/cr/weed"} {
-		if c == "" {
-			continue
-		}
-		if fi, err := os.Stat(c); err == nil && fi.Mode()&0o111 != 0 {
-			return c, nil
-		}
-	}
-	if p, err := exec.LookPath("weed"); err == nil {
-		return p, nil
-	}
-	return "", errors.New("no SeaweedFS: /usr/local/libexec/cr/weed is missing (run scripts/provision.sh)")
-}
-
 // checkWeed fails the run under CI when SeaweedFS is missing, as a missing
 // CRIU does: the S3 tests would otherwise only skip.
 func checkWeed() error {
-	if _, err := weedBin(); err != nil && os.Getenv("CI") == "true" {
+	if _, err := weed.Find(); err != nil && os.Getenv("CI") == "true" {
 		return err
 	}
 	return nil
@@ -73,7 +58,7 @@ var (
 // SeaweedFS the test is skipped (the run fails under CI: checkWeed).
 func needS3(t *testing.T) *s3Server {
 	t.Helper()
-	bin, err := weedBin()
+	bin, err := weed.Find()
 	if err != nil {
 		if os.Getenv("CI") == "true" {
 			t.Fatal(err)
