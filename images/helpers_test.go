@@ -194,6 +194,10 @@ func manifestJSON(t *testing.T, m *Manifest) string {
 	return string(b)
 }
 
+// headerV1 is cr-image.json of a version 1 image (the manifest last),
+// which readers still accept.
+var headerV1 = []byte(`{"format":"cr-image","version":1}` + "\n")
+
 // craftEntry is one entry of a hand-made archive.
 type craftEntry struct {
 	hdr  tar.Header
@@ -215,12 +219,14 @@ type craftOptions struct {
 	listed       func(*Manifest) // edits the manifest after it lists the entries
 	badTrailer   bool
 	plain        bool // no zstd
-	afterTrailer []craftEntry
+	afterTrailer []craftEntry // version 2: after the last entry
+	v1           bool         // the version 1 layout: the manifest last
 }
 
-// craft builds an archive by hand with archive/tar: cr-image.json, the
-// entries, and (unless o.noManifest) a manifest that lists every regular
-// file and directory entry as it is, and its trailer.
+// craft builds an archive by hand with archive/tar: cr-image.json, a
+// manifest that lists every regular file and directory entry as it is
+// and its trailer (unless o.noManifest), then the entries (version 2; with
+// o.v1, the version 1 layout: the entries first, the manifest last).
 func craft(t testing.TB, entries []craftEntry, o craftOptions) []byte {
 	t.Helper()
 	var raw bytes.Buffer
@@ -237,11 +243,16 @@ func craft(t testing.TB, entries []craftEntry, o craftOptions) []byte {
 	hb := o.header
 	if hb == nil {
 		hb = headerBytes
+		if o.v1 {
+			hb = headerV1
+		}
 	}
 	put(reg(HeaderFile, hb))
 	m := &Manifest{Format: FormatName, Version: FormatVersion, Root: "/x"}
+	if o.v1 {
+		m.Version = 1
+	}
 	for _, e := range entries {
-		put(e)
 		switch e.hdr.Typeflag {
 		case tar.TypeReg:
 			s := sha256.Sum256(e.body)
@@ -250,7 +261,10 @@ func craft(t testing.TB, entries []craftEntry, o craftOptions) []byte {
 			m.Files = append(m.Files, File{Name: e.hdr.Name[:len(e.hdr.Name)-1], Mode: uint32(e.hdr.Mode), Dir: true})
 		}
 	}
-	if !o.noManifest {
+	putManifest := func() {
+		if o.noManifest {
+			return
+		}
 		if o.listed != nil {
 			o.listed(m)
 		}
@@ -265,6 +279,17 @@ func craft(t testing.TB, entries []craftEntry, o craftOptions) []byte {
 			trailer = hex.EncodeToString(make([]byte, 32)) + "\n"
 		}
 		put(reg(TrailerFile, []byte(trailer)))
+	}
+	if !o.v1 {
+		putManifest()
+	}
+	for _, e := range entries {
+		put(e)
+	}
+	if o.v1 {
+		putManifest()
+	}
+	if !o.noManifest {
 		for _, e := range o.afterTrailer {
 			put(e)
 		}

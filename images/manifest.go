@@ -32,7 +32,7 @@ import (
 // in the manifest. A reader rejects a larger version with ErrUnsupportedVersion.
 const (
 	FormatName    = "cr-image"
-	FormatVersion = 1
+	FormatVersion = 2
 )
 
 // Names of the archive entries that frame the staging directory's content.
@@ -177,7 +177,7 @@ type header struct {
 }
 
 // headerBytes is cr-image.json as the writer emits it.
-var headerBytes = []byte(`{"format":"cr-image","version":1}` + "\n")
+var headerBytes = []byte(`{"format":"cr-image","version":2}` + "\n")
 
 // Name limits: a whole entry name and one of its components.
 const (
@@ -231,23 +231,23 @@ func (m *Manifest) validate() error {
 	if m.Format != FormatName {
 		return fmt.Errorf("manifest format %q", m.Format)
 	}
-	if m.Version != FormatVersion {
+	if m.Version < 1 || m.Version > FormatVersion {
 		return fmt.Errorf("manifest version %d", m.Version)
 	}
 	seen := make(map[string]bool, len(m.Files))
 	for _, f := range m.Files {
 		if err := checkName(f.Name); err != nil {
-			return fmt.Errorf("manifest file %q: %w", f.Name, err)
+			return fmt.Errorf("%w: manifest file %q: %w", ErrUnsafeEntry, f.Name, err)
 		}
 		if reserved(f.Name) {
 			return fmt.Errorf("manifest lists reserved file %q", f.Name)
 		}
 		if seen[f.Name] {
-			return fmt.Errorf("manifest lists %q twice", f.Name)
+			return fmt.Errorf("%w: manifest lists %q twice (duplicate entry)", ErrUnsafeEntry, f.Name)
 		}
 		seen[f.Name] = true
 		if f.Mode&^0o777 != 0 {
-			return fmt.Errorf("manifest file %q: mode %#o", f.Name, f.Mode)
+			return fmt.Errorf("%w: manifest file %q: mode %#o", ErrUnsafeEntry, f.Name, f.Mode)
 		}
 		if f.Dir {
 			if f.Size != 0 || f.SHA256 != "" {

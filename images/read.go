@@ -294,16 +294,50 @@ type reader struct {
 	order []File
 	total int64
 	last  string // name of the last entry read, for messages
+
+	version int       // of cr-image.json
+	m       *Manifest // version 2: read first
+	next    int       // version 2: index in m.Files of the next entry
+	close   func()
 }
 
 func read(ctx context.Context, r io.Reader, l Limits, out sink) (*Manifest, error) {
+	rd, err := openReader(ctx, r, l, out)
+	if err != nil {
+		return nil, err
+	}
+	defer rd.close()
+	if rd.version == 1 {
+		return rd.readEntries()
+	}
+	if err := rd.readHead(); err != nil {
+		return nil, err
+	}
+	for rd.next < len(rd.m.Files) {
+		if err := rd.ctx.Err(); err != nil {
+			return nil, err
+		}
+		if err := rd.entryV2(); err != nil {
+			return nil, err
+		}
+	}
+	if err := rd.endV2(); err != nil {
+		return nil, err
+	}
+	return rd.m, nil
+}
+
+// openReader starts reading an archive from r: it detects the
+// compression and reads cr-image.json. close releases the decoder.
+func openReader(ctx context.Context, r io.Reader, l Limits, out sink) (*reader, error) {
 	in := &inputBound{r: r}
 	rd := &reader{
-		ctx:  ctx,
-		lim:  l.withDefaults(),
-		src:  &errReader{r: in},
-		out:  out,
-		seen: make(map[string]File),
+		ctx:   ctx,
+		lim:   l.withDefaults(),
+		src:   &errReader{r: in},
+		out:   out,
+		seen:  make(map[string]File),
+		close: func() {},
 	}
 	br := bufio.NewReaderSize(rd.src, 64<<10)
 	magic, _ := br.Peek(len(s2Magic))
@@ -328,7 +362,7 @@ func read(ctx context.Context, r io.Reader, l Limits, out sink) (*Manifest, erro
 		if err != nil {
 			return nil, fmt.Errorf("start zstd: %w", err)
 		}
-		defer dec.Close()
+		rd.close = dec.Close
 		rd.dec = &errReader{r: dec}
 		stream = rd.dec
 	}
@@ -339,9 +373,10 @@ func read(ctx context.Context, r io.Reader, l Limits, out sink) (*Manifest, erro
 	rd.tr = tar.NewReader(rd.budget)
 	rd.buf = make([]byte, 1<<20)
 	if err := rd.readHeader(); err != nil {
+		rd.close()
 		return nil, err
 	}
-	return rd.readEntries()
+	return rd, nil
 }
 
 var (
@@ -412,6 +447,7 @@ func (rd *reader) readHeader() error {
 		return fmt.Errorf("%w: version %d", ErrNotImage, h.Version)
 	}
 	rd.last = HeaderFile
+	rd.version = h.Version
 	return nil
 }
 
@@ -444,64 +480,83 @@ func (rd *reader) readEntries() (*Manifest, error) {
 
 // entry checks and reads one content entry.
 func (rd *reader) entry(hdr *tar.Header) error {
+	f, err := rd.checkEntry(hdr)
+	if err != nil {
+		return err
+	}
+	if f.Dir {
+		if rd.out != nil {
+			if err := rd.out.mkdir(f.Name); err != nil {
+				return err
+			}
+		}
+	} else {
+		sum, err := rd.copyFile(f.Name, f.Size, os.FileMode(f.Mode))
+		if err != nil {
+			return err
+		}
+		f.SHA256 = sum
+	}
+	rd.record(f)
+	return nil
+}
+
+// record notes an entry read in full.
+func (rd *reader) record(f File) {
+	rd.seen[f.Name] = f
+	rd.order = append(rd.order, f)
+	rd.last = f.Name
+}
+
+// checkEntry checks a content entry's header against the format and the
+// limits, and returns what it declares (without its checksum).
+func (rd *reader) checkEntry(hdr *tar.Header) (File, error) {
 	name := hdr.Name
 	dir := hdr.Typeflag == tar.TypeDir
 	if dir {
 		name = strings.TrimSuffix(name, "/")
 	}
 	if err := entryType(hdr); err != nil {
-		return fmt.Errorf("%w: %q: %v", ErrUnsafeEntry, hdr.Name, err)
+		return File{}, fmt.Errorf("%w: %q: %v", ErrUnsafeEntry, hdr.Name, err)
 	}
 	if err := checkName(name); err != nil {
-		return fmt.Errorf("%w: %q: %v", ErrUnsafeEntry, hdr.Name, err)
+		return File{}, fmt.Errorf("%w: %q: %v", ErrUnsafeEntry, hdr.Name, err)
 	}
 	if hdr.Mode&^0o777 != 0 {
-		return fmt.Errorf("%w: %q: mode %#o", ErrUnsafeEntry, name, hdr.Mode)
+		return File{}, fmt.Errorf("%w: %q: mode %#o", ErrUnsafeEntry, name, hdr.Mode)
 	}
 	if reserved(name) {
-		return fmt.Errorf("%w: %s: unexpected entry", ErrCorrupt, name)
+		return File{}, fmt.Errorf("%w: %s: unexpected entry", ErrCorrupt, name)
 	}
 	if _, dup := rd.seen[name]; dup {
-		return fmt.Errorf("%w: %q: duplicate entry", ErrUnsafeEntry, name)
+		return File{}, fmt.Errorf("%w: %q: duplicate entry", ErrUnsafeEntry, name)
 	}
 	if p := path.Dir(name); p != "." && !rd.seen[p].Dir {
-		return fmt.Errorf("%w: %s: parent directory not in archive before it", ErrCorrupt, name)
+		return File{}, fmt.Errorf("%w: %s: parent directory not in archive before it", ErrCorrupt, name)
 	}
 	if len(rd.seen) >= rd.lim.MaxFiles {
-		return fmt.Errorf("%w: more than %d entries", ErrTooLarge, rd.lim.MaxFiles)
+		return File{}, fmt.Errorf("%w: more than %d entries", ErrTooLarge, rd.lim.MaxFiles)
 	}
 	f := File{Name: name, Mode: uint32(hdr.Mode), Dir: dir}
 	if dir {
 		if hdr.Size != 0 {
-			return fmt.Errorf("%w: %s: directory of size %d", ErrCorrupt, name, hdr.Size)
+			return File{}, fmt.Errorf("%w: %s: directory of size %d", ErrCorrupt, name, hdr.Size)
 		}
-		if rd.out != nil {
-			if err := rd.out.mkdir(name); err != nil {
-				return err
-			}
-		}
-	} else {
-		switch {
-		case hdr.Size < 0:
-			return fmt.Errorf("%w: %s: size %d", ErrCorrupt, name, hdr.Size)
-		case hdr.Size > rd.lim.MaxEntry:
-			return fmt.Errorf("%w: %s: %d bytes, more than %d per file", ErrTooLarge, name, hdr.Size, rd.lim.MaxEntry)
-		case rd.total+hdr.Size > rd.lim.MaxBytes:
-			return fmt.Errorf("%w: %s: more than %d bytes in all", ErrTooLarge, name, rd.lim.MaxBytes)
-		case rd.lim.Free > 0 && rd.total+hdr.Size > rd.lim.Free && rd.out != nil:
-			return fmt.Errorf("%w: %s takes the image to %s, %s free in the staging directory", ErrTooLarge, name, FormatBytes(rd.total+hdr.Size), FormatBytes(rd.lim.Free))
-		}
-		rd.total += hdr.Size
-		sum, err := rd.copyFile(name, hdr.Size, os.FileMode(hdr.Mode))
-		if err != nil {
-			return err
-		}
-		f.Size, f.SHA256 = hdr.Size, sum
+		return f, nil
 	}
-	rd.seen[name] = f
-	rd.order = append(rd.order, f)
-	rd.last = name
-	return nil
+	switch {
+	case hdr.Size < 0:
+		return File{}, fmt.Errorf("%w: %s: size %d", ErrCorrupt, name, hdr.Size)
+	case hdr.Size > rd.lim.MaxEntry:
+		return File{}, fmt.Errorf("%w: %s: %d bytes, more than %d per file", ErrTooLarge, name, hdr.Size, rd.lim.MaxEntry)
+	case rd.total+hdr.Size > rd.lim.MaxBytes:
+		return File{}, fmt.Errorf("%w: %s: more than %d bytes in all", ErrTooLarge, name, rd.lim.MaxBytes)
+	case rd.lim.Free > 0 && rd.total+hdr.Size > rd.lim.Free && rd.out != nil:
+		return File{}, fmt.Errorf("%w: %s takes the image to %s, %s free in the staging directory", ErrTooLarge, name, FormatBytes(rd.total+hdr.Size), FormatBytes(rd.lim.Free))
+	}
+	rd.total += hdr.Size
+	f.Size = hdr.Size
+	return f, nil
 }
 
 // entryType allows regular files and directories only.
@@ -671,8 +726,34 @@ func (w *fileWriter) stop() error {
 }
 
 // readManifest reads manifest.json and manifest.sha256, compares the
-// manifest with the entries read, and checks the end of the stream.
+// manifest with the entries read, and checks the end of the stream
+// (version 1, where the manifest comes last).
 func (rd *reader) readManifest(hdr *tar.Header) (*Manifest, error) {
+	m, err := rd.readManifestEntries(hdr)
+	if err != nil {
+		return nil, err
+	}
+	// Compare before reading the end of the stream, so that damage inside a
+	// file is reported with its name rather than as the zstd frame's
+	// checksum failure that follows it.
+	if err := rd.compare(m); err != nil {
+		return nil, err
+	}
+	if err := rd.readEnd(); err != nil {
+		return nil, err
+	}
+	if rd.out != nil {
+		if err := rd.out.finish(rd.order); err != nil {
+			return nil, err
+		}
+	}
+	return m, nil
+}
+
+// readManifestEntries reads manifest.json (its header hdr) and the
+// manifest.sha256 that must follow it, checks the one against the other,
+// and decodes the manifest.
+func (rd *reader) readManifestEntries(hdr *tar.Header) (*Manifest, error) {
 	if hdr.Typeflag != tar.TypeReg {
 		return nil, fmt.Errorf("%w: %s is not a regular file", ErrCorrupt, ManifestFile)
 	}
@@ -709,27 +790,137 @@ func (rd *reader) readManifest(hdr *tar.Header) (*Manifest, error) {
 	rd.last = TrailerFile
 
 	m, err := DecodeManifest(mb)
-	if errors.Is(err, ErrUnsupportedVersion) {
+	if errors.Is(err, ErrUnsupportedVersion) || errors.Is(err, ErrUnsafeEntry) {
 		return nil, err
 	}
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrCorrupt, err)
 	}
-	// Compare before reading the end of the stream, so that damage inside a
-	// file is reported with its name rather than as the zstd frame's
-	// checksum failure that follows it.
-	if err := rd.compare(m); err != nil {
-		return nil, err
-	}
-	if err := rd.readEnd(); err != nil {
-		return nil, err
-	}
-	if rd.out != nil {
-		if err := rd.out.finish(rd.order); err != nil {
-			return nil, err
-		}
+	if m.Version != rd.version {
+		return nil, fmt.Errorf("%w: %s says version %d, %s %d", ErrCorrupt, ManifestFile, m.Version, HeaderFile, rd.version)
 	}
 	return m, nil
+}
+
+// readHead reads what follows cr-image.json in version 2: manifest.json
+// and manifest.sha256. The manifest is checked against the limits before
+// any content is read: an image over them is refused at once.
+func (rd *reader) readHead() error {
+	hdr, err := rd.tr.Next()
+	if err == io.EOF {
+		return fmt.Errorf("%w: truncated: archive ends after %s without %s", ErrCorrupt, HeaderFile, ManifestFile)
+	}
+	if err != nil {
+		return rd.fail("entry after "+HeaderFile, err)
+	}
+	if hdr.Name != ManifestFile {
+		return fmt.Errorf("%w: %q follows %s, not %s", ErrCorrupt, hdr.Name, HeaderFile, ManifestFile)
+	}
+	m, err := rd.readManifestEntries(hdr)
+	if err != nil {
+		return err
+	}
+	if len(m.Files) > rd.lim.MaxFiles {
+		return fmt.Errorf("%w: more than %d entries (the manifest lists %d)", ErrTooLarge, rd.lim.MaxFiles, len(m.Files))
+	}
+	var total int64
+	for _, f := range m.Files {
+		switch {
+		case f.Size > rd.lim.MaxEntry:
+			return fmt.Errorf("%w: %s: %d bytes, more than %d per file", ErrTooLarge, f.Name, f.Size, rd.lim.MaxEntry)
+		case f.Size < 0 || (f.Dir && f.Size != 0):
+			return fmt.Errorf("%w: %s: size %d in the manifest", ErrCorrupt, f.Name, f.Size)
+		}
+		total += f.Size
+		if total > rd.lim.MaxBytes {
+			return fmt.Errorf("%w: %s: more than %d bytes in all", ErrTooLarge, f.Name, rd.lim.MaxBytes)
+		}
+	}
+	if rd.lim.Free > 0 && total > rd.lim.Free && rd.out != nil {
+		return fmt.Errorf("%w: image of %s, %s free in the staging directory", ErrTooLarge, FormatBytes(total), FormatBytes(rd.lim.Free))
+	}
+	dirs := make(map[string]bool)
+	for _, f := range m.Files {
+		if f.Dir {
+			dirs[f.Name] = true
+		}
+	}
+	if err := m.checkContainerDirs(func(name string) bool { return dirs[name] }); err != nil {
+		return fmt.Errorf("%w: %v", ErrCorrupt, err)
+	}
+	rd.m = m
+	return nil
+}
+
+// nextV2 reads the header of the next content entry of a version 2
+// archive and checks it against the manifest's record of it, which it
+// returns.
+func (rd *reader) nextV2() (File, error) {
+	want := rd.m.Files[rd.next]
+	hdr, err := rd.tr.Next()
+	if errors.Is(err, tar.ErrInsecurePath) {
+		return File{}, fmt.Errorf("%w: %q: not a local name", ErrUnsafeEntry, hdr.Name)
+	}
+	if err == io.EOF {
+		return File{}, fmt.Errorf("%w: truncated: archive ends after %s without %s", ErrCorrupt, rd.last, want.Name)
+	}
+	if err != nil {
+		return File{}, rd.fail("entry after "+rd.last, err)
+	}
+	got, err := rd.checkEntry(hdr)
+	if err != nil {
+		return File{}, err
+	}
+	switch {
+	case got.Name != want.Name:
+		return File{}, fmt.Errorf("%w: %s follows %s, the manifest lists %s", ErrCorrupt, got.Name, rd.last, want.Name)
+	case got.Dir != want.Dir:
+		return File{}, fmt.Errorf("%w: %s: directory in only one of manifest and archive", ErrCorrupt, want.Name)
+	case got.Size != want.Size:
+		return File{}, fmt.Errorf("%w: %s: size %d, manifest says %d", ErrCorrupt, want.Name, got.Size, want.Size)
+	case got.Mode != want.Mode:
+		return File{}, fmt.Errorf("%w: %s: mode %#o, manifest says %#o", ErrCorrupt, want.Name, got.Mode, want.Mode)
+	}
+	rd.next++
+	return want, nil
+}
+
+// entryV2 reads the next content entry of a version 2 archive into the
+// sink, checked against the manifest.
+func (rd *reader) entryV2() error {
+	want, err := rd.nextV2()
+	if err != nil {
+		return err
+	}
+	if want.Dir {
+		if rd.out != nil {
+			if err := rd.out.mkdir(want.Name); err != nil {
+				return err
+			}
+		}
+	} else {
+		sum, err := rd.copyFile(want.Name, want.Size, os.FileMode(want.Mode))
+		if err != nil {
+			return err
+		}
+		if sum != want.SHA256 {
+			return fmt.Errorf("%w: %s: sha256 mismatch", ErrCorrupt, want.Name)
+		}
+	}
+	rd.record(want)
+	return nil
+}
+
+// endV2 checks the end of a version 2 archive once every entry the
+// manifest lists was read, and gives the directories their modes.
+func (rd *reader) endV2() error {
+	if err := rd.readEnd(); err != nil {
+		return err
+	}
+	if rd.out != nil {
+		return rd.out.finish(rd.order)
+	}
+	return nil
 }
 
 // readEnd checks that the trailer is followed by the end-of-archive marker
@@ -740,7 +931,13 @@ func (rd *reader) readEnd() error {
 	end := (rd.budget.n+blockSize-1)/blockSize*blockSize + 2*blockSize
 	hdr, err := rd.tr.Next()
 	if err == nil {
-		return fmt.Errorf("%w: %q after %s", ErrCorrupt, hdr.Name, TrailerFile)
+		if terr := entryType(hdr); terr != nil {
+			return fmt.Errorf("%w: %q: %v", ErrUnsafeEntry, hdr.Name, terr)
+		}
+		if rd.version >= 2 {
+			return fmt.Errorf("%w: %s: not in the manifest (after %s, the last it lists)", ErrCorrupt, hdr.Name, rd.last)
+		}
+		return fmt.Errorf("%w: %q after %s", ErrCorrupt, hdr.Name, rd.last)
 	}
 	if err != io.EOF {
 		return rd.fail("end of archive", err)

@@ -154,9 +154,9 @@ func TestNewerVersion(t *testing.T) {
 	// comes first.
 	entries := []craftEntry{{tar.Header{Typeflag: tar.TypeSymlink, Name: "new", Linkname: "/"}, nil}}
 	for _, plain := range []bool{false, true} {
-		b := craft(t, entries, craftOptions{plain: plain, noManifest: true, header: []byte(`{"format":"cr-image","version":2}`)})
+		b := craft(t, entries, craftOptions{plain: plain, noManifest: true, header: []byte(`{"format":"cr-image","version":3}`)})
 		verr, eerr := verifyAndExtract(t, b, Limits{})
-		assertBoth(t, verr, eerr, ErrUnsupportedVersion, "version 2")
+		assertBoth(t, verr, eerr, ErrUnsupportedVersion, "version 3")
 	}
 }
 
@@ -169,6 +169,10 @@ func TestHostileArchives(t *testing.T) {
 		l       Limits
 		want    error
 		msg     string
+		// In the version 2 layout the manifest, first, may be what
+		// refuses the archive: with another error, or another message.
+		v2want error
+		v2msg  string
 	}{
 		{name: "dotdot", want: ErrUnsafeEntry, msg: `"../escape"`,
 			entries: func(string) []craftEntry { return []craftEntry{dir("checkpoint"), ok, reg("../escape", []byte("x"))} }},
@@ -241,7 +245,7 @@ func TestHostileArchives(t *testing.T) {
 			entries: func(string) []craftEntry { return []craftEntry{dir("checkpoint"), ok} },
 			o: craftOptions{listed: func(m *Manifest) {
 				m.Files = append(m.Files, File{Name: "checkpoint/gone", Size: 1, SHA256: strings.Repeat("ab", 32), Mode: 0o600})
-			}}},
+			}}, v2msg: "truncated: archive ends after checkpoint/ok without checkpoint/gone"},
 		{name: "checksum in manifest", want: ErrCorrupt, msg: "checkpoint/ok: sha256 mismatch",
 			entries: func(string) []craftEntry { return []craftEntry{dir("checkpoint"), ok} },
 			o:       craftOptions{listed: func(m *Manifest) { m.Files[1].SHA256 = strings.Repeat("ab", 32) }}},
@@ -256,10 +260,10 @@ func TestHostileArchives(t *testing.T) {
 			o:       craftOptions{badTrailer: true}},
 		{name: "no manifest", want: ErrCorrupt, msg: "without " + ManifestFile,
 			entries: func(string) []craftEntry { return []craftEntry{dir("checkpoint"), ok} },
-			o:       craftOptions{noManifest: true}},
+			o:       craftOptions{noManifest: true}, v2msg: `"checkpoint/" follows cr-image.json, not manifest.json`},
 		{name: "entry after trailer", want: ErrCorrupt, msg: "after " + TrailerFile,
 			entries: func(string) []craftEntry { return []craftEntry{dir("checkpoint"), ok} },
-			o:       craftOptions{afterTrailer: []craftEntry{reg("late", []byte("x"))}}},
+			o:       craftOptions{afterTrailer: []craftEntry{reg("late", []byte("x"))}}, v2msg: "late: not in the manifest"},
 		{name: "container dir escapes", want: ErrCorrupt, msg: "../../etc",
 			entries: func(string) []craftEntry { return []craftEntry{dir("checkpoint"), ok} },
 			o: craftOptions{listed: func(m *Manifest) {
@@ -272,29 +276,39 @@ func TestHostileArchives(t *testing.T) {
 			}}},
 	}
 	for _, tt := range tests {
-		for _, plain := range []bool{false, true} {
-			t.Run(fmt.Sprintf("%s plain=%v", tt.name, plain), func(t *testing.T) {
-				parent := t.TempDir()
-				o := tt.o
-				o.plain = plain
-				b := craft(t, tt.entries(parent), o)
-				dst := filepath.Join(parent, "dst")
-				if err := os.Mkdir(dst, 0o700); err != nil {
-					t.Fatal(err)
-				}
-				_, err := Extract(context.Background(), bytes.NewReader(b), dst, tt.l)
-				t.Logf("extract: %v", err)
-				assertIs(t, err, tt.want)
-				if tt.msg != "" && !strings.Contains(err.Error(), tt.msg) {
-					t.Errorf("error %q does not mention %q", err, tt.msg)
-				}
-				assertEmptyDir(t, dst)
-				if ents, _ := os.ReadDir(parent); len(ents) != 1 {
-					t.Errorf("%d entries next to the destination, want none", len(ents)-1)
-				}
-				_, err = Verify(context.Background(), bytes.NewReader(b), tt.l)
-				assertIs(t, err, tt.want)
-			})
+		for _, layout := range []string{"v1", "v2"} {
+			for _, plain := range []bool{false, true} {
+				t.Run(fmt.Sprintf("%s %s plain=%v", tt.name, layout, plain), func(t *testing.T) {
+					parent := t.TempDir()
+					o := tt.o
+					o.plain = plain
+					o.v1 = layout == "v1"
+					want, msg := tt.want, tt.msg
+					if layout == "v2" && tt.v2want != nil {
+						want = tt.v2want
+					}
+					if layout == "v2" && tt.v2msg != "" {
+						msg = tt.v2msg
+					}
+					b := craft(t, tt.entries(parent), o)
+					dst := filepath.Join(parent, "dst")
+					if err := os.Mkdir(dst, 0o700); err != nil {
+						t.Fatal(err)
+					}
+					_, err := Extract(context.Background(), bytes.NewReader(b), dst, tt.l)
+					t.Logf("extract: %v", err)
+					assertIs(t, err, want)
+					if msg != "" && !strings.Contains(err.Error(), msg) {
+						t.Errorf("error %q does not mention %q", err, msg)
+					}
+					assertEmptyDir(t, dst)
+					if ents, _ := os.ReadDir(parent); len(ents) != 1 {
+						t.Errorf("%d entries next to the destination, want none", len(ents)-1)
+					}
+					_, err = Verify(context.Background(), bytes.NewReader(b), tt.l)
+					assertIs(t, err, want)
+				})
+			}
 		}
 	}
 }
@@ -331,7 +345,7 @@ func TestBombs(t *testing.T) {
 		var prefix bytes.Buffer
 		tw := tar.NewWriter(&prefix)
 		for _, h := range []tar.Header{
-			{Typeflag: tar.TypeReg, Name: HeaderFile, Mode: 0o644, Size: int64(len(headerBytes))},
+			{Typeflag: tar.TypeReg, Name: HeaderFile, Mode: 0o644, Size: int64(len(headerV1))},
 			{Typeflag: tar.TypeDir, Name: "checkpoint/", Mode: 0o700},
 			{Typeflag: tar.TypeReg, Name: "checkpoint/pages-1.img", Mode: 0o600, Size: 64 << 30},
 		} {
@@ -339,7 +353,7 @@ func TestBombs(t *testing.T) {
 				t.Fatal(err)
 			}
 			if h.Name == HeaderFile {
-				tw.Write(headerBytes)
+				tw.Write(headerV1) // the version 1 layout: content first
 			}
 		}
 		tw.Flush()

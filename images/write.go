@@ -4,6 +4,7 @@ import (
 	"archive/tar"
 	"bufio"
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -13,7 +14,10 @@ import (
 	"io"
 	"io/fs"
 	"os"
+	"path"
 	"path/filepath"
+	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -68,12 +72,14 @@ type WriteResult struct {
 	Elapsed    time.Duration
 }
 
-// WriteArchive streams the staging dir src as an archive to w: cr-image.json,
-// every file and directory of src in sorted order, manifest.json and
-// manifest.sha256. It sets m.Format and m.Version, m.Created when zero, and
-// m.Files (hashing each file while writing it, reading it once). Only
-// regular files and directories may be in src; a file that changes size
-// while it is read is an error.
+// WriteArchive streams the staging dir src as an archive to w (format
+// version 2): cr-image.json, manifest.json, manifest.sha256, then every
+// file and directory of src, and the precompressed entries, in the
+// manifest's order (streamOrder: the bulk of memory last, in the order
+// CRIU restores it). It sets m.Format and m.Version, m.Created when zero,
+// and m.Files (hashing each staged file before the manifest is written,
+// and again while writing it). Only regular files and directories may be
+// in src; a file that changes while it is read is an error.
 func WriteArchive(ctx context.Context, w io.Writer, src string, m *Manifest, o WriteOptions) (WriteResult, error) {
 	start := time.Now()
 	out := &countWriter{w: w}
@@ -112,7 +118,6 @@ func writeArchive(ctx context.Context, out *countWriter, src string, m *Manifest
 	if m.Created.IsZero() {
 		m.Created = time.Now().UTC()
 	}
-	m.Files = nil
 	aw := &archiveWriter{
 		ctx:      ctx,
 		tw:       tar.NewWriter(sink),
@@ -123,71 +128,80 @@ func writeArchive(ctx context.Context, out *countWriter, src string, m *Manifest
 		bw:       bw,
 		enc:      enc,
 	}
-	if err := aw.writeBytes(HeaderFile, headerBytes); err != nil {
-		return res, err
-	}
 	staged, err := StagingEntries(src)
-	entries := mergeEntries(staged, o.Precompressed)
-	for i := 0; err == nil && i < len(entries); i++ {
-		if err = ctx.Err(); err != nil {
-			break
-		}
-		if i > 0 && entries[i].name == entries[i-1].name {
-			err = fmt.Errorf("entry %s twice", entries[i].name)
-			break
-		}
-		var f File
-		switch e := entries[i]; {
-		case e.pre != nil:
-			f, err = aw.writePre(e.pre)
-		case e.staged.Dir:
-			f, err = aw.writeDir(*e.staged)
-		default:
-			f, err = aw.writeFile(e.staged.Path, e.staged.Name)
-		}
-		if err == nil {
-			m.Files = append(m.Files, f)
-		}
-	}
-	res.RawBytes = aw.raw
 	if err != nil {
 		return res, err
 	}
-	if o.Stats != nil {
-		// What was written so far, every byte of it: the compressed
-		// blocks in flight count too.
-		if err := aw.tw.Flush(); err != nil {
-			return res, fmt.Errorf("flush tar: %w", err)
-		}
-		if enc != nil {
-			if err := enc.Flush(); err != nil {
-				return res, fmt.Errorf("flush %s: %w", comp, err)
-			}
-		}
-		if err := bw.Flush(); err != nil {
+	entries := streamOrder(mergeEntries(staged, o.Precompressed))
+	// The manifest comes first (version 2), so that a reader can restore
+	// while the rest arrives: every entry is described, and its staged
+	// content hashed, before anything is written.
+	m.Files = make([]File, 0, len(entries))
+	seen := make(map[string]bool, len(entries))
+	var raw int64
+	for _, e := range entries {
+		if err := ctx.Err(); err != nil {
 			return res, err
 		}
+		if seen[e.name] {
+			return res, fmt.Errorf("entry %s twice", e.name)
+		}
+		seen[e.name] = true
+		f, err := aw.describe(e)
+		if err != nil {
+			return res, err
+		}
+		raw += f.Size
+		m.Files = append(m.Files, f)
+	}
+	if o.Stats != nil {
 		if m.Stats == nil {
 			m.Stats = &Stats{}
 		}
+		// What is known before the content is written: its size, and
+		// the time taken to hash what was staged.
 		m.Stats.WriteMicros = time.Since(start).Microseconds()
-		m.Stats.RawBytes = aw.raw
-		m.Stats.ImageBytes = out.n
+		m.Stats.RawBytes = raw
+		m.Stats.ImageBytes = 0
 		o.Stats(m.Stats)
 	}
-
 	mb, err := json.MarshalIndent(m, "", "  ")
 	if err != nil {
 		return res, fmt.Errorf("encode manifest: %w", err)
 	}
 	mb = append(mb, '\n')
 	sum := sha256.Sum256(mb)
+	if err := aw.writeBytes(HeaderFile, headerBytes); err != nil {
+		return res, err
+	}
 	if err := aw.writeBytes(ManifestFile, mb); err != nil {
 		return res, err
 	}
 	if err := aw.writeBytes(TrailerFile, []byte(hex.EncodeToString(sum[:])+"\n")); err != nil {
 		return res, err
 	}
+	for i, e := range entries {
+		if err := ctx.Err(); err != nil {
+			return res, err
+		}
+		var f File
+		switch {
+		case e.pre != nil:
+			f, err = aw.writePre(e.pre)
+		case e.staged.Dir:
+			f, err = aw.writeDir(*e.staged)
+		default:
+			f, err = aw.writeFile(e.staged.Path, e.staged.Name)
+			if err == nil && f != m.Files[i] {
+				err = fmt.Errorf("read %s: file changed while archiving", e.name)
+			}
+		}
+		if err != nil {
+			res.RawBytes = aw.raw
+			return res, err
+		}
+	}
+	res.RawBytes = aw.raw
 	if err := aw.tw.Close(); err != nil {
 		return res, fmt.Errorf("close tar: %w", err)
 	}
@@ -220,13 +234,101 @@ type archiveWriter struct {
 	enc      compressor    // nil for a plain archive
 }
 
+// streamOrder orders an archive's entries as version 2 writes them: every
+// directory and small file in walk order, then the memory pages images
+// (IsPages), by their directory's place in the walk and by number, which
+// is the order in which CRIU restores the processes of a tree (pstree
+// order: pages-1, pages-2, ..., pages-10). A reader can then feed a
+// restore from the stream without holding any page.
+func streamOrder(entries []archiveEntry) []archiveEntry {
+	out := make([]archiveEntry, 0, len(entries))
+	var bulk []archiveEntry
+	dirRank := map[string]int{".": -1}
+	for _, e := range entries {
+		if IsPages(e.name) {
+			bulk = append(bulk, e)
+			continue
+		}
+		if e.staged != nil && e.staged.Dir {
+			dirRank[e.name] = len(dirRank)
+		}
+		out = append(out, e)
+	}
+	slices.SortStableFunc(bulk, func(a, b archiveEntry) int {
+		if c := cmp.Compare(dirRank[path.Dir(a.name)], dirRank[path.Dir(b.name)]); c != 0 {
+			return c
+		}
+		return cmp.Compare(pagesNumber(a.name), pagesNumber(b.name))
+	})
+	return append(out, bulk...)
+}
+
+// IsPages reports whether an entry name is a CRIU memory pages image,
+// "pages-N.img" (N a decimal number): the bulk of an image, streamed
+// last.
+func IsPages(name string) bool { return pagesNumber(name) >= 0 }
+
+// pagesNumber is N of a name ".../pages-N.img", or -1.
+func pagesNumber(name string) int64 {
+	base := path.Base(name)
+	num, ok := strings.CutPrefix(base, "pages-")
+	if !ok {
+		return -1
+	}
+	num, ok = strings.CutSuffix(num, ".img")
+	if !ok || num == "" || len(num) > 18 {
+		return -1
+	}
+	n, err := strconv.ParseInt(num, 10, 64)
+	if err != nil || n < 0 || strconv.FormatInt(n, 10) != num {
+		return -1
+	}
+	return n
+}
+
+// describe returns the manifest's record of an entry, hashing a staged
+// file's content.
+func (a *archiveWriter) describe(e archiveEntry) (File, error) {
+	switch {
+	case e.pre != nil:
+		p := e.pre
+		if err := checkName(p.Name); err != nil || reserved(p.Name) || p.Mode > 0o777 || p.Size < 0 {
+			return File{}, fmt.Errorf("precompressed entry %q: bad name, mode or size", p.Name)
+		}
+		return File{Name: p.Name, Size: p.Size, SHA256: p.SHA256, Mode: p.Mode}, nil
+	case e.staged.Dir:
+		return File{Name: e.staged.Name, Mode: e.staged.Mode, Dir: true}, nil
+	}
+	f, err := os.OpenFile(e.staged.Path, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
+	if err != nil {
+		return File{}, err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return File{}, err
+	}
+	if !fi.Mode().IsRegular() {
+		return File{}, fmt.Errorf("staging entry %q is not a regular file", e.name)
+	}
+	h := sha256.New()
+	n, err := io.CopyBuffer(h, onlyReaderW{f}, a.buf)
+	if err != nil {
+		return File{}, fmt.Errorf("read %s: %w", e.name, err)
+	}
+	return File{Name: e.name, Size: n, SHA256: hex.EncodeToString(h.Sum(nil)), Mode: uint32(fi.Mode().Perm())}, nil
+}
+
+// onlyReaderW hides a reader's WriteTo, so that io.CopyBuffer uses its
+// buffer.
+type onlyReaderW struct{ r io.Reader }
+
+func (o onlyReaderW) Read(p []byte) (int, error) { return o.r.Read(p) }
+
 // writePre writes a precompressed entry: its header (in a frame of its
 // own when compressed), then its stored bytes as they are, then a new
 // frame for what follows.
 func (a *archiveWriter) writePre(p *Precompressed) (File, error) {
-	if err := checkName(p.Name); err != nil || reserved(p.Name) || p.Mode > 0o777 || p.Size < 0 {
-		return File{}, fmt.Errorf("precompressed entry %q: bad name, mode or size", p.Name)
-	}
 	if err := a.tw.Flush(); err != nil {
 		return File{}, fmt.Errorf("write %s: %w", p.Name, err)
 	}

@@ -119,7 +119,7 @@ func TestArchiveLayout(t *testing.T) {
 		}
 		switch {
 		case h.Name == HeaderFile:
-			if string(body) != `{"format":"cr-image","version":1}`+"\n" {
+			if string(body) != `{"format":"cr-image","version":2}`+"\n" {
 				t.Errorf("%s = %q", HeaderFile, body)
 			}
 		case h.Name == ManifestFile:
@@ -139,7 +139,7 @@ func TestArchiveLayout(t *testing.T) {
 			}
 		}
 	}
-	want := []string{HeaderFile}
+	want := []string{HeaderFile, ManifestFile, TrailerFile}
 	for _, f := range m.Files {
 		n := f.Name
 		if f.Dir {
@@ -147,18 +147,19 @@ func TestArchiveLayout(t *testing.T) {
 		}
 		want = append(want, n)
 	}
-	want = append(want, ManifestFile, TrailerFile)
 	if strings.Join(names, " ") != strings.Join(want, " ") {
 		t.Errorf("entries\n %v\nwant\n %v", names, want)
 	}
-	// Depth-first, each directory's entries sorted by name.
+	// Depth-first, each directory's entries sorted by name; the pages
+	// last, by directory and number.
 	wantContent := []string{
-		"checkpoint/", "checkpoint/core-1.img", "checkpoint/empty.img", "checkpoint/pages-1.img",
-		"checkpoint/pages-2.img", "checkpoint/pstree.img", "containers/", "containers/1/",
-		"containers/1/checkpoint/", "containers/1/checkpoint/pages-1.img", "containers/1/checkpoint/pstree.img",
+		"checkpoint/", "checkpoint/core-1.img", "checkpoint/empty.img", "checkpoint/pstree.img",
+		"containers/", "containers/1/",
+		"containers/1/checkpoint/", "containers/1/checkpoint/pstree.img",
 		"containers/1/dump.log", "containers/1/tool.sh", "containers/2/", "dump.log", "stats-dump",
+		"checkpoint/pages-1.img", "checkpoint/pages-2.img", "containers/1/checkpoint/pages-1.img",
 	}
-	if got := strings.Join(names[1:len(names)-2], " "); got != strings.Join(wantContent, " ") {
+	if got := strings.Join(names[3:], " "); got != strings.Join(wantContent, " ") {
 		t.Errorf("content entries\n %s\nwant\n %s", got, strings.Join(wantContent, " "))
 	}
 }
@@ -340,7 +341,7 @@ func TestDecodeManifestRejects(t *testing.T) {
 		edit func(*Manifest)
 		want error
 	}{
-		{"newer version", func(m *Manifest) { m.Version = 2 }, ErrUnsupportedVersion},
+		{"newer version", func(m *Manifest) { m.Version = FormatVersion + 1 }, ErrUnsupportedVersion},
 		{"escaping container dir", func(m *Manifest) { m.Containers[0].Dir = "../../etc" }, nil},
 		{"absolute file", func(m *Manifest) { m.Files = []File{{Name: "/etc/passwd", Mode: 0o600}} }, nil},
 		{"child before parent", func(m *Manifest) { m.Containers[1], m.Containers[2] = m.Containers[2], m.Containers[1] }, nil},
@@ -421,12 +422,12 @@ func TestWriteFillsStats(t *testing.T) {
 			if s.FrozenMicros != 4321 || s.DumpMicros != 1234 || s.PagesWritten != 7 {
 				t.Errorf("stats %+v lost what the dumper and the caller filled", *s)
 			}
-			if s.RawBytes != raw || s.WriteMicros <= 0 {
+			if s.RawBytes != raw || s.WriteMicros < 0 {
 				t.Errorf("stats %+v: want raw_bytes %d and a write time", *s, raw)
 			}
-			// All but the manifest, its trailer and the end of the archive.
-			if s.ImageBytes <= 0 || s.ImageBytes >= res.ImageBytes || res.ImageBytes-s.ImageBytes > 64<<10 {
-				t.Errorf("image_bytes %d in the manifest, the image has %d", s.ImageBytes, res.ImageBytes)
+			// The manifest comes first: the image's size is not known.
+			if s.ImageBytes != 0 || res.ImageBytes <= 0 {
+				t.Errorf("image_bytes %d in the manifest, want 0 (the image has %d)", s.ImageBytes, res.ImageBytes)
 			}
 		})
 	}
