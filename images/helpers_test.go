@@ -218,7 +218,7 @@ type craftOptions struct {
 	noManifest   bool
 	listed       func(*Manifest) // edits the manifest after it lists the entries
 	badTrailer   bool
-	plain        bool // no zstd
+	plain        bool         // no zstd
 	afterTrailer []craftEntry // version 2: after the last entry
 	v1           bool         // the version 1 layout: the manifest last
 }
