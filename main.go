@@ -11,6 +11,7 @@ import (
 	"os"
 
 	"github.com/cr-dev/cr/cmd"
+	"github.com/cr-dev/cr/criubin"
 	"github.com/cr-dev/cr/nstree"
 	"github.com/cr-dev/cr/probe"
 )
@@ -19,6 +20,10 @@ func main() {
 	// The container init is cr re-executed; it must not go through the CLI.
 	if len(os.Args) > 1 && os.Args[1] == nstree.InitArg {
 		os.Exit(nstree.InitMain(os.Args[1:]))
+	}
+	// So is the action script of a streamed restore's CRIU.
+	if len(os.Args) == 3 && os.Args[1] == criubin.HookCommand {
+		os.Exit(criubin.RunHook(os.Args[2]))
 	}
 	// So is the scratch job of cr check's probes.
 	if len(os.Args) > 1 && os.Args[1] == probe.JobArg {

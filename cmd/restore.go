@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"os"
 	"sort"
 	"time"
 
@@ -100,53 +101,69 @@ func runRestore(ctx context.Context, out, errOut io.Writer, g *Global, o Restore
 		return err
 	}
 	ropts := restore.Options{CRIU: criu, CRIUVersion: ver.Code(), StagingDir: stagingDir(e.tree), CheckFiles: true, Network: nc}
-	var dir *scratch.Entry
-	var m *images.Manifest
+	// CRIU's action script, when the image is restored as it is read.
+	ropts.Exe, _ = os.Executable()
+	target := func(m *images.Manifest) (string, error) { return restoreTarget(e, m, as) }
+	var res *restore.Result
 	prog := newProgress(errOut, g, o.JSON)
 	start := time.Now()
 	if o.Store != "" {
+		var dir *scratch.Entry
+		var m *images.Manifest
 		dir, m, err = materializeSnapshot(ctx, o.Store, ropts.StagingDir, image, o.Host)
-	} else if objstore.IsURL(image) {
-		r, oerr := openS3Image(ctx, image)
-		if oerr != nil {
-			return oerr
+		if err == nil {
+			g.verbosef(errOut, "verified and extracted %s in %s", image, dur(time.Since(start).Seconds()))
+			defer dir.Remove()
+			var to string
+			if to, err = target(m); err == nil {
+				res, err = restore.FromDir(ctx, e.tree, dir.Path, m, to, ropts, nil)
+			}
 		}
-		defer r.Close()
-		prog.phase("reading "+image, r.Size())
-		dir, m, err = restore.Extract(ctx, prog.reader(r), image, ropts)
-		prog.done()
 	} else {
-		f, oerr := openImage(image)
-		if oerr != nil {
-			return oerr
-		}
-		defer f.Close()
+		// Verified while it is restored: nothing runs before every byte
+		// of it was checked.
+		var r io.Reader
 		var size int64
-		if fi, err := f.Stat(); err == nil {
-			size = fi.Size()
+		if objstore.IsURL(image) {
+			sr, oerr := openS3Image(ctx, image)
+			if oerr != nil {
+				return oerr
+			}
+			defer sr.Close()
+			r, size = sr, sr.Size()
+		} else {
+			f, oerr := openImage(image)
+			if oerr != nil {
+				return oerr
+			}
+			defer f.Close()
+			if fi, err := f.Stat(); err == nil {
+				size = fi.Size()
+			}
+			r = f
 		}
-		prog.phase("reading "+image, size)
-		dir, m, err = restore.Extract(ctx, prog.reader(f), image, ropts)
+		prog.phase("restoring "+image, size)
+		res, err = restore.FromStream(ctx, e.tree, prog.reader(r), image, target, ropts, nil)
 		prog.done()
 	}
 	if err == nil {
-		g.verbosef(errOut, "verified and extracted %s in %s", image, dur(time.Since(start).Seconds()))
-		defer dir.Remove()
-		err = restoreExtracted(ctx, out, e, dir.Path, m, as, ropts, o.JSON)
+		err = reportRestore(out, e, res, o.JSON)
 	}
 	return interrupted(ctx, err, "nothing was restored")
 }
 
-// restoreExtracted restores a verified, extracted image and reports it.
-func restoreExtracted(ctx context.Context, out io.Writer, e *env, dir string, m *images.Manifest, as string, ropts restore.Options, asJSON bool) error {
+// restoreTarget is where an image restored by the viewer of e goes: its
+// original path, or as; refused outside the viewer's container.
+func restoreTarget(e *env, m *images.Manifest, as string) (string, error) {
 	target := restore.Target(m, as)
 	if !e.viewer.Contains(target) || target == e.viewer.Root {
-		return fmt.Errorf("%w: the image's path %s is not inside your container; use --as", nstree.ErrOutside, target)
+		return "", fmt.Errorf("%w: the image's path %s is not inside your container; use --as", nstree.ErrOutside, target)
 	}
-	res, err := restore.FromDir(ctx, e.tree, dir, m, target, ropts, nil)
-	if err != nil {
-		return err
-	}
+	return target, nil
+}
+
+// reportRestore records and reports a restored subtree.
+func reportRestore(out io.Writer, e *env, res *restore.Result, asJSON bool) error {
 	e.tree.RecordPaths(res.Containers, events.Restored, nil)
 	rep := RestoreReport{Path: e.show(res.Root), Pids: map[string]int{}, ElapsedSeconds: res.Elapsed.Seconds()}
 	for _, p := range res.Containers {

@@ -52,6 +52,10 @@ type Options struct {
 	// the daemon says a word. The restored tasks resume before their
 	// memory is here; Result.WaitPages follows the rest of it.
 	Pages func(i int, conn *os.File)
+	// Exe is cr's own binary, which a streamed restore gives CRIU as its
+	// action script (criubin.HookCommand); FromStream without it extracts
+	// the image first.
+	Exe string
 	// Network is this host's bridge network, where containers that had an
 	// address get it again (nil: such an image is refused).
 	Network *network.Config
@@ -147,6 +151,13 @@ func Target(m *images.Manifest, as string) string {
 // absolute host path). ready, if set, is called once every container is
 // restored and before any resumes; if it fails, the restore is undone.
 func FromDir(ctx context.Context, t *nstree.Tree, dir string, m *images.Manifest, target string, o Options, ready func(*Result) error) (*Result, error) {
+	return fromDir(ctx, t, dir, m, target, o, ready, nil)
+}
+
+// fromDir restores the image whose small files are in dir, its pages
+// there too, or (feed not nil) fed to CRIU from the stream as it arrives:
+// the tree then resumes only once feed has verified the whole image.
+func fromDir(ctx context.Context, t *nstree.Tree, dir string, m *images.Manifest, target string, o Options, ready func(*Result) error, feed *pageFeed) (*Result, error) {
 	start := time.Now()
 	if err := Check(m, o); err != nil {
 		return nil, err
@@ -296,7 +307,7 @@ func FromDir(ctx context.Context, t *nstree.Tree, dir string, m *images.Manifest
 		hs = append(hs, h)
 		go func() {
 			l, hasRootfs := layouts[i]
-			h.done <- restoreOne(ctx, t, o, dir, work, c, n, l, hasRootfs, eps[i], func(pid int32) error {
+			h.done <- restoreOne(ctx, t, o, dir, work, c, n, l, hasRootfs, eps[i], feed, func(pid int32) error {
 				// CRIU restored the cgroups of cr's own hierarchy only:
 				// the limits' v1 controllers get the tasks here, before
 				// they resume.
@@ -314,6 +325,14 @@ func FromDir(ctx context.Context, t *nstree.Tree, dir string, m *images.Manifest
 		case err := <-h.done:
 			h.done <- err // for abortAll's wait
 			abortAll(errors.New("another container failed to restore"))
+			return nil, err
+		}
+	}
+	if feed != nil {
+		// Every byte of the image checked before anything runs: what CRIU
+		// did not ask for, and the end of the archive.
+		if err := feed.finish(); err != nil {
+			abortAll(err)
 			return nil, err
 		}
 	}
@@ -477,7 +496,10 @@ func attachRestored(t *nstree.Tree, o Options, c images.Container, n *nstree.Nod
 	return ep, nil
 }
 
-func restoreOne(ctx context.Context, t *nstree.Tree, o Options, dir, work string, c images.Container, n *nstree.Node, l rootfs.Layout, hasRootfs bool, ep *network.Endpoint, onRestored func(int32) error) error {
+func restoreOne(ctx context.Context, t *nstree.Tree, o Options, dir, work string, c images.Container, n *nstree.Node, l rootfs.Layout, hasRootfs bool, ep *network.Endpoint, feed *pageFeed, onRestored func(int32) error) error {
+	if feed != nil {
+		return restoreStreamed(ctx, t, o, dir, c, n, l, hasRootfs, ep, feed, onRestored)
+	}
 	imgF, err := os.Open(filepath.Join(dir, c.Dir))
 	if err != nil {
 		return fmt.Errorf("restore %s: %w", n.Path, err)
@@ -497,17 +519,34 @@ func restoreOne(ctx context.Context, t *nstree.Tree, o Options, dir, work string
 		return err
 	}
 	defer workF.Close()
+	opts, extra := criuOptions(t, o, c, n, l, hasRootfs, ep, 4) // swrk passes extra files from fd 4 on
+	opts.ImagesDirFd = proto.Int32(int32(imgF.Fd()))
+	opts.WorkDirFd = proto.Int32(int32(workF.Fd()))
+	opts.LazyPages = proto.Bool(lazy)
+	_, err = criubin.Swrk(ctx, o.CRIU, rpc.CriuReqType_RESTORE, opts, func(script string, pid int32) error {
+		if script == "post-restore" {
+			return onRestored(pid)
+		}
+		return nil
+	}, extra...)
+	if err != nil {
+		return criuError(t, n.Path, filepath.Join(work, "restore.log"), err)
+	}
+	return nil
+}
+
+// criuOptions are CRIU's options to restore container c into node n, the
+// same for a swrk run and (criuArgs) a run on CRIU's command line; extra
+// are the files the options name, as the fds from firstFd on.
+func criuOptions(t *nstree.Tree, o Options, c images.Container, n *nstree.Node, l rootfs.Layout, hasRootfs bool, ep *network.Endpoint, firstFd int32) (*rpc.CriuOpts, []*os.File) {
 	leaf := strings.TrimPrefix(n.Leaf(), t.Hier.Mount)
 	opts := &rpc.CriuOpts{
-		ImagesDirFd:       proto.Int32(int32(imgF.Fd())),
-		WorkDirFd:         proto.Int32(int32(workF.Fd())),
 		LogFile:           proto.String("restore.log"),
 		LogLevel:          proto.Int32(4),
 		ManageCgroups:     proto.Bool(true),
 		ManageCgroupsMode: rpc.CriuCgMode_SOFT.Enum(),
 		CgRoot:            []*rpc.CgroupRoot{{Ctrl: proto.String(t.CRIUController()), Path: proto.String(leaf)}},
 		FileLocks:         proto.Bool(true),
-		LazyPages:         proto.Bool(lazy),
 	}
 	if slices.Contains(c.Namespaces, "mnt") {
 		// The container's mount namespace is rebuilt on the host's root.
@@ -527,21 +566,11 @@ func restoreOne(ctx context.Context, t *nstree.Tree, o Options, dir, work string
 		opts.TcpEstablished = proto.Bool(true)
 	}
 	if ep != nil {
-		// The namespace cr made, as the external one the dump named:
-		// Swrk passes extra files from fd 4 on.
-		opts.InheritFd = []*rpc.InheritFd{{Key: proto.String(network.CRIUKey), Fd: proto.Int32(4)}}
+		// The namespace cr made, as the external one the dump named.
+		opts.InheritFd = []*rpc.InheritFd{{Key: proto.String(network.CRIUKey), Fd: proto.Int32(firstFd)}}
 		extra = append(extra, ep.NS)
 	}
-	_, err = criubin.Swrk(ctx, o.CRIU, rpc.CriuReqType_RESTORE, opts, func(script string, pid int32) error {
-		if script == "post-restore" {
-			return onRestored(pid)
-		}
-		return nil
-	}, extra...)
-	if err != nil {
-		return criuError(t, n.Path, filepath.Join(work, "restore.log"), err)
-	}
-	return nil
+	return opts, extra
 }
 
 // criuError is the error of a failed CRIU run for the container at path,
