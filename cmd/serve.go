@@ -126,6 +126,8 @@ func runServe(ctx context.Context, g *Global, o ServeOptions) error {
 		return err
 	}
 	ropts := restore.Options{CRIU: criu, CRIUVersion: ver.Code(), StagingDir: st.workDir(), Network: nc}
+	// CRIU's action script, for restores made while the image arrives.
+	ropts.Exe, _ = os.Executable()
 	cfg := migrate.ServerConfig{
 		Listen: o.Listen, Auth: au, StagingDir: staging,
 		Limits: images.Limits{MaxBytes: o.MaxBytes}, MaxConcurrent: o.MaxConcurrent, Log: os.Stderr,
@@ -147,15 +149,25 @@ func runServe(ctx context.Context, g *Global, o ServeOptions) error {
 				Lowers: req.Lowers, Files: req.Files, CPUInfo: req.CPUInfo})
 		},
 		Lazy: func() error { return lazyErr },
+		// A stop-and-copy migration is restored while it arrives.
+		Streamed: ropts.Exe != "",
 		Restorer: migrate.RestorerFunc(func(ctx context.Context, job *migrate.Job) (migrate.RestoreInfo, error) {
-			target := restore.Target(job.Manifest, job.As)
 			o := ropts
 			if job.Lazy {
 				o.Pages = job.Pages
 			}
-			res, err := restore.FromDir(ctx, e.tree, job.Dir, job.Manifest, target, o, func(r *restore.Result) error {
+			ready := func(r *restore.Result) error {
 				return job.Ready(migrate.RestoreInfo{Paths: r.Containers, Pids: r.Pids})
-			})
+			}
+			var res *restore.Result
+			var err error
+			if job.Image != nil {
+				o.Limits = job.Limits
+				target := func(m *images.Manifest) (string, error) { return restore.Target(m, job.As), nil }
+				res, err = restore.FromStream(ctx, e.tree, job.Image, "received image", target, o, ready)
+			} else {
+				res, err = restore.FromDir(ctx, e.tree, job.Dir, job.Manifest, restore.Target(job.Manifest, job.As), o, ready)
+			}
 			if err != nil {
 				return migrate.RestoreInfo{}, err
 			}

@@ -11,6 +11,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/cr-dev/cr/criubin/streamer"
 )
 
 // HookCommand is the hidden cr command that a CRIU run on its command line
@@ -32,17 +34,19 @@ type Hook struct {
 // ListenHook makes the action script in dir (CRIU's work directory) and
 // listens for it. exe is cr's own binary (os.Executable).
 func ListenHook(dir, exe string) (*Hook, error) {
-	sock := filepath.Join(dir, "cr-hook.sock")
-	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: sock, Net: "unix"})
+	const name = "cr-hook.sock"
+	sock := filepath.Join(dir, name)
+	ln, err := streamer.ListenIn(dir, name)
 	if err != nil {
 		return nil, fmt.Errorf("listen for criu's action script: %w", err)
 	}
-	ln.SetUnlinkOnClose(true)
 	script := filepath.Join(dir, "cr-hook.sh")
+	// The socket by its name in dir: its full path may be too long.
 	body := "#!/bin/sh\n" +
 		"# cr: hold the restored tree at post-restore until cr says it may run\n" +
 		"[ \"$CRTOOLS_SCRIPT_ACTION\" = post-restore ] || exit 0\n" +
-		"exec " + shellQuote(exe) + " " + HookCommand + " " + shellQuote(sock) + "\n"
+		"cd " + shellQuote(dir) + " || exit 1\n" +
+		"exec " + shellQuote(exe) + " " + HookCommand + " " + name + "\n"
 	if err := os.WriteFile(script, []byte(body), 0o700); err != nil {
 		ln.Close()
 		return nil, fmt.Errorf("write criu's action script: %w", err)
@@ -52,8 +56,11 @@ func ListenHook(dir, exe string) (*Hook, error) {
 
 func shellQuote(s string) string { return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'" }
 
-// Close stops listening.
-func (h *Hook) Close() { h.ln.Close() }
+// Close stops listening and removes the socket.
+func (h *Hook) Close() {
+	h.ln.Close()
+	os.Remove(h.sock)
+}
 
 // Serve waits for CRIU's post-restore (until ctx ends or Close) and calls
 // decide with the restored root task's pid: the tasks resume if it

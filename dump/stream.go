@@ -111,7 +111,9 @@ func (c *Checkpoint) dumpStream(ctx context.Context, o Options, m *member) (*ima
 		return nil, err
 	}
 	defer ln.Close()
-	args := []string{"dump", "--stream", "-t", strconv.Itoa(m.node.InitPid), "-D", imgDir, "-W", work,
+	// -D "." from imgDir: CRIU connects to the streamer's socket by a
+	// path made from -D (see streamer.ListenIn).
+	args := []string{"dump", "--stream", "-t", strconv.Itoa(m.node.InitPid), "-D", ".", "-W", work,
 		"-o", "dump.log", "-v4", "--leave-running", "--freeze-cgroup", m.node.Leaf(), "--manage-cgroups",
 		"--cgroup-dump-controller", c.tree.CRIUController(), "--file-locks"}
 	// The same options as the swrk dump (dumpOne) gives CRIU.
@@ -136,6 +138,7 @@ func (c *Checkpoint) dumpStream(ctx context.Context, o Options, m *member) (*ima
 		args = append(args, "--external", e)
 	}
 	cmd := exec.Command(o.CRIU, args...)
+	cmd.Dir = imgDir
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}

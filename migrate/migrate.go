@@ -1,6 +1,7 @@
 package migrate
 
 import (
+	"io"
 	"context"
 	"errors"
 	"fmt"
@@ -153,6 +154,12 @@ type Job struct {
 	Manifest *images.Manifest
 	// As is the path to restore under ("": the image's own root).
 	As string
+	// Image, when set (Config.Streamed, not lazy), is the image as it
+	// arrives, instead of Dir and Manifest: the restorer reads it to its
+	// end (io.EOF once the sender's END came and every byte counted),
+	// verifies it, and calls Ready only then. Limits bound it.
+	Image  io.Reader
+	Limits images.Limits
 
 	// Ready must be called exactly once, after the tree is restored and
 	// before its tasks resume (CRIU's pre-resume notification). It sends

@@ -49,6 +49,9 @@ type ServerConfig struct {
 	ReadyTimeout time.Duration
 	// Restorer restores each received image.
 	Restorer Restorer
+	// Streamed: the Restorer takes the image as it arrives (Job.Image)
+	// in a stop-and-copy migration, and restores while it is received.
+	Streamed bool
 	// Log receives one line per connection (nil: discarded).
 	Log io.Writer
 	// Check, if set, may refuse a request before anything is received
@@ -549,14 +552,34 @@ func (c *conn) migrate(ctx context.Context) string {
 	}
 
 	t0 := time.Now()
-	m, n, err := c.receive(ctx, dir, begin.Size)
-	if err != nil {
-		stopPing()
-		return c.fail(err, false)
+	var r restored
+	var n int64
+	var received time.Duration
+	if c.s.cfg.Streamed && !c.req.Lazy {
+		// Restored while it arrives: the frames go into the restorer's
+		// reader until END, and only then may COMMIT come.
+		pr, pw := io.Pipe()
+		recvd := make(chan error, 1)
+		go func() {
+			var err error
+			n, err = c.receiveFrames(pw, begin.Size)
+			received = time.Since(t0)
+			pw.CloseWithError(err) // nil: io.EOF for the reader
+			recvd <- err
+		}()
+		r, err = c.restore(ctx, streamJob(pr, c.s.cfg.Limits, begin.Size), target, recvd)
+		// A restorer that stopped reading early lets the receiver go.
+		pr.CloseWithError(errors.New("the restore ended"))
+	} else {
+		var m *images.Manifest
+		m, n, err = c.receive(ctx, dir, begin.Size)
+		if err != nil {
+			stopPing()
+			return c.fail(err, false)
+		}
+		received = time.Since(t0)
+		r, err = c.restore(ctx, &Job{Dir: dir, Manifest: m}, target, nil)
 	}
-	received := time.Since(t0)
-
-	r, err := c.restore(ctx, dir, m, target)
 	stopPing()
 	switch {
 	case err != nil && r.doneSent:
@@ -674,8 +697,6 @@ func startPinger(fc *frameConn, every time.Duration) (stop func()) {
 func (c *conn) receive(ctx context.Context, dir string, size int64) (*images.Manifest, int64, error) {
 	lim := c.s.cfg.Limits
 	lim.MaxBytes = min(lim.MaxBytes, size)
-	budget := wireBudget(size, lim)
-
 	pr, pw := io.Pipe()
 	type result struct {
 		m   *images.Manifest
@@ -685,56 +706,72 @@ func (c *conn) receive(ctx context.Context, dir string, size int64) (*images.Man
 	go func() {
 		m, err := images.Extract(ctx, pr, dir, lim)
 		if err != nil {
-			pr.CloseWithError(err)
+			pr.CloseWithError(err) // the writer's next write fails with it
 		} else {
 			pr.Close()
 		}
 		done <- result{m, err}
 	}()
-	fail := func(err error) (*images.Manifest, int64, error) {
+	n, err := c.receiveFrames(pw, size)
+	if err != nil {
+		// Extract's own reason when it stopped early (the write failed
+		// with it), else the sender's or the connection's.
 		pw.CloseWithError(err)
 		<-done
 		return nil, 0, err
 	}
+	pw.Close()
+	r := <-done
+	if r.err != nil {
+		return nil, 0, r.err
+	}
+	return r.m, n, nil
+}
 
+// streamJob is the Job of an image restored as it arrives.
+func streamJob(r io.Reader, lim images.Limits, size int64) *Job {
+	lim.MaxBytes = min(lim.MaxBytes, size)
+	if lim.MaxBytes <= 0 {
+		lim.MaxBytes = size
+	}
+	return &Job{Image: r, Limits: lim}
+}
+
+// receiveFrames writes the content of DATA frames up to END into w and
+// returns the number of bytes received. A write error (the reader stopped)
+// is returned as it is.
+func (c *conn) receiveFrames(w io.Writer, size int64) (int64, error) {
+	lim := c.s.cfg.Limits
+	lim.MaxBytes = min(lim.MaxBytes, size)
+	budget := wireBudget(size, lim)
 	var n int64
 	for {
 		t, p, err := c.next(maxData)
 		if err != nil {
-			return fail(fmt.Errorf("receive image: %w", err))
+			return n, fmt.Errorf("receive image: %w", err)
 		}
 		switch t {
 		case msgData:
 			n += int64(len(p))
 			if n > budget {
-				return fail(fmt.Errorf("receive image: more than %s for a declared size of %s", formatBytes(budget), formatBytes(size)))
+				return n, fmt.Errorf("receive image: more than %s for a declared size of %s", formatBytes(budget), formatBytes(size))
 			}
-			if _, err := pw.Write(p); err != nil {
-				// Extract stopped early: report its reason.
-				r := <-done
-				if r.err == nil {
-					r.err = err
-				}
-				return nil, 0, r.err
+			if _, err := w.Write(p); err != nil {
+				return n, err
 			}
 		case msgEnd:
 			var end endMsg
 			if err := decode(t, p, &end); err != nil {
-				return fail(err)
+				return n, err
 			}
 			if end.Bytes != n {
-				return fail(protocolErrorf("END counts %d bytes, %d were received", end.Bytes, n))
+				return n, protocolErrorf("END counts %d bytes, %d were received", end.Bytes, n)
 			}
-			pw.Close()
-			r := <-done
-			if r.err != nil {
-				return nil, 0, r.err
-			}
-			return r.m, n, nil
+			return n, nil
 		case msgAbort:
-			return fail(c.readAbort(p))
+			return n, c.readAbort(p)
 		default:
-			return fail(protocolErrorf("%s frame while receiving the image", t))
+			return n, protocolErrorf("%s frame while receiving the image", t)
 		}
 	}
 }
@@ -759,7 +796,10 @@ type restored struct {
 // ready callback takes COMMIT or ABORT from it. In a lazy migration it
 // also hands PAGES to the page channels, and losing the sender before the
 // last page cancels the restore too.
-func (c *conn) restore(ctx context.Context, dir string, m *images.Manifest, target string) (restored, error) {
+// recvd, for an image restored as it arrives (job.Image), says when the
+// receiver is done with the frames (and how): only then does this
+// goroutine read them.
+func (c *conn) restore(ctx context.Context, job *Job, target string, recvd <-chan error) (restored, error) {
 	rctx, rcancel := context.WithCancelCause(ctx)
 	defer rcancel(nil)
 	var readySent, committed atomic.Bool
@@ -776,6 +816,17 @@ func (c *conn) restore(ctx context.Context, dir string, m *images.Manifest, targ
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
+		if recvd != nil {
+			select {
+			case err := <-recvd:
+				if err != nil {
+					rcancel(fmt.Errorf("receive image: %w", err))
+					return
+				}
+			case <-quit:
+				return
+			}
+		}
 		for {
 			t, p, err := c.next(limit)
 			if err == nil && t == msgPages && mux != nil {
@@ -854,7 +905,7 @@ func (c *conn) restore(ctx context.Context, dir string, m *images.Manifest, targ
 	}
 	var r restored
 	var resumedAt time.Time
-	job := &Job{Dir: dir, Manifest: m, As: target, Ready: ready, Lazy: c.req.Lazy}
+	job.As, job.Ready, job.Lazy = target, ready, c.req.Lazy
 	if mux != nil {
 		job.Pages = func(i int, conn *os.File) { mux.attach(uint16(i), conn) }
 		job.Resumed = func(info RestoreInfo) {

@@ -271,12 +271,15 @@ func restoreStreamed(ctx context.Context, t *nstree.Tree, o Options, dir string,
 		return err
 	}
 	defer hook.Close()
-	args := append([]string{"restore", "--stream", "--restore-detached", "-D", imgDir, "-W", w.Path,
+	// -D "." from imgDir: CRIU connects to the streamer's socket by a
+	// path made from -D (see streamer.ListenIn).
+	args := append([]string{"restore", "--stream", "--restore-detached", "-D", ".", "-W", w.Path,
 		"--action-script", hook.Script}, criuArgs(opts)...)
 	if o.netLock != "" {
 		args = append(args, o.netLock.Args()...)
 	}
 	cmd := exec.Command(o.CRIU, args...)
+	cmd.Dir = imgDir
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	cmd.ExtraFiles = extra

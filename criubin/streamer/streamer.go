@@ -61,6 +61,7 @@ var ErrCutShort = errors.New("image-streamer conversation cut short")
 type Listener struct {
 	ln   *net.UnixListener
 	path string
+	once sync.Once // removes the socket
 }
 
 // ListenCapture listens on dir/streamer-capture.sock, for a dump.
@@ -70,13 +71,30 @@ func ListenCapture(dir string) (*Listener, error) { return listen(dir, CaptureSo
 func ListenServe(dir string) (*Listener, error) { return listen(dir, ServeSocket) }
 
 func listen(dir, name string) (*Listener, error) {
-	p := filepath.Join(dir, name)
-	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: p, Net: "unix"})
+	ln, err := ListenIn(dir, name)
 	if err != nil {
 		return nil, fmt.Errorf("listen for criu: %w", err)
 	}
-	ln.SetUnlinkOnClose(true)
-	return &Listener{ln: ln, path: p}, nil
+	return &Listener{ln: ln, path: filepath.Join(dir, name)}, nil
+}
+
+// ListenIn listens on the unix socket dir/name, bound through the
+// directory's fd: a socket's path is limited to 107 bytes, and staging
+// directories can be deeper. A client connects to it by a relative name
+// from dir (CRIU: -D "." with dir its working directory). The socket file
+// stays until the caller removes it.
+func ListenIn(dir, name string) (*net.UnixListener, error) {
+	d, err := os.OpenFile(dir, os.O_RDONLY|unix.O_DIRECTORY|unix.O_PATH, 0)
+	if err != nil {
+		return nil, err
+	}
+	defer d.Close()
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: fmt.Sprintf("/proc/self/fd/%d/%s", d.Fd(), name), Net: "unix"})
+	if err != nil {
+		return nil, fmt.Errorf("listen on %s: %w", filepath.Join(dir, name), err)
+	}
+	ln.SetUnlinkOnClose(false) // its name was the fd's
+	return ln, nil
 }
 
 // Path is the socket's path.
@@ -86,6 +104,7 @@ func (l *Listener) Path() string { return l.path }
 // than once, and ends an Accept in progress.
 func (l *Listener) Close() error {
 	err := l.ln.Close()
+	l.once.Do(func() { os.Remove(l.path) })
 	if errors.Is(err, net.ErrClosed) {
 		return nil
 	}
