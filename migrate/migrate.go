@@ -1,10 +1,10 @@
 package migrate
 
 import (
-	"io"
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net/netip"
 	"os"
 	"time"
