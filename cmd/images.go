@@ -315,7 +315,7 @@ func snapshotReport(s *store.Snapshot) SnapshotInspect {
 	m := s.Manifest
 	return SnapshotInspect{ID: s.ID, Path: s.Path, Host: s.Host, Time: s.Time, AddedBytes: s.AddedBytes, TotalBytes: s.TotalBytes,
 		CRVersion: m.CRVersion, CRIUVersion: criuVersionString(m.CRIUVersion), Kernel: m.Kernel, Arch: m.Arch,
-		Stats: inspectStats(m.Stats), Containers: m.Containers}
+		Stats: inspectStats(m.Stats, 0), Containers: m.Containers}
 }
 
 // VerifyResult is what cr images verify --json reports.

@@ -67,12 +67,19 @@ type InspectDump struct {
 	PagesLazy          uint64  `json:"pages_lazy"`
 }
 
-func inspectStats(s *images.Stats) *InspectStats {
+// inspectStats reports the dump's statistics; imageBytes, the image's
+// size, stands in for the manifest's image_bytes, which a version 2 image
+// cannot know (its manifest comes first).
+func inspectStats(s *images.Stats, imageBytes int64) *InspectStats {
 	if s == nil {
 		return nil
 	}
+	image := s.ImageBytes
+	if image == 0 {
+		image = imageBytes
+	}
 	return &InspectStats{FrozenSeconds: microSeconds(s.FrozenMicros), DumpSeconds: microSeconds(s.DumpMicros), WriteSeconds: microSeconds(s.WriteMicros),
-		RawBytes: s.RawBytes, ImageBytes: s.ImageBytes, PagesScanned: s.PagesScanned, PagesWritten: s.PagesWritten}
+		RawBytes: s.RawBytes, ImageBytes: image, PagesScanned: s.PagesScanned, PagesWritten: s.PagesWritten}
 }
 
 func inspectDump(d *images.DumpStats) *InspectDump {
@@ -228,7 +235,7 @@ func inspectImage(ctx context.Context, image string) (*InspectReport, error) {
 		Kernel:      m.Kernel,
 		Arch:        m.Arch,
 		Root:        m.Root,
-		Stats:       inspectStats(m.Stats),
+		Stats:       inspectStats(m.Stats, fi.Size()),
 		Containers:  []InspectContainer{},
 	}
 	sizes := make(map[string]int64, len(m.Files))
@@ -351,7 +358,7 @@ func printInspect(out *bytes.Buffer, r *InspectReport) {
 			parts = append(parts, "write "+dur(s.WriteSeconds))
 		}
 		parts = append(parts, fmt.Sprintf("pages scanned %d, written %d", s.PagesScanned, s.PagesWritten))
-		if s.RawBytes > 0 {
+		if s.RawBytes > 0 && s.ImageBytes > 0 {
 			parts = append(parts, fmt.Sprintf("%s raw, %s image", humanBytes(s.RawBytes), humanBytes(s.ImageBytes)))
 		}
 		fmt.Fprintf(tw, "Dump:\t%s\n", strings.Join(parts, ", "))
