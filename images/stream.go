@@ -216,3 +216,67 @@ func (e *entryReader) Read(p []byte) (int, error) {
 	}
 	return n, nil
 }
+
+// hashLanes is how many chunks of an entry may wait for the hasher.
+const hashLanes = 4
+
+// WriteTo copies the rest of the entry into w (io.Copy uses it), hashing
+// on a goroutine of its own, so that the checksum, the costliest part of
+// reading an image (SHA-256), overlaps with decompressing and writing.
+// If w fails (CRIU closed its pipe: it read what it wanted), the rest is
+// still read and checked; the checksum's failure is returned first, then
+// w's.
+func (e *entryReader) WriteTo(w io.Writer) (int64, error) {
+	if e.err != nil {
+		if e.err == io.EOF {
+			return 0, nil
+		}
+		return 0, e.err
+	}
+	free := make(chan []byte, hashLanes)
+	for range hashLanes {
+		free <- make([]byte, 1<<20)
+	}
+	todo := make(chan []byte, hashLanes)
+	hashed := make(chan struct{})
+	go func() {
+		defer close(hashed)
+		for b := range todo {
+			e.h.Write(b)
+			free <- b[:cap(b)]
+		}
+	}()
+	var n int64
+	var werr, rerr error
+	for e.left > 0 {
+		if rerr = e.rd.ctx.Err(); rerr != nil {
+			break
+		}
+		b := <-free
+		k, err := io.ReadFull(e.rd.tr, b[:min(int64(len(b)), e.left)])
+		e.left -= int64(k)
+		if werr == nil && k > 0 {
+			var m int
+			m, werr = w.Write(b[:k])
+			n += int64(m)
+		}
+		todo <- b[:k]
+		if err != nil {
+			if err == io.EOF {
+				err = io.ErrUnexpectedEOF
+			}
+			rerr = fmt.Errorf("read image: %w", e.rd.fail(e.f.Name, err))
+			break
+		}
+	}
+	close(todo)
+	<-hashed
+	if rerr != nil {
+		e.err = rerr
+		return n, rerr
+	}
+	if _, err := e.Read(nil); err != io.EOF { // the check at the end
+		return n, err
+	}
+	return n, werr
+}
