@@ -259,7 +259,7 @@ func TestCheckpointFailures(t *testing.T) {
 	plain := image(t)
 	mustCr(t, "checkpoint", "--leave-running", "--compress", "none", "/fail", "-o", plain)
 	b, _ := os.ReadFile(plain)
-	newer := bytes.Replace(b, []byte(`"version":1}`), []byte(`"version":9}`), 1)
+	newer := bytes.Replace(b, []byte(`"version":2}`), []byte(`"version":9}`), 1)
 	if bytes.Equal(newer, b) {
 		t.Fatalf("could not find the format version in the image header")
 	}

@@ -184,9 +184,9 @@ func TestInspect(t *testing.T) {
 	}
 	kernel, _ := os.ReadFile("/proc/sys/kernel/osrelease")
 	if r.Image != img || r.ImageBytes != fi.Size() || r.RawBytes <= r.ImageBytes ||
-		r.Format != "cr-image" || r.Version != 1 || r.Root != "/insp" ||
+		r.Format != "cr-image" || r.Version != 2 || r.Root != "/insp" ||
 		r.CRIUVersion != ver.String() || r.Kernel != strings.TrimSpace(string(kernel)) || r.Arch != runtime.GOARCH {
-		t.Errorf("image: got %+v; want %s of %d bytes (raw more, zstd), cr-image 1, root /insp, CRIU %s, kernel %s, %s",
+		t.Errorf("image: got %+v; want %s of %d bytes (raw more, zstd), cr-image 2, root /insp, CRIU %s, kernel %s, %s",
 			r, img, fi.Size(), ver, kernel, runtime.GOARCH)
 	}
 	if r.Created.Before(before.Add(-time.Second)) || r.Created.After(after) {
