@@ -235,9 +235,15 @@ func (a *Adding) finish(stagingDir string, m *images.Manifest, at time.Time) (*S
 	a.mu.Lock()
 	streamed := slices.Clone(a.streamed)
 	a.mu.Unlock()
+	if err := context.Cause(ctx); err != nil {
+		return nil, err
+	}
 	names := make(map[string]bool, len(streamed))
 	for _, w := range streamed {
-		if !w.closed || w.err != nil {
+		if w.err != nil {
+			return nil, w.err
+		}
+		if !w.closed {
 			return nil, fmt.Errorf("file %s was not written in full", w.ref.Name)
 		}
 		names[w.ref.Name] = true
