@@ -179,7 +179,7 @@ func (a *Adding) checkFile(name string, mode uint32) error {
 }
 
 func (a *Adding) newFile(name string, mode uint32) *FileWriter {
-	return &FileWriter{a: a, ref: FileRef{Name: name, Mode: mode}, h: sha256.New(), buf: make([]byte, 0, 2*MaxChunk)}
+	return &FileWriter{a: a, ref: FileRef{Name: name, Mode: mode}, h: sha256.New()}
 }
 
 // Abort drops the snapshot: the workers stop, the chunks written to
@@ -409,6 +409,9 @@ func (w *FileWriter) Write(p []byte) (int, error) {
 	if w.closed {
 		return 0, fmt.Errorf("write %s: file closed", w.ref.Name)
 	}
+	if w.buf == nil {
+		w.buf = make([]byte, 0, 2*MaxChunk)
+	}
 	n := 0
 	for len(p) > 0 {
 		k := min(len(p), cap(w.buf)-len(w.buf))
@@ -479,7 +482,7 @@ func (w *FileWriter) Close() error {
 	if err := w.cut(1); err != nil {
 		return err
 	}
-	w.closed = true
+	w.closed, w.buf = true, nil
 	w.ref.SHA256 = hex.EncodeToString(w.h.Sum(nil))
 	return nil
 }
