@@ -35,7 +35,7 @@ type snapReport struct {
 	FrozenSeconds float64 `json:"frozen_seconds"`
 	AddedBytes    int64   `json:"added_bytes"`
 	TotalBytes    int64   `json:"total_bytes"`
-	Retention  []struct {
+	Retention     []struct {
 		ID      string   `json:"id"`
 		Keep    bool     `json:"keep"`
 		Reasons []string `json:"reasons"`
