@@ -157,6 +157,9 @@ func runSnapshot(ctx context.Context, out, errOut io.Writer, g *Global, o Snapsh
 	sink := &dump.StoreSink{Store: st, At: time.Now()}
 	ck, err := dump.Take(ctx, e.tree, n, dump.Options{
 		CRIU: criu, CRIUVersion: ver.Code(), CRVersion: Version, StagingDir: stagingDir(e.tree), LeaveRunning: true,
+		// The pages go from CRIU into the store's chunker (behind a
+		// spool each: the job is thawed as soon as CRIU is done).
+		Stream:   true,
 		Progress: prog.update,
 		Dumped: func(ck *dump.Checkpoint) {
 			prog.done()

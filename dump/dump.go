@@ -70,6 +70,10 @@ type Options struct {
 	// Dumped, if set, is called by Take between the dump and the sink;
 	// Stored once the sink has the image, before the source is settled.
 	Dumped, Stored func(*Checkpoint)
+
+	// pagesTo, set by Take for a StreamSink, takes the pages images of a
+	// streamed dump instead of the spill directory.
+	pagesTo func(name string, mode uint32) (io.WriteCloser, error)
 }
 
 // Checkpoint is a dumped subtree, still frozen (or running again with

@@ -34,7 +34,19 @@ var ErrEndSource = errors.New("ending the source failed")
 // resumed when it was left running or anything failed, ended once the
 // sink has its image. The staging area is gone when it returns. On error
 // the Checkpoint, if not nil, still says how long the source was frozen.
+//
+// A StreamSink of a streamed dump (Options.Stream) takes the pages images
+// itself, as they arrive: it begins before the freeze, and is aborted
+// when the dump or its Write fails.
 func Take(ctx context.Context, t *nstree.Tree, root *nstree.Node, o Options, sink Sink) (*Checkpoint, error) {
+	ss, streams := sink.(StreamSink)
+	if streams && o.Stream {
+		if err := ss.Begin(ctx); err != nil {
+			return nil, err
+		}
+		defer ss.Abort()
+		o.pagesTo = ss.Pages
+	}
 	ck, err := Run(ctx, t, root, o)
 	if err != nil {
 		return nil, err
@@ -48,6 +60,23 @@ func Take(ctx context.Context, t *nstree.Tree, root *nstree.Node, o Options, sin
 		o.Stored(ck)
 	}
 	return ck, ck.Settle(err, o.LeaveRunning)
+}
+
+// A StreamSink is a Sink that takes the pages images of a streamed dump
+// as CRIU writes them, instead of from the spill directory (the snapshot
+// store, which cuts them into chunks). Take calls Begin before the dump,
+// Pages for each pages image (name as in the image, mode), from several
+// goroutines at once, and Abort once it is done, after Write or instead
+// of it: Abort must drop what a Write did not complete, and do nothing
+// after a Write that succeeded. With --leave-running the images reach
+// their writers through a spool each, after the source is thawed (as
+// the compressors of Checkpoint.Precompressed do); else CRIU writes at
+// their pace, the source frozen anyway.
+type StreamSink interface {
+	Sink
+	Begin(ctx context.Context) error
+	Pages(name string, mode uint32) (io.WriteCloser, error)
+	Abort()
 }
 
 // Settle decides what becomes of the source once its image went to a
@@ -124,21 +153,59 @@ func (s *ArchiveSink) Write(ctx context.Context, ck *Checkpoint) error {
 	return err
 }
 
-// StoreSink adds the image to a snapshot store as a new snapshot. The
-// store deduplicates file content, so it takes a dump staged as files
-// (Options.Stream false).
+// StoreSink adds the image to a snapshot store as a new snapshot. Of a
+// streamed dump (Options.Stream) it is a StreamSink: the pages images are
+// cut into chunks as they arrive (store.Adding), and Write adds the small
+// images staged in Dir; of a dump staged as files, Write adds them all.
 type StoreSink struct {
 	Store *store.Store
 	At    time.Time
 	// Snapshot is the added snapshot, once Write succeeded.
 	Snapshot *store.Snapshot
+
+	adding *store.Adding // between Begin and Write or Abort
+}
+
+// Begin starts the snapshot (store.StartAdd): the store's lock is held
+// until Write or Abort.
+func (s *StoreSink) Begin(ctx context.Context) error {
+	a, err := s.Store.StartAdd(ctx)
+	if err != nil {
+		return fmt.Errorf("store snapshot: %w", err)
+	}
+	s.adding = a
+	return nil
+}
+
+// Pages is where a pages image of the dump goes: into the snapshot.
+func (s *StoreSink) Pages(name string, mode uint32) (io.WriteCloser, error) {
+	if s.adding == nil {
+		return nil, errors.New("store snapshot: pages before Begin")
+	}
+	return s.adding.Create(name, mode)
+}
+
+// Abort drops the snapshot of a failed dump.
+func (s *StoreSink) Abort() {
+	if s.adding != nil {
+		s.adding.Abort()
+		s.adding = nil
+	}
 }
 
 func (s *StoreSink) Write(ctx context.Context, ck *Checkpoint) error {
 	if len(ck.Precompressed()) > 0 {
-		return errors.New("a snapshot store takes a staged dump, not a streamed one")
+		// Compressed into the spill directory, not given to the store.
+		return errors.New("store snapshot: the pages of a streamed dump went elsewhere than the store")
 	}
-	snap, err := s.Store.Add(ctx, ck.Dir, ck.Manifest, s.At)
+	var snap *store.Snapshot
+	var err error
+	if a := s.adding; a != nil {
+		s.adding = nil
+		snap, err = a.Finish(ck.Dir, ck.Manifest, s.At)
+	} else {
+		snap, err = s.Store.Add(ctx, ck.Dir, ck.Manifest, s.At)
+	}
 	if err != nil {
 		return fmt.Errorf("store snapshot: %w", err)
 	}

@@ -184,20 +184,10 @@ func (c *Checkpoint) storeImage(o Options, m *member, imgDir, name string) (io.W
 	if !isPages(name) {
 		return os.OpenFile(filepath.Join(imgDir, name), os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
 	}
-	c.stream.mu.Lock()
-	c.stream.nextFile++
-	n := c.stream.nextFile
-	c.stream.mu.Unlock()
-	f, err := os.OpenFile(filepath.Join(c.stream.spill.Path, strconv.Itoa(n)+".zst"), os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+	sf, err := c.pagesFile(o, m, name)
 	if err != nil {
 		return nil, err
 	}
-	ew, err := images.NewEntryWriter(f, path.Join(m.ic.Dir, name), 0o644, o.Compression, 0)
-	if err != nil {
-		f.Close()
-		return nil, err
-	}
-	sf := &spillFile{c: c, f: f, ew: ew}
 	if !o.LeaveRunning {
 		// The source stays frozen until the image is written anyway:
 		// CRIU may as well go at the compressor's pace.
@@ -220,11 +210,11 @@ func (c *Checkpoint) storeImage(o Options, m *member, imgDir, name string) (io.W
 		// The compressor starts once every CRIU is done: while CRIU
 		// dumps, the tasks are frozen, and CRIU has the CPUs to itself.
 		<-gate
-		_, err := io.CopyBuffer(onlyWriter{sf.ew}, sp, make([]byte, 1<<20))
+		_, err := io.CopyBuffer(onlyWriter{sf.uncounted()}, sp, make([]byte, 1<<20))
 		if err == nil {
 			err = sf.Close()
 		} else {
-			sf.f.Close()
+			sf.discard()
 		}
 		sp.fail(errSpoolAbandoned) // the producer, if still writing, stops
 		c.stream.mu.Lock()
@@ -256,6 +246,62 @@ type onlyWriter struct{ w io.Writer }
 
 func (o onlyWriter) Write(p []byte) (int, error) { return o.w.Write(p) }
 
+// pagesFile is one pages image on its way: into the spill directory
+// (spillFile) or into a StreamSink (sinkFile). Its Write counts the
+// bytes received; uncounted is the same writer without the count, for
+// behind a spool, which counts them; discard drops it after a failure.
+type pagesFile interface {
+	io.WriteCloser
+	uncounted() io.Writer
+	discard()
+}
+
+// pagesFile opens where the pages image name of m goes: hashed and
+// compressed into the spill directory, or, for a StreamSink, the sink's
+// writer (Options.pagesTo).
+func (c *Checkpoint) pagesFile(o Options, m *member, name string) (pagesFile, error) {
+	if o.pagesTo != nil {
+		w, err := o.pagesTo(path.Join(m.ic.Dir, name), 0o644)
+		if err != nil {
+			return nil, err
+		}
+		return &sinkFile{c: c, w: w}, nil
+	}
+	c.stream.mu.Lock()
+	c.stream.nextFile++
+	n := c.stream.nextFile
+	c.stream.mu.Unlock()
+	f, err := os.OpenFile(filepath.Join(c.stream.spill.Path, strconv.Itoa(n)+".zst"), os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	ew, err := images.NewEntryWriter(f, path.Join(m.ic.Dir, name), 0o644, o.Compression, 0)
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	return &spillFile{c: c, f: f, ew: ew}, nil
+}
+
+// sinkFile is a pages image on its way into a StreamSink.
+type sinkFile struct {
+	c *Checkpoint
+	w io.WriteCloser
+}
+
+func (s *sinkFile) Write(p []byte) (int, error) {
+	n, err := s.w.Write(p)
+	s.c.stream.raw.Add(int64(n))
+	return n, err
+}
+
+func (s *sinkFile) Close() error { return s.w.Close() }
+
+func (s *sinkFile) uncounted() io.Writer { return s.w }
+
+// discard leaves the image unfinished: the sink's Abort drops it.
+func (s *sinkFile) discard() {}
+
 // spillFile is a pages image on its way into the spill directory.
 type spillFile struct {
 	c  *Checkpoint
@@ -268,6 +314,10 @@ func (s *spillFile) Write(p []byte) (int, error) {
 	s.c.stream.raw.Add(int64(n))
 	return n, err
 }
+
+func (s *spillFile) uncounted() io.Writer { return s.ew }
+
+func (s *spillFile) discard() { s.f.Close() }
 
 func (s *spillFile) Close() error {
 	err := s.ew.Close()

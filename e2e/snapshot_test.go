@@ -31,10 +31,11 @@ func snapshots(t *testing.T, store string) []snapEntry {
 }
 
 type snapReport struct {
-	ID         string `json:"id"`
-	AddedBytes int64  `json:"added_bytes"`
-	TotalBytes int64  `json:"total_bytes"`
-	Retention  []struct {
+	ID            string  `json:"id"`
+	FrozenSeconds float64 `json:"frozen_seconds"`
+	AddedBytes    int64   `json:"added_bytes"`
+	TotalBytes    int64   `json:"total_bytes"`
+	Retention     []struct {
 		ID      string   `json:"id"`
 		Keep    bool     `json:"keep"`
 		Reasons []string `json:"reasons"`
@@ -286,4 +287,63 @@ func TestStoreNotCreatedByReads(t *testing.T) {
 	if n := len(snapshots(t, missing)); n != 2 {
 		t.Errorf("%d snapshots in the new store, want 2", n)
 	}
+}
+
+// A snapshot of a 256 MiB job goes through CRIU's image streamer: while
+// it runs, no uncompressed pages image appears in the staging area (the
+// pages go from CRIU's pipe, through the spool, into the store's
+// chunker); the job is frozen only for CRIU's dump, not while the store
+// cuts and writes the chunks; a second snapshot of the unchanged job
+// adds almost nothing; the first restores from the store with its
+// memory and pids.
+func TestSnapshotStream(t *testing.T) {
+	store := filepath.Join(t.TempDir(), "store")
+	j := startJob(t, "/snapstream", "--mem", "256")
+	before := j.ask(t)
+	if before.MemSHA != before.MemSHAAtInit || before.MemBytes != 256<<20 {
+		t.Fatalf("job not set up: %+v", before)
+	}
+	staging := filepath.Join(workDir, "staging")
+	w := watchStaging(staging)
+	start := time.Now()
+	first := snapshot(t, "/snapstream", "--store", store)
+	wall := time.Since(start)
+	w.end()
+	if len(w.rawPages) > 0 {
+		t.Errorf("uncompressed pages images appeared in staging: %v", w.rawPages)
+	}
+	if !w.small {
+		t.Errorf("the watch never saw the small images in staging: it did not watch the dump")
+	}
+	if left, _ := filepath.Glob(filepath.Join(staging, "ckpt-*")); len(left) != 0 {
+		t.Errorf("the snapshot left staging entries: %v", left)
+	}
+	// Cutting, hashing and compressing 256 MiB into chunks takes most of
+	// the snapshot's time; the job is frozen only for the dump before it.
+	if frozen := time.Duration(first.FrozenSeconds * float64(time.Second)); frozen <= 0 || frozen > wall/2 {
+		t.Errorf("frozen %s of a snapshot that took %s: frozen while the store was written", frozen, wall)
+	}
+	if first.TotalBytes < 256<<20 || first.AddedBytes <= 0 {
+		t.Errorf("first snapshot: %d bytes, %d added", first.TotalBytes, first.AddedBytes)
+	}
+	t.Logf("snapshot of 256 MiB in %s, frozen %.3fs, %d bytes added, staging peak %d", wall, first.FrozenSeconds, first.AddedBytes, w.peak)
+	if ls(t)["/snapstream"].State != "running" || !j.progresses(t, before.Counter) {
+		t.Fatalf("the job does not run on after the snapshot")
+	}
+
+	second := snapshot(t, "/snapstream", "--store", store)
+	if second.AddedBytes*50 > first.AddedBytes {
+		t.Errorf("second snapshot of an unchanged job added %d bytes, the first %d: no deduplication", second.AddedBytes, first.AddedBytes)
+	}
+
+	mustCr(t, "restore", "--store", store, "--as", "/snapstream-r", first.ID)
+	killAtCleanup(t, "/snapstream-r")
+	after := (&job{path: "/snapstream-r", report: j.report}).ask(t)
+	if after.MemSHA != before.MemSHAAtInit || after.MemBytes != before.MemBytes {
+		t.Errorf("memory after restore from the store %s (%d bytes), want %s", after.MemSHA, after.MemBytes, before.MemSHAAtInit)
+	}
+	if after.Pid != before.Pid {
+		t.Errorf("job pid %d after restore, want %d", after.Pid, before.Pid)
+	}
+	mustCr(t, "images", "verify", "--store", store)
 }

@@ -17,7 +17,8 @@ import (
 
 // stagingWatch polls the staging area while a checkpoint runs: the
 // largest it grew (bytes of regular files), every CRIU pages image it
-// ever saw there uncompressed, and whether it saw the compressed pages.
+// ever saw there uncompressed, and whether it saw the compressed pages
+// and the small images.
 type stagingWatch struct {
 	dir  string
 	stop chan struct{}
@@ -26,6 +27,7 @@ type stagingWatch struct {
 	peak       int64
 	rawPages   map[string]int64
 	compressed bool
+	small      bool // saw CRIU's small images staged
 }
 
 func watchStaging(dir string) *stagingWatch {
@@ -48,6 +50,9 @@ func watchStaging(dir string) *stagingWatch {
 				}
 				if strings.HasSuffix(name, ".zst") && fi.Size() > 0 {
 					w.compressed = true
+				}
+				if strings.HasPrefix(name, "core-") && strings.HasSuffix(name, ".img") {
+					w.small = true
 				}
 				return nil
 			})

@@ -11,7 +11,10 @@ import (
 	"io"
 	"os"
 	"runtime"
+	"slices"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -47,7 +50,7 @@ var (
 // Add stores the staging dir stagingDir as a new snapshot of m.Root taken
 // at at (now when zero) and returns it. The manifest is stored with Files
 // filled from the staging dir (a non-empty m.Files must match it); m itself
-// is not modified.
+// is not modified. It is StartAdd and Finish with no file streamed in.
 //
 // Add writes every new chunk to DIR/tmp, makes them durable (syncfs),
 // renames them into DIR/chunks, makes that durable, and only then writes the
@@ -59,16 +62,11 @@ func (s *Store) Add(ctx context.Context, stagingDir string, m *images.Manifest, 
 	if m == nil || m.Root == "" {
 		return nil, errors.New("add snapshot: manifest has no root path")
 	}
-	unlock, err := s.hold(ctx, false)
+	a, err := s.StartAdd(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("add snapshot: %w", err)
+		return nil, err
 	}
-	defer unlock()
-	snap, err := s.add(ctx, stagingDir, m, at)
-	if err != nil {
-		return nil, fmt.Errorf("add snapshot of %s: %w", m.Root, err)
-	}
-	return snap, nil
+	return a.Finish(stagingDir, m, at)
 }
 
 // addWorkers is the number of goroutines that hash, compress and write
@@ -76,51 +74,66 @@ func (s *Store) Add(ctx context.Context, stagingDir string, m *images.Manifest, 
 // system's journal far longer than compressing a chunk takes.
 func addWorkers() int { return max(4*runtime.GOMAXPROCS(0), 8) }
 
-// chunkJob carries one chunk from the reader to a worker and its name back.
+// chunkJob carries one chunk from a file's writer to a worker and its
+// name back.
 type chunkJob struct {
 	data []byte
 	name string
 }
 
-// adder is the state of one Add: a reader that cuts the files into chunks
-// and workers that hash, compress and write the new ones.
-type adder struct {
+// Adding is a snapshot being added: its files are cut into chunks as
+// their content arrives, by Create's writers (the pages of a streamed
+// dump, as CRIU writes them, several at once) and by Finish (the files of
+// a staging dir), while workers hash, compress and write the new chunks.
+// Finish then writes the record, Abort drops it all: until the record is
+// written nothing of the snapshot is listed, and the chunks already
+// written are what an interrupted Add leaves (in DIR/tmp, removed by
+// Abort or the next Add; in S3, garbage for Prune). It holds the store's
+// lock (Store.hold) from StartAdd to Finish or Abort.
+type Adding struct {
 	s      *Store
 	ctx    context.Context
 	cancel context.CancelCauseFunc
+	unlock func()
 	jobs   chan *chunkJob
 	free   chan []byte // bounds the chunks in flight
 	wg     sync.WaitGroup
-
 	chunks chunkWriter
+	read   atomic.Int64 // bytes of content cut so far
 
-	mu    sync.Mutex
-	seen  map[string]bool // chunks in the store or written by this Add
-	added int64
-	read  int64 // bytes of the staged files read so far
+	// sending is held (read) by writers while they hand chunks over, and
+	// (write) by whoever closes jobs.
+	sending sync.RWMutex
+	ended   bool // jobs closed
+
+	mu       sync.Mutex
+	seen     map[string]bool // chunks in the store or written by this Add
+	added    int64
+	streamed []*FileWriter
 }
 
-func (s *Store) add(ctx context.Context, stagingDir string, m *images.Manifest, at time.Time) (snap *Snapshot, err error) {
-	if at.IsZero() {
-		at = time.Now()
-	}
-	at = at.Round(0)
-	if _, err := s.be.cleanTmp(ctx, false); err != nil {
-		return nil, err
-	}
-	// The entries as images.WriteArchive writes them, in its order.
-	entries, err := images.StagingEntries(stagingDir)
-	if err != nil {
-		return nil, fmt.Errorf("walk staging dir: %w", err)
-	}
+// errAborted ends an Add that Abort dropped.
+var errAborted = errors.New("snapshot abandoned")
 
+// StartAdd begins a new snapshot under the store's lock (the one this
+// Store holds, or one taken without waiting), removing what interrupted
+// writers left. ctx bounds the whole Add, Finish included.
+func (s *Store) StartAdd(ctx context.Context) (*Adding, error) {
+	unlock, err := s.hold(ctx, false)
+	if err != nil {
+		return nil, fmt.Errorf("add snapshot: %w", err)
+	}
+	if _, err := s.be.cleanTmp(ctx, false); err != nil {
+		unlock()
+		return nil, fmt.Errorf("add snapshot: %w", err)
+	}
 	ctx, cancel := context.WithCancelCause(ctx)
-	defer cancel(nil)
 	workers := addWorkers()
-	a := &adder{
+	a := &Adding{
 		s:      s,
 		ctx:    ctx,
 		cancel: cancel,
+		unlock: unlock,
 		jobs:   make(chan *chunkJob, workers),
 		free:   make(chan []byte, 4*workers),
 		seen:   make(map[string]bool),
@@ -129,40 +142,135 @@ func (s *Store) add(ctx context.Context, stagingDir string, m *images.Manifest, 
 	for range cap(a.free) {
 		a.free <- make([]byte, 0, MaxChunk)
 	}
-	defer func() {
-		if err != nil {
-			a.chunks.abort()
-		}
-	}()
 	a.wg.Add(workers)
 	for range workers {
 		go a.work()
 	}
+	return a, nil
+}
 
-	type fileWork struct {
-		ref  FileRef
-		jobs []*chunkJob
+// Create starts the file name (mode: permission bits) of the snapshot,
+// whose content is then written to the returned writer and ended by its
+// Close; Finish lists it with the staging dir's files, in their order.
+// Several files may be written at once, each by one goroutine.
+func (a *Adding) Create(name string, mode uint32) (*FileWriter, error) {
+	if err := a.checkFile(name, mode); err != nil {
+		return nil, err
 	}
-	work := make([]fileWork, len(entries))
-	buf := make([]byte, 4*MaxChunk)
-	var readErr error
-	for i, e := range entries {
-		work[i].ref = FileRef{Name: e.Name, Mode: e.Mode, Dir: e.Dir}
+	w := a.newFile(name, mode)
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for _, o := range a.streamed {
+		if o.ref.Name == name {
+			return nil, fmt.Errorf("add snapshot: file %q created twice", name)
+		}
+	}
+	a.streamed = append(a.streamed, w)
+	return w, nil
+}
+
+// checkFile refuses what no record may hold (§3), before any of its
+// content is taken.
+func (a *Adding) checkFile(name string, mode uint32) error {
+	if err := checkFileRef(FileRef{Name: name, Mode: mode, SHA256: strings.Repeat("0", 2*sha256.Size)}); err != nil {
+		return fmt.Errorf("add snapshot: file %q: %w", name, err)
+	}
+	return context.Cause(a.ctx)
+}
+
+func (a *Adding) newFile(name string, mode uint32) *FileWriter {
+	return &FileWriter{a: a, ref: FileRef{Name: name, Mode: mode}, h: sha256.New()}
+}
+
+// Abort drops the snapshot: the workers stop, the chunks written to
+// DIR/tmp are removed (in S3 those put stay, garbage for Prune), and the
+// lock is given back. It may be called more than once, and after Finish.
+func (a *Adding) Abort() {
+	a.cancel(errAborted)
+	a.end()
+	a.chunks.abort()
+	a.unlock()
+}
+
+// end closes the workers' queue, once, and waits for them.
+func (a *Adding) end() {
+	a.sending.Lock()
+	if !a.ended {
+		a.ended = true
+		close(a.jobs)
+	}
+	a.sending.Unlock()
+	a.wg.Wait()
+}
+
+// Finish adds the files of the staging dir stagingDir to those written
+// through Create (each of which must be closed), stores the snapshot of
+// m.Root taken at at (now when zero) and returns it, as Add does. The
+// manifest is stored with Files filled from the files (a non-empty
+// m.Files must match them); m itself is not modified. Whatever the
+// outcome, the Add is over when it returns.
+func (a *Adding) Finish(stagingDir string, m *images.Manifest, at time.Time) (*Snapshot, error) {
+	defer a.Abort() // after a success: gives the lock back, nothing else
+	if m == nil || m.Root == "" {
+		return nil, errors.New("add snapshot: manifest has no root path")
+	}
+	snap, err := a.finish(stagingDir, m, at)
+	if err != nil {
+		return nil, fmt.Errorf("add snapshot of %s: %w", m.Root, err)
+	}
+	return snap, nil
+}
+
+func (a *Adding) finish(stagingDir string, m *images.Manifest, at time.Time) (*Snapshot, error) {
+	ctx := a.ctx
+	if at.IsZero() {
+		at = time.Now()
+	}
+	at = at.Round(0)
+	// The entries as images.WriteArchive writes them, in its order.
+	entries, err := images.StagingEntries(stagingDir)
+	if err != nil {
+		return nil, fmt.Errorf("walk staging dir: %w", err)
+	}
+	a.mu.Lock()
+	streamed := slices.Clone(a.streamed)
+	a.mu.Unlock()
+	if err := context.Cause(ctx); err != nil {
+		return nil, err
+	}
+	names := make(map[string]bool, len(streamed))
+	for _, w := range streamed {
+		if w.err != nil {
+			return nil, w.err
+		}
+		if !w.closed {
+			return nil, fmt.Errorf("file %s was not written in full", w.ref.Name)
+		}
+		names[w.ref.Name] = true
+	}
+	work := make([]*FileWriter, 0, len(entries)+len(streamed))
+	for _, e := range entries {
+		if names[e.Name] {
+			return nil, fmt.Errorf("staging dir holds %q, which was also streamed", e.Name)
+		}
 		if e.Dir {
+			work = append(work, &FileWriter{ref: FileRef{Name: e.Name, Mode: e.Mode, Dir: true}, closed: true})
 			continue
 		}
-		var sum string
-		work[i].jobs, work[i].ref.Size, sum, readErr = a.chunkFile(e, buf)
-		if readErr != nil {
-			break
+		w, err := a.addStaged(e)
+		if err != nil {
+			return nil, err
 		}
-		work[i].ref.SHA256 = sum
+		work = append(work, w)
 	}
-	close(a.jobs)
-	a.wg.Wait()
-	if readErr != nil {
-		return nil, readErr
-	}
+	// In the order a walk of one staging dir holding them all would list
+	// them (component by component, lexically), as images.WriteArchive
+	// merges a streamed dump's entries.
+	work = append(work, streamed...)
+	slices.SortStableFunc(work, func(x, y *FileWriter) int {
+		return slices.Compare(strings.Split(x.ref.Name, "/"), strings.Split(y.ref.Name, "/"))
+	})
+	a.end()
 	if err := context.Cause(ctx); err != nil {
 		return nil, err
 	}
@@ -171,12 +279,13 @@ func (s *Store) add(ctx context.Context, stagingDir string, m *images.Manifest, 
 	mfiles := make([]images.File, len(work))
 	var total int64
 	for i, w := range work {
+		ref := w.ref
 		for _, j := range w.jobs {
-			w.ref.Chunks = append(w.ref.Chunks, j.name)
+			ref.Chunks = append(ref.Chunks, j.name)
 		}
-		files[i] = w.ref
-		mfiles[i] = images.File{Name: w.ref.Name, Size: w.ref.Size, SHA256: w.ref.SHA256, Mode: w.ref.Mode, Dir: w.ref.Dir}
-		total += w.ref.Size
+		files[i] = ref
+		mfiles[i] = images.File{Name: ref.Name, Size: ref.Size, SHA256: ref.SHA256, Mode: ref.Mode, Dir: ref.Dir}
+		total += ref.Size
 	}
 	if len(m.Files) > 0 {
 		if err := sameFiles(m.Files, mfiles); err != nil {
@@ -209,7 +318,7 @@ func (s *Store) add(ctx context.Context, stagingDir string, m *images.Manifest, 
 	r := &record{
 		Version:    FormatVersion,
 		Path:       m.Root,
-		Host:       s.Host,
+		Host:       a.s.Host,
 		Time:       at,
 		Manifest:   mb,
 		Files:      files,
@@ -225,10 +334,10 @@ func (s *Store) add(ctx context.Context, stagingDir string, m *images.Manifest, 
 	}
 	// A lock lost meanwhile (an S3 lock that could not be refreshed) may
 	// have let a prune remove chunks this snapshot trusted to be there.
-	if err := s.lockValid(); err != nil {
+	if err := a.s.lockValid(); err != nil {
 		return nil, err
 	}
-	if err := s.be.writeRecord(ctx, id, b); err != nil {
+	if err := a.s.be.writeRecord(ctx, id, b); err != nil {
 		return nil, fmt.Errorf("write snapshot record: %w", err)
 	}
 	return &Snapshot{
@@ -243,58 +352,142 @@ func (s *Store) add(ctx context.Context, stagingDir string, m *images.Manifest, 
 	}, nil
 }
 
-// chunkFile cuts one file into chunks, hands each to the workers, and
-// returns the jobs in file order with the file's size and sha256.
-func (a *adder) chunkFile(e images.StagedEntry, buf []byte) (jobs []*chunkJob, size int64, sum string, err error) {
+// addStaged cuts one regular file of the staging dir into chunks.
+func (a *Adding) addStaged(e images.StagedEntry) (*FileWriter, error) {
 	f, err := os.OpenFile(e.Path, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
 	if err != nil {
-		return nil, 0, "", err
+		return nil, err
 	}
 	defer f.Close()
 	fi, err := f.Stat()
 	if err != nil {
-		return nil, 0, "", err
+		return nil, err
 	}
 	if !fi.Mode().IsRegular() {
-		return nil, 0, "", fmt.Errorf("staging entry %q is not a regular file", e.Name)
+		return nil, fmt.Errorf("staging entry %q is not a regular file", e.Name)
 	}
-	var h hash.Hash = sha256.New()
-	c := newChunker(f, buf)
-	for {
-		chunk, err := c.next()
-		if errors.Is(err, io.EOF) {
-			break
-		}
-		if err != nil {
-			return nil, 0, "", fmt.Errorf("read %s: %w", e.Name, err)
-		}
-		h.Write(chunk)
-		size += int64(len(chunk))
-		a.read += int64(len(chunk))
-		if a.s.Progress != nil {
-			a.s.Progress(a.read)
-		}
-		var b []byte
-		select {
-		case b = <-a.free:
-		case <-a.ctx.Done():
-			return nil, 0, "", context.Cause(a.ctx)
-		}
-		j := &chunkJob{data: append(b[:0], chunk...)}
-		select {
-		case a.jobs <- j:
-		case <-a.ctx.Done():
-			return nil, 0, "", context.Cause(a.ctx)
-		}
-		jobs = append(jobs, j)
+	w := a.newFile(e.Name, e.Mode)
+	if _, err := io.CopyBuffer(w, onlyReader{f}, make([]byte, MaxChunk)); err != nil {
+		return nil, fmt.Errorf("read %s: %w", e.Name, err)
 	}
-	if size != fi.Size() {
-		return nil, 0, "", fmt.Errorf("read %s: file changed size while it was stored", e.Name)
+	if err := w.Close(); err != nil {
+		return nil, fmt.Errorf("read %s: %w", e.Name, err)
 	}
-	return jobs, size, hex.EncodeToString(h.Sum(nil)), nil
+	if w.ref.Size != fi.Size() {
+		return nil, fmt.Errorf("read %s: file changed size while it was stored", e.Name)
+	}
+	return w, nil
 }
 
-func (a *adder) work() {
+// onlyReader hides a reader's WriteTo, so that io.CopyBuffer reads
+// through its buffer.
+type onlyReader struct{ r io.Reader }
+
+func (o onlyReader) Read(p []byte) (int, error) { return o.r.Read(p) }
+
+// FileWriter is one file of an Adding, cut into content-defined chunks as
+// its content is written: exactly the chunks a whole file of the same
+// content is cut into (cutPoint sees at least MaxChunk bytes, or the
+// rest of the file), so a streamed file deduplicates against a staged
+// one. Each chunk goes to the Add's workers as soon as it is cut.
+type FileWriter struct {
+	a      *Adding
+	ref    FileRef // without Chunks: the jobs' names, once written
+	h      hash.Hash
+	buf    []byte // content not cut yet; less than MaxChunk between Writes
+	jobs   []*chunkJob
+	closed bool
+	err    error // the first failure; every later call returns it
+}
+
+// Write takes the next bytes of the file. It fails once the Add failed
+// (a chunk could not be stored, the Add's context ended, Abort).
+func (w *FileWriter) Write(p []byte) (int, error) {
+	if w.err != nil {
+		return 0, w.err
+	}
+	if w.closed {
+		return 0, fmt.Errorf("write %s: file closed", w.ref.Name)
+	}
+	if w.buf == nil {
+		w.buf = make([]byte, 0, 2*MaxChunk)
+	}
+	n := 0
+	for len(p) > 0 {
+		k := min(len(p), cap(w.buf)-len(w.buf))
+		w.buf = append(w.buf, p[:k]...)
+		p, n = p[k:], n+k
+		if err := w.cut(MaxChunk); err != nil {
+			return n, err
+		}
+	}
+	return n, nil
+}
+
+// cut hands over chunks while at least keep bytes are pending (1: all
+// of them), then moves the rest to the buffer's start.
+func (w *FileWriter) cut(keep int) error {
+	off := 0
+	for len(w.buf)-off >= keep {
+		n := cutPoint(w.buf[off:])
+		if err := w.emit(w.buf[off : off+n]); err != nil {
+			w.err = err
+			return err
+		}
+		off += n
+	}
+	w.buf = w.buf[:copy(w.buf, w.buf[off:])]
+	return nil
+}
+
+// emit hashes one chunk and gives a copy of it to the workers.
+func (w *FileWriter) emit(chunk []byte) error {
+	a := w.a
+	w.h.Write(chunk)
+	w.ref.Size += int64(len(chunk))
+	if read := a.read.Add(int64(len(chunk))); a.s.Progress != nil {
+		a.s.Progress(read)
+	}
+	var b []byte
+	select {
+	case b = <-a.free:
+	case <-a.ctx.Done():
+		return context.Cause(a.ctx)
+	}
+	j := &chunkJob{data: append(b[:0], chunk...)}
+	a.sending.RLock()
+	defer a.sending.RUnlock()
+	if a.ended {
+		return errAborted
+	}
+	select {
+	case a.jobs <- j:
+	case <-a.ctx.Done():
+		a.free <- b
+		return context.Cause(a.ctx)
+	}
+	w.jobs = append(w.jobs, j)
+	return nil
+}
+
+// Close cuts the rest of the file and ends it; its chunks may still be
+// being written (Finish waits for them).
+func (w *FileWriter) Close() error {
+	if w.err != nil {
+		return w.err
+	}
+	if w.closed {
+		return nil
+	}
+	if err := w.cut(1); err != nil {
+		return err
+	}
+	w.closed, w.buf = true, nil
+	w.ref.SHA256 = hex.EncodeToString(w.h.Sum(nil))
+	return nil
+}
+
+func (a *Adding) work() {
 	defer a.wg.Done()
 	var dst []byte
 	for j := range a.jobs {
@@ -312,7 +505,7 @@ func (a *adder) work() {
 
 // storeChunk names data and, unless the store or this Add already has it,
 // writes it compressed to DIR/tmp.
-func (a *adder) storeChunk(data, dst []byte) (string, []byte, error) {
+func (a *Adding) storeChunk(data, dst []byte) (string, []byte, error) {
 	sum := sha256.Sum256(data)
 	name := hex.EncodeToString(sum[:])
 	a.mu.Lock()

@@ -1,10 +1,5 @@
 package store
 
-import (
-	"errors"
-	"io"
-)
-
 // Content-defined chunking parameters. Cut points depend only on the bytes
 // around them, so an insertion or a change shifts or replaces the chunks
 // near it and leaves the others (and their hashes) as they were.
@@ -42,7 +37,9 @@ var gear = func() (t [256]uint64) {
 }()
 
 // cutPoint returns the length of the chunk that starts data. data holds
-// everything up to MaxChunk bytes ahead, or the rest of the input.
+// everything up to MaxChunk bytes ahead, or the rest of the input: a file
+// is cut by cutting its content from the start, chunk after chunk
+// (FileWriter does so as the content arrives).
 func cutPoint(data []byte) int {
 	n := len(data)
 	if n <= MinChunk {
@@ -67,46 +64,4 @@ func cutPoint(data []byte) int {
 		}
 	}
 	return n
-}
-
-// chunker splits a stream into content-defined chunks.
-type chunker struct {
-	r          io.Reader
-	buf        []byte
-	start, end int
-	eof        bool
-}
-
-func newChunker(r io.Reader, buf []byte) *chunker {
-	if len(buf) < 2*MaxChunk {
-		buf = make([]byte, 4*MaxChunk)
-	}
-	return &chunker{r: r, buf: buf}
-}
-
-// next returns the next chunk, valid until the following call, or io.EOF
-// after the last one.
-func (c *chunker) next() ([]byte, error) {
-	if c.end-c.start < MaxChunk && !c.eof {
-		if c.start > 0 {
-			c.end = copy(c.buf, c.buf[c.start:c.end])
-			c.start = 0
-		}
-		for c.end < len(c.buf) && !c.eof {
-			n, err := c.r.Read(c.buf[c.end:])
-			c.end += n
-			if errors.Is(err, io.EOF) {
-				c.eof = true
-			} else if err != nil {
-				return nil, err
-			}
-		}
-	}
-	if c.start == c.end {
-		return nil, io.EOF
-	}
-	n := cutPoint(c.buf[c.start:c.end])
-	chunk := c.buf[c.start : c.start+n]
-	c.start += n
-	return chunk, nil
 }

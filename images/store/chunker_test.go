@@ -1,26 +1,21 @@
 package store
 
 import (
-	"bytes"
-	"io"
 	"math/rand/v2"
 	"testing"
 )
 
+// chunkSizes cuts data whole, as docs/store-format.md §2 says: from the
+// start, chunk after chunk.
 func chunkSizes(t testing.TB, data []byte) []int {
 	t.Helper()
-	c := newChunker(bytes.NewReader(data), nil)
 	var sizes []int
-	for {
-		b, err := c.next()
-		if err == io.EOF {
-			return sizes
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		sizes = append(sizes, len(b))
+	for off := 0; off < len(data); {
+		n := cutPoint(data[off:])
+		sizes = append(sizes, n)
+		off += n
 	}
+	return sizes
 }
 
 func TestChunkerSizes(t *testing.T) {

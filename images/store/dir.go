@@ -296,7 +296,16 @@ type dirChunks struct {
 
 func (d *dirBackend) newChunkWriter() chunkWriter { return &dirChunks{d: d} }
 
+// chunkPutHook, when set (by tests only), is called before each chunk is
+// written to DIR/tmp; its error is the write's.
+var chunkPutHook func() error
+
 func (w *dirChunks) put(_ context.Context, name string, data []byte) error {
+	if chunkPutHook != nil {
+		if err := chunkPutHook(); err != nil {
+			return err
+		}
+	}
 	f, err := os.CreateTemp(w.d.path(tmpDir), tempPrefix+"chunk-*")
 	if err != nil {
 		return err
