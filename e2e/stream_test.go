@@ -72,8 +72,9 @@ func (w *stagingWatch) end() { close(w.stop); w.done.Wait() }
 // A 512 MiB job with children and SysV IPC checkpoints through CRIU's
 // image streamer: while it dumps, no uncompressed pages image ever
 // appears in the staging area, which never holds more than the
-// compressed image and 64 MiB; the restore brings back its memory, pids
-// and IPC objects, and the staging area is empty afterwards.
+// compressed image and 64 MiB; the restore, fed from the image as it is
+// read, stages no page either, and brings back its memory, pids and IPC
+// objects; the staging area is empty afterwards.
 func TestStreamCheckpointStagesNoPages(t *testing.T) {
 	j := startJob(t, "/stream", "--mem", "512", "--children", "2", "--ipc")
 	before := j.ask(t)
@@ -106,8 +107,21 @@ func TestStreamCheckpointStagesNoPages(t *testing.T) {
 		t.Errorf("the checkpoint left staging entries: %v", left)
 	}
 
+	// The restore feeds CRIU from the image as it reads it: the small
+	// images are extracted, the pages never.
+	w = watchStaging(staging)
 	mustCr(t, "restore", img)
+	w.end()
 	killAtCleanup(t, "/stream")
+	if len(w.rawPages) > 0 {
+		t.Errorf("the restore staged uncompressed pages images: %v", w.rawPages)
+	}
+	if !w.small {
+		t.Errorf("the watch never saw the restore's small images in staging: it did not watch the restore")
+	}
+	if w.peak > 64<<20 {
+		t.Errorf("the restore's staging grew to %d bytes: the pages of a 512 MiB job were staged", w.peak)
+	}
 	after := j.ask(t)
 	if after.MemSHA != before.MemSHAAtInit {
 		t.Errorf("memory checksum after restore %s, want %s", after.MemSHA, before.MemSHAAtInit)

@@ -3,12 +3,17 @@ package images
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"io"
 	"os"
+	"path"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/checkpoint-restore/go-criu/v7/crit/images/pagemap"
+	"google.golang.org/protobuf/proto"
 )
 
 // A version 2 image read as a stream: the small entries extracted, the
@@ -133,5 +138,39 @@ func TestStreamVersion1(t *testing.T) {
 	}
 	if got, _ := os.ReadFile(filepath.Join(dst, "checkpoint/pages-1.img")); string(got) != "pages" {
 		t.Errorf("extracted %q", got)
+	}
+}
+
+// The pages image of SysV shared memory (which a pagemap-shmem image
+// points to) comes first: CRIU restores it with the IPC namespace, before
+// any process's memory.
+func TestStreamOrderSharedMemoryFirst(t *testing.T) {
+	head, err := proto.Marshal(&pagemap.PagemapHead{PagesId: proto.Uint32(5)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	img := binary.LittleEndian.AppendUint32(nil, 0x56084025) // PAGEMAP_MAGIC
+	img = binary.LittleEndian.AppendUint32(img, uint32(len(head)))
+	img = append(img, head...)
+	files := []stagingFile{{"checkpoint/pagemap-shmem-0.img", 0o600, img}}
+	for _, n := range []string{"1", "2", "5", "10"} {
+		files = append(files, stagingFile{"checkpoint/pages-" + n + ".img", 0o600, []byte("pages " + n)})
+	}
+	m := testManifest()
+	m.Containers = m.Containers[:1]
+	b := archiveBytes(t, makeStaging(t, files, []string{"checkpoint"}), m, CompressionNone)
+	s, err := OpenStream(context.Background(), bytes.NewReader(b), Limits{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	var order []string
+	for _, f := range s.Manifest().Files {
+		if IsPages(f.Name) {
+			order = append(order, path.Base(f.Name))
+		}
+	}
+	if got := strings.Join(order, " "); got != "pages-5.img pages-1.img pages-2.img pages-10.img" {
+		t.Errorf("pages in the order %s", got)
 	}
 }

@@ -24,6 +24,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/cr-dev/cr/images/criuimg"
 	"github.com/cr-dev/cr/scratch"
 )
 
@@ -236,14 +237,18 @@ type archiveWriter struct {
 
 // streamOrder orders an archive's entries as version 2 writes them: every
 // directory and small file in walk order, then the memory pages images
-// (IsPages), by their directory's place in the walk and by number, which
-// is the order in which CRIU restores the processes of a tree (pstree
-// order: pages-1, pages-2, ..., pages-10). A reader can then feed a
-// restore from the stream without holding any page.
+// (IsPages), by their directory's place in the walk, then in the order in
+// which CRIU restores them: first the shared memory's (the pages images a
+// pagemap-shmem-*.img points to: SysV shared memory is restored with the
+// IPC namespace, before any process), then by number, which is pstree
+// order (pages-1, pages-2, ..., pages-10: CRIU restores a parent's memory
+// before it forks its children, which inherit it). A reader can then feed
+// a restore from the stream without holding any page.
 func streamOrder(entries []archiveEntry) []archiveEntry {
 	out := make([]archiveEntry, 0, len(entries))
 	var bulk []archiveEntry
 	dirRank := map[string]int{".": -1}
+	shared := map[string]bool{} // pages images of shared memory
 	for _, e := range entries {
 		if IsPages(e.name) {
 			bulk = append(bulk, e)
@@ -252,10 +257,25 @@ func streamOrder(entries []archiveEntry) []archiveEntry {
 		if e.staged != nil && e.staged.Dir {
 			dirRank[e.name] = len(dirRank)
 		}
+		if base := path.Base(e.name); e.staged != nil && !e.staged.Dir && strings.HasPrefix(base, "pagemap-shmem-") {
+			// Only an order: an image it cannot read is still written.
+			if id, err := criuimg.PagesID(filepath.Dir(e.staged.Path), filepath.Base(e.staged.Path)); err == nil {
+				shared[path.Join(path.Dir(e.name), fmt.Sprintf("pages-%d.img", id))] = true
+			}
+		}
 		out = append(out, e)
+	}
+	rank := func(e archiveEntry) int {
+		if shared[e.name] {
+			return 0
+		}
+		return 1
 	}
 	slices.SortStableFunc(bulk, func(a, b archiveEntry) int {
 		if c := cmp.Compare(dirRank[path.Dir(a.name)], dirRank[path.Dir(b.name)]); c != 0 {
+			return c
+		}
+		if c := cmp.Compare(rank(a), rank(b)); c != 0 {
 			return c
 		}
 		return cmp.Compare(pagesNumber(a.name), pagesNumber(b.name))

@@ -15,6 +15,7 @@ import (
 	"syscall"
 
 	"github.com/checkpoint-restore/go-criu/v7/rpc"
+	"github.com/klauspost/compress/s2"
 
 	"github.com/cr-dev/cr/criubin"
 	"github.com/cr-dev/cr/criubin/streamer"
@@ -26,8 +27,9 @@ import (
 )
 
 // spillPrefix names the staging entry that holds pages a streamed restore
-// read past before CRIU asked for them (never, when CRIU reads them in the
-// order the image has them: see images.IsPages).
+// read past before CRIU asked for them, compressed: rarely (CRIU reads
+// them mostly in the order the image has them, see images.IsPages; the
+// children of a process restore theirs concurrently).
 const spillPrefix = "rstspill-"
 
 // FromStream restores the image read from r (name, for messages) while it
@@ -130,7 +132,7 @@ func (f *pageFeed) serve(name string, w io.Writer) error {
 			return err
 		}
 		defer src.Close()
-		_, err = io.Copy(w, src)
+		_, err = io.Copy(w, s2.NewReader(src))
 		return err
 	}
 	for {
@@ -169,7 +171,8 @@ func (f *pageFeed) serve(name string, w io.Writer) error {
 	}
 }
 
-// spillEntry keeps an entry CRIU has not asked for yet, checked.
+// spillEntry keeps an entry CRIU has not asked for yet, checked and
+// compressed.
 func (f *pageFeed) spillEntry(name string, r io.Reader) error {
 	if f.spill == nil {
 		sp, err := scratch.Mkdir(f.staging, spillPrefix)
@@ -183,7 +186,13 @@ func (f *pageFeed) spillEntry(name string, r io.Reader) error {
 	if err != nil {
 		return err
 	}
-	_, err = io.Copy(out, r)
+	// Compressed (S2: fast), so that no uncompressed copy of the pages
+	// is written even then; checked on its way in.
+	zw := s2.NewWriter(out)
+	_, err = io.Copy(zw, r)
+	if cerr := zw.Close(); err == nil {
+		err = cerr
+	}
 	if cerr := out.Close(); err == nil {
 		err = cerr
 	}

@@ -342,3 +342,21 @@ func nrPages(pe *pagemap.PagemapEntry) int64 {
 	}
 	return int64(pe.GetNrPages())
 }
+
+// PagesID returns the id N of the pages image (pages-N.img) that the
+// pagemap image name in dir (pagemap-PID.img, pagemap-shmem-ID.img)
+// points to, from its head.
+func PagesID(dir, name string) (uint32, error) {
+	raw, err := rawEntries(dir, name, "PAGEMAP")
+	if err != nil {
+		return 0, err
+	}
+	if len(raw) == 0 {
+		return 0, fmt.Errorf("%w: %s: no head", ErrBadImage, name)
+	}
+	var head pagemap.PagemapHead
+	if err := proto.Unmarshal(raw[0], &head); err != nil {
+		return 0, fmt.Errorf("%w: %s: head: %v", ErrBadImage, name, err)
+	}
+	return head.GetPagesId(), nil
+}
