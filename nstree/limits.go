@@ -72,20 +72,34 @@ func leaveMirrors() {
 	}
 }
 
-// MoveToMirrors puts the processes of the cgroup leaf into its mirrors: a
-// restored process comes back in cr's own hierarchy only (CRIU restores
-// the cgroups of that hierarchy alone), and joins the limits here, before
-// it resumes.
+// JoinMirrors puts the process pid into the mirrors of the cgroup leaf.
+// A restore calls it for the restored root task at CRIU's
+// setup-namespaces notification: the task exists, and CRIU has not yet
+// created its cgroup namespace, which it roots at the task's cgroups of
+// the moment (criu/cgroup.c prepare_cgns). CRIU restores the cgroups of
+// cr's own hierarchy only, so without this the namespace of a hybrid
+// host's job would be rooted at CRIU's own v1 cgroups, and the mirrors
+// would lie outside it. Every task CRIU forks afterwards inherits them.
+func JoinMirrors(leaf string, pid int) error {
+	return moveToMirrors(leaf, []int{pid})
+}
+
+// MoveToMirrors puts the processes of the cgroup leaf into its mirrors,
+// where JoinMirrors has not already put them, so that the limits cover
+// every restored process before it resumes.
 func MoveToMirrors(leaf string) error {
-	ms := mirrors(leaf)
-	if len(ms) == 0 {
+	if len(mirrors(leaf)) == 0 {
 		return nil
 	}
 	pids, err := Procs(leaf)
 	if err != nil {
 		return err
 	}
-	for _, m := range ms {
+	return moveToMirrors(leaf, pids)
+}
+
+func moveToMirrors(leaf string, pids []int) error {
+	for _, m := range mirrors(leaf) {
 		if err := os.MkdirAll(m, 0o755); err != nil {
 			return fmt.Errorf("create cgroup: %w", err)
 		}
