@@ -37,10 +37,18 @@ func TestRestoredCgroupNamespace(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			path := "/cgns-" + tc.name
 			view := filepath.Join(t.TempDir(), "cgroup")
-			// The job itself reads /proc/self/cgroup, again and again (a new
-			// process each time, born after a restore as well).
-			script := `while :; do cat /proc/self/cgroup > "$1.tmp" && mv "$1.tmp" "$1"; sleep 0.05; done`
-			args := append(append([]string{"run"}, tc.flags...), path, "--", "sh", "-c", script, "sh", view)
+			// Whenever the file is missing, the job forks a child that reads
+			// its own /proc/self/cgroup into it: a new process each time,
+			// born after a restore as well, and none otherwise.
+			script := `my $f = shift; while (1) {
+	if (! -e $f) {
+		my $p = fork();
+		if (defined $p && $p == 0) { open(my $in, "<", "/proc/self/cgroup") or exit 1; local $/; my $c = <$in>; open(my $out, ">", "$f.tmp") or exit 1; print $out $c; close $out; rename("$f.tmp", $f); exit 0 }
+		waitpid($p, 0) if $p;
+	}
+	select(undef, undef, undef, 0.05);
+}`
+			args := append(append([]string{"run"}, tc.flags...), path, "--", "/usr/bin/perl", "-e", script, view)
 			mustCr(t, args...)
 			killAtCleanup(t, path)
 			// What the job reads, and what cr enter reads, inside.
