@@ -98,13 +98,28 @@ func MoveToMirrors(leaf string) error {
 	return moveToMirrors(leaf, pids)
 }
 
-func moveToMirrors(leaf string, pids []int) error {
-	for _, m := range mirrors(leaf) {
+// PrepareMirrors creates the mirrors of the cgroup leaf where they are
+// missing, makes their memory controller take the charges of the tasks
+// that move in (v1 memory: the restored pages' charges move with the
+// tasks), and returns them: the directories a restored root task joins
+// (JoinMirrors, or CRIU's action script for a restore on its command line).
+func PrepareMirrors(leaf string) ([]string, error) {
+	ms := mirrors(leaf)
+	for _, m := range ms {
 		if err := os.MkdirAll(m, 0o755); err != nil {
-			return fmt.Errorf("create cgroup: %w", err)
+			return nil, fmt.Errorf("create cgroup: %w", err)
 		}
-		// v1 memory: the restored pages' charges move with the tasks.
 		_ = os.WriteFile(filepath.Join(m, "memory.move_charge_at_immigrate"), []byte("3"), 0)
+	}
+	return ms, nil
+}
+
+func moveToMirrors(leaf string, pids []int) error {
+	ms, err := PrepareMirrors(leaf)
+	if err != nil {
+		return err
+	}
+	for _, m := range ms {
 		for _, p := range pids {
 			if err := os.WriteFile(filepath.Join(m, "cgroup.procs"), []byte(fmt.Sprint(p)), 0); err != nil && !errors.Is(err, os.ErrNotExist) {
 				return fmt.Errorf("move %d to %s: %w", p, m, err)
