@@ -190,14 +190,6 @@ func (e *env) measureIn(ctx context.Context, w Workload, r *Run, warn func(strin
 	} else {
 		err = e.measureCR(ctx, j, r)
 		if err == nil {
-			// Raw CRIU gets a job of its own, as in odd runs: a job that cr
-			// restored on a hybrid host sees its v1 controller cgroups outside
-			// its cgroup namespace's root, and a raw criu dump refuses it
-			// ("invalid cgroup configuration"; cr's own dump does not).
-			_, _, _ = e.crCmd(ctx, e.src, "kill", "/bench")
-			if j, err = e.startJob(ctx, w); err != nil {
-				return step("start a job for raw CRIU", err)
-			}
 			err = e.measureRaw(ctx, j, r)
 		}
 	}

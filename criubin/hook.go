@@ -32,8 +32,12 @@ type Hook struct {
 }
 
 // ListenHook makes the action script in dir (CRIU's work directory) and
-// listens for it. exe is cr's own binary (os.Executable).
-func ListenHook(dir, exe string) (*Hook, error) {
+// listens for it. exe is cr's own binary (os.Executable). At CRIU's
+// setup-namespaces, before CRIU creates the restored cgroup namespace
+// (rooted at the root task's cgroups of that moment), the script moves
+// the restored root task into the cgroup directories join, as swrk's
+// setup-namespaces notification lets a swrk run do.
+func ListenHook(dir, exe string, join []string) (*Hook, error) {
 	const name = "cr-hook.sock"
 	sock := filepath.Join(dir, name)
 	ln, err := streamer.ListenIn(dir, name)
@@ -41,9 +45,20 @@ func ListenHook(dir, exe string) (*Hook, error) {
 		return nil, fmt.Errorf("listen for criu's action script: %w", err)
 	}
 	script := filepath.Join(dir, "cr-hook.sh")
+	body := "#!/bin/sh\n"
+	if len(join) > 0 {
+		var dirs []string
+		for _, d := range join {
+			dirs = append(dirs, shellQuote(d))
+		}
+		body += "# cr: the restored root task joins its cgroups before CRIU makes its cgroup namespace\n" +
+			"if [ \"$CRTOOLS_SCRIPT_ACTION\" = setup-namespaces ]; then\n" +
+			"\tfor d in " + strings.Join(dirs, " ") + "; do echo \"$CRTOOLS_INIT_PID\" > \"$d/cgroup.procs\" || exit 1; done\n" +
+			"\texit 0\n" +
+			"fi\n"
+	}
 	// The socket by its name in dir: its full path may be too long.
-	body := "#!/bin/sh\n" +
-		"# cr: hold the restored tree at post-restore until cr says it may run\n" +
+	body += "# cr: hold the restored tree at post-restore until cr says it may run\n" +
 		"[ \"$CRTOOLS_SCRIPT_ACTION\" = post-restore ] || exit 0\n" +
 		"cd " + shellQuote(dir) + " || exit 1\n" +
 		"exec " + shellQuote(exe) + " " + HookCommand + " " + name + "\n"

@@ -294,26 +294,6 @@ func (h *host) progresses(t testing.TB, j *job, path string, since int64) bool {
 	return false
 }
 
-func askVia(t testing.TB, report string, signal func()) Report {
-	t.Helper()
-	_ = os.Remove(report)
-	deadline := time.Now().Add(30 * time.Second)
-	for time.Now().Before(deadline) {
-		signal()
-		for i := 0; i < 20; i++ {
-			if b, err := os.ReadFile(report); err == nil {
-				var r Report
-				if err := json.Unmarshal(b, &r); err == nil {
-					return r
-				}
-			}
-			time.Sleep(25 * time.Millisecond)
-		}
-	}
-	t.Fatalf("job did not write %s", report)
-	return Report{}
-}
-
 // incoming lists the per-migration directories of the receiver's staging
 // area.
 func (h *host) incoming(t testing.TB) []string {

@@ -394,12 +394,20 @@ func (j *job) waitReady(t testing.TB) {
 // ask makes the job report its state now and returns the report.
 func (j *job) ask(t testing.TB) Report {
 	t.Helper()
-	_ = os.Remove(j.report)
+	return askVia(t, j.report, func() { mustCr(t, "kill", "-s", "USR1", j.path) })
+}
+
+// askVia makes a test job report through signal (which sends it SIGUSR1,
+// however it is reached), repeated until the report file holds a whole
+// report, and returns it.
+func askVia(t testing.TB, report string, signal func()) Report {
+	t.Helper()
+	_ = os.Remove(report)
 	deadline := time.Now().Add(30 * time.Second)
 	for time.Now().Before(deadline) {
-		mustCr(t, "kill", "-s", "USR1", j.path)
+		signal()
 		for i := 0; i < 20; i++ {
-			if b, err := os.ReadFile(j.report); err == nil {
+			if b, err := os.ReadFile(report); err == nil {
 				var r Report
 				if err := json.Unmarshal(b, &r); err == nil {
 					return r
@@ -408,7 +416,7 @@ func (j *job) ask(t testing.TB) Report {
 			time.Sleep(25 * time.Millisecond)
 		}
 	}
-	t.Fatalf("job %s did not report", j.path)
+	t.Fatalf("job did not write %s", report)
 	return Report{}
 }
 

@@ -2,6 +2,8 @@ package e2e
 
 import (
 	"encoding/json"
+	"errors"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -84,11 +86,16 @@ func inLimitedCgroupsIn(t *testing.T, l limits.Layout, crf func(...string) strin
 	if len(procs) == 0 {
 		t.Fatalf("%s has no processes", path)
 	}
+	checked := 0
 	for _, p := range procs {
 		b, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(p.HostPid), "cgroup"))
+		if errors.Is(err, fs.ErrNotExist) {
+			continue // a short-lived process of the job, gone since cr ps
+		}
 		if err != nil {
 			t.Fatal(err)
 		}
+		checked++
 		for _, c := range []string{"memory", "cpu", "pids", "io"} {
 			if l.V2[c] || l.V1[c] == "" {
 				continue
@@ -111,6 +118,9 @@ func inLimitedCgroupsIn(t *testing.T, l limits.Layout, crf func(...string) strin
 				t.Errorf("process %d has no %s cgroup", p.HostPid, c)
 			}
 		}
+	}
+	if checked == 0 {
+		t.Fatalf("every process of %s was gone before its cgroups were read", path)
 	}
 }
 

@@ -64,24 +64,11 @@ func otherTree(t *testing.T, name string, extra []string) []string {
 // askIn is job.ask for a job of another tree.
 func askIn(t *testing.T, e []string, path, report string) Report {
 	t.Helper()
-	_ = os.Remove(report)
-	deadline := time.Now().Add(30 * time.Second)
-	for time.Now().Before(deadline) {
+	return askVia(t, report, func() {
 		if r := crEnv(t, e, "kill", "-s", "USR1", path); r.code != 0 {
 			t.Fatalf("cr kill -s USR1 %s: %s", path, r)
 		}
-		for i := 0; i < 20; i++ {
-			if b, err := os.ReadFile(report); err == nil {
-				var r Report
-				if err := json.Unmarshal(b, &r); err == nil {
-					return r
-				}
-			}
-			time.Sleep(25 * time.Millisecond)
-		}
-	}
-	t.Fatalf("job %s did not report", path)
-	return Report{}
+	})
 }
 
 // TestS3Fleet: two hosts (two trees) keep snapshots of one 256 MiB job in

@@ -49,7 +49,10 @@ var publishChains = []struct {
 	hook *nftables.ChainHook
 }{{"prerouting", nftables.ChainHookPrerouting}, {"output", nftables.ChainHookOutput}}
 
-func ownerTag(owner string) []byte { return []byte("cr-node:" + owner) }
+func ownerTag(owner string) []byte { return []byte(ownerTagPrefix + owner) }
+
+// ownerTagPrefix starts the user data of every rule cr publishes a port with.
+const ownerTagPrefix = "cr-node:"
 
 // dnatRule: fib daddr type local PROTO dport HOST dnat to ADDR:CONTAINER.
 func dnatRule(addr netip.Addr, p Port) []expr.Any {
@@ -151,22 +154,20 @@ func (c Config) unpublishLocked(conn *nftables.Conn, owner string) {
 			_ = os.Remove(p)
 		}
 	}
-	t := &nftables.Table{Family: nftables.TableFamilyIPv4, Name: c.Table()}
-	for _, pc := range publishChains {
-		rules, err := conn.GetRules(t, &nftables.Chain{Name: pc.name, Table: t})
-		if err != nil {
-			continue
-		}
-		for _, r := range rules {
-			if bytes.Equal(r.UserData, ownerTag(owner)) {
-				_ = conn.DelRule(r)
-			}
-		}
-	}
+	c.delPublishRules(conn, func(r *nftables.Rule) bool { return bytes.Equal(r.UserData, ownerTag(owner)) })
 }
 
 // forgetGone queues the deletion of the rules whose owner is not live.
 func (c Config) forgetGone(conn *nftables.Conn, live func(string) bool) {
+	c.delPublishRules(conn, func(r *nftables.Rule) bool {
+		o, ok := strings.CutPrefix(string(r.UserData), ownerTagPrefix)
+		return ok && !live(o)
+	})
+}
+
+// delPublishRules queues on conn the deletion of the rules of the
+// table's publish chains that match says to delete.
+func (c Config) delPublishRules(conn *nftables.Conn, match func(*nftables.Rule) bool) {
 	t := &nftables.Table{Family: nftables.TableFamilyIPv4, Name: c.Table()}
 	for _, pc := range publishChains {
 		rules, err := conn.GetRules(t, &nftables.Chain{Name: pc.name, Table: t})
@@ -174,7 +175,7 @@ func (c Config) forgetGone(conn *nftables.Conn, live func(string) bool) {
 			continue
 		}
 		for _, r := range rules {
-			if o, ok := strings.CutPrefix(string(r.UserData), "cr-node:"); ok && !live(o) {
+			if match(r) {
 				_ = conn.DelRule(r)
 			}
 		}

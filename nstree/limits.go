@@ -72,25 +72,54 @@ func leaveMirrors() {
 	}
 }
 
-// MoveToMirrors puts the processes of the cgroup leaf into its mirrors: a
-// restored process comes back in cr's own hierarchy only (CRIU restores
-// the cgroups of that hierarchy alone), and joins the limits here, before
-// it resumes.
+// JoinMirrors puts the process pid into the mirrors of the cgroup leaf.
+// A restore calls it for the restored root task at CRIU's
+// setup-namespaces notification: the task exists, and CRIU has not yet
+// created its cgroup namespace, which it roots at the task's cgroups of
+// the moment (criu/cgroup.c prepare_cgns). CRIU restores the cgroups of
+// cr's own hierarchy only, so without this the namespace of a hybrid
+// host's job would be rooted at CRIU's own v1 cgroups, and the mirrors
+// would lie outside it. Every task CRIU forks afterwards inherits them.
+func JoinMirrors(leaf string, pid int) error {
+	return moveToMirrors(leaf, []int{pid})
+}
+
+// MoveToMirrors puts the processes of the cgroup leaf into its mirrors,
+// where JoinMirrors has not already put them, so that the limits cover
+// every restored process before it resumes.
 func MoveToMirrors(leaf string) error {
-	ms := mirrors(leaf)
-	if len(ms) == 0 {
+	if len(mirrors(leaf)) == 0 {
 		return nil
 	}
 	pids, err := Procs(leaf)
 	if err != nil {
 		return err
 	}
+	return moveToMirrors(leaf, pids)
+}
+
+// PrepareMirrors creates the mirrors of the cgroup leaf where they are
+// missing, makes their memory controller take the charges of the tasks
+// that move in (v1 memory: the restored pages' charges move with the
+// tasks), and returns them: the directories a restored root task joins
+// (JoinMirrors, or CRIU's action script for a restore on its command line).
+func PrepareMirrors(leaf string) ([]string, error) {
+	ms := mirrors(leaf)
 	for _, m := range ms {
 		if err := os.MkdirAll(m, 0o755); err != nil {
-			return fmt.Errorf("create cgroup: %w", err)
+			return nil, fmt.Errorf("create cgroup: %w", err)
 		}
-		// v1 memory: the restored pages' charges move with the tasks.
 		_ = os.WriteFile(filepath.Join(m, "memory.move_charge_at_immigrate"), []byte("3"), 0)
+	}
+	return ms, nil
+}
+
+func moveToMirrors(leaf string, pids []int) error {
+	ms, err := PrepareMirrors(leaf)
+	if err != nil {
+		return err
+	}
+	for _, m := range ms {
 		for _, p := range pids {
 			if err := os.WriteFile(filepath.Join(m, "cgroup.procs"), []byte(fmt.Sprint(p)), 0); err != nil && !errors.Is(err, os.ErrNotExist) {
 				return fmt.Errorf("move %d to %s: %w", p, m, err)

@@ -309,8 +309,9 @@ func fromDir(ctx context.Context, t *nstree.Tree, dir string, m *images.Manifest
 			l, hasRootfs := layouts[i]
 			h.done <- restoreOne(ctx, t, o, dir, work, c, n, l, hasRootfs, eps[i], feed, func(pid int32) error {
 				// CRIU restored the cgroups of cr's own hierarchy only:
-				// the limits' v1 controllers get the tasks here, before
-				// they resume.
+				// any task not already in the limits' v1 controllers
+				// (JoinMirrors at setup-namespaces) gets there here,
+				// before it resumes.
 				if err := nstree.MoveToMirrors(n.Leaf()); err != nil {
 					return err
 				}
@@ -524,7 +525,15 @@ func restoreOne(ctx context.Context, t *nstree.Tree, o Options, dir, work string
 	opts.WorkDirFd = proto.Int32(int32(workF.Fd()))
 	opts.LazyPages = proto.Bool(lazy)
 	_, err = criubin.Swrk(ctx, o.CRIU, rpc.CriuReqType_RESTORE, opts, func(script string, pid int32) error {
-		if script == "post-restore" {
+		switch script {
+		case "setup-namespaces":
+			// The root task waits here for CRIU to create its cgroup
+			// namespace, rooted at its cgroups of the moment: it joins
+			// the limits' v1 controllers first, so that it (and every
+			// task forked from it) sees them as "/" as a fresh container
+			// does.
+			return nstree.JoinMirrors(n.Leaf(), int(pid))
+		case "post-restore":
 			return onRestored(pid)
 		}
 		return nil

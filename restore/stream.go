@@ -275,7 +275,13 @@ func restoreStreamed(ctx context.Context, t *nstree.Tree, o Options, dir string,
 		return err
 	}
 	defer ln.Close()
-	hook, err := criubin.ListenHook(w.Path, o.Exe)
+	// The root task joins the limits' v1 controllers before CRIU makes
+	// its cgroup namespace (see nstree.JoinMirrors).
+	join, err := nstree.PrepareMirrors(n.Leaf())
+	if err != nil {
+		return err
+	}
+	hook, err := criubin.ListenHook(w.Path, o.Exe, join)
 	if err != nil {
 		return err
 	}
