@@ -268,3 +268,11 @@ func WriteDelta(w io.Writer, dir string, snap *Snapshot, writing func(rel string
 func ApplyDelta(r io.Reader, dir string, lim Limits) (LayerStats, error) {
 	return readLayer(r, dir, lim, true)
 }
+
+// PreCopied is what a migration's pre-copy left at the destination, in
+// its staging: the uppers (by manifest container index) that the image's
+// deltas apply to, and lowers (by digest, each verified).
+type PreCopied struct {
+	Uppers map[int]string
+	Lowers map[string]string
+}
