@@ -82,9 +82,19 @@ func HostFiles(root *nstree.Node) ([]hostcheck.File, error) {
 }
 
 // stageUpper archives the container's upper layer once CRIU has dumped it,
-// the container still frozen.
-func (c *Checkpoint) stageUpper(i int, m *member) error {
+// the container still frozen: only what changed since its pre-copy, if
+// a migration sent it before the freeze.
+func (c *Checkpoint) stageUpper(o Options, i int, m *member) error {
 	l := c.tree.RootfsLayout(&m.node.Config)
+	if snap := o.PreCopied[m.ic.Path]; snap != nil {
+		name, st, err := rootfs.StageDelta(c.Dir, i, l.Upper, snap, writingIn(m.node))
+		if err != nil {
+			return fmt.Errorf("%s: %w", m.node.Path, err)
+		}
+		r := m.ic.Rootfs
+		r.Upper, r.UpperFiles, r.UpperBytes, r.Removed, r.UpperDelta = name, st.Files, st.Bytes, st.Removed, true
+		return nil
+	}
 	name, st, err := rootfs.StageUpper(c.Dir, i, l.Upper)
 	if err != nil {
 		return fmt.Errorf("%s: %w", m.node.Path, err)

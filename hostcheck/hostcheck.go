@@ -181,3 +181,38 @@ func Check(files []File) error {
 	}
 	return fmt.Errorf("%w: %s", ErrMissing, strings.Join(bad, "; "))
 }
+
+// Writing lists the paths of the regular files that the processes pids
+// hold open for writing or have mapped shared and writable, as the
+// processes see them (inside a --rootfs container: relative to its
+// root): what a pre-copy compares by content, since a write to them need
+// not show in their size or time.
+func Writing(pids []int) []string {
+	seen := map[string]bool{}
+	for _, pid := range pids {
+		base := "/proc/" + strconv.Itoa(pid)
+		ents, _ := os.ReadDir(base + "/fd")
+		for _, e := range ents {
+			fd := filepath.Join(base, "fd", e.Name())
+			if st, err := os.Stat(fd); err != nil || !st.Mode().IsRegular() || !writable(filepath.Join(base, "fdinfo", e.Name())) {
+				continue
+			}
+			if p, err := os.Readlink(fd); err == nil {
+				seen[strings.TrimSuffix(p, " (deleted)")] = true
+			}
+		}
+		maps, _ := os.ReadFile(base + "/maps")
+		for _, l := range strings.Split(string(maps), "\n") {
+			f := strings.Fields(l)
+			if len(f) >= 6 && strings.HasPrefix(f[5], "/") && len(f[1]) == 4 && f[1][1] == 'w' && f[1][3] == 's' {
+				seen[strings.Join(f[5:], " ")] = true
+			}
+		}
+	}
+	out := make([]string, 0, len(seen))
+	for p := range seen {
+		out = append(out, p)
+	}
+	sort.Strings(out)
+	return out
+}

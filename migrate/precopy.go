@@ -19,14 +19,16 @@ import (
 )
 
 // Layer announces one file system that the sender sends before the
-// freeze (FS frame, docs/wire-protocol.md §10): the upper layer of
-// manifest container Container, or the lower Digest, as a layer archive
-// (rootfs.WritePreCopy) whose regular files hold at most Size bytes.
+// freeze (FS frame, docs/wire-protocol.md §10): the upper layer of the
+// container at Path (relative to the migrated root, as the manifest's
+// containers are: "/" is the root), or the lower Digest, as a layer
+// archive (rootfs.WritePreCopy) whose regular files hold at most Size
+// bytes.
 type Layer struct {
-	Kind      string `json:"kind"`
-	Container int    `json:"container"`
-	Digest    string `json:"digest,omitempty"`
-	Size      int64  `json:"size"`
+	Kind   string `json:"kind"`
+	Path   string `json:"path,omitempty"`
+	Digest string `json:"digest,omitempty"`
+	Size   int64  `json:"size"`
 }
 
 // Layer kinds.
@@ -117,7 +119,7 @@ func (s *server) offerPreCopy(req Request) *preCopy {
 	if !req.PreCopy || req.Lazy || s.cfg.PreCopy == nil || s.cfg.PreCopy() != nil {
 		return nil
 	}
-	pc := &preCopy{got: rootfs.PreCopied{Uppers: map[int]string{}, Lowers: map[string]string{}}}
+	pc := &preCopy{got: rootfs.PreCopied{Uppers: map[string]string{}, Lowers: map[string]string{}}}
 	for _, d := range req.SendLowers {
 		if (s.cfg.HasLower == nil || !s.cfg.HasLower(d)) && !slices.Contains(pc.want, d) {
 			pc.want = append(pc.want, d)
@@ -171,13 +173,16 @@ func (c *conn) receiveLayer(ctx context.Context, pc *preCopy, p []byte) string {
 	var rel string
 	switch l.Kind {
 	case LayerUpper:
-		if l.Container < 0 || l.Container >= lim.MaxFiles {
-			return c.fail(protocolErrorf("FS: container %d out of range", l.Container), false)
+		if err := checkTreePath(l.Path); err != nil {
+			return c.fail(protocolErrorf("FS: path: %v", err), false)
 		}
-		if _, dup := pc.got.Uppers[l.Container]; dup {
-			return c.fail(protocolErrorf("FS: container %d sent twice", l.Container), false)
+		if _, dup := pc.got.Uppers[l.Path]; dup {
+			return c.fail(protocolErrorf("FS: the upper of %s sent twice", l.Path), false)
 		}
-		rel = filepath.Join("upper", strconv.Itoa(l.Container))
+		if len(pc.got.Uppers) >= lim.MaxFiles {
+			return c.fail(protocolErrorf("FS: more than %d uppers", lim.MaxFiles), false)
+		}
+		rel = filepath.Join("upper", strconv.Itoa(len(pc.got.Uppers)))
 	case LayerLower:
 		if !rootfs.ValidDigest(l.Digest) || !slices.Contains(pc.want, l.Digest) {
 			return c.fail(protocolErrorf("FS: lower %q was not asked for", sanitize(l.Digest)), false)
@@ -214,7 +219,7 @@ func (c *conn) receiveLayer(ctx context.Context, pc *preCopy, p []byte) string {
 		return c.fail(fmt.Errorf("pre-copy of %s: %w", layerName(l), err), false)
 	}
 	if l.Kind == LayerUpper {
-		pc.got.Uppers[l.Container] = dir
+		pc.got.Uppers[l.Path] = dir
 	} else {
 		pc.got.Lowers[l.Digest] = dir
 	}
@@ -228,7 +233,7 @@ func layerName(l Layer) string {
 	if l.Kind == LayerLower {
 		return "the lower " + l.Digest
 	}
-	return fmt.Sprintf("the upper of container %d", l.Container)
+	return "the upper of " + l.Path
 }
 
 // receiveLayerData reads DATA frames up to FS_END into the layer reader,

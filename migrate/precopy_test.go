@@ -50,7 +50,7 @@ func TestPreCopy(t *testing.T) {
 	r := &fakeRestorer{onJob: func(j *Job) {
 		got = j.PreCopy
 		if got != nil {
-			upperAtRestore, _ = rootfs.Digest(got.Uppers[0])
+			upperAtRestore, _ = rootfs.Digest(got.Uppers["/"])
 			lowerAtRestore, _ = rootfs.Digest(got.Lowers[want])
 		}
 	}}
@@ -67,7 +67,7 @@ func TestPreCopy(t *testing.T) {
 		for _, l := range []struct {
 			l   Layer
 			dir string
-		}{{Layer{Kind: LayerLower, Digest: want, Size: 5}, lower}, {Layer{Kind: LayerUpper, Container: 0, Size: 5}, upper}} {
+		}{{Layer{Kind: LayerLower, Digest: want, Size: 5}, lower}, {Layer{Kind: LayerUpper, Path: "/", Size: 5}, upper}} {
 			if err := send(l.l, func(w io.Writer) error {
 				_, err := rootfs.WritePreCopy(w, l.dir, l.l.Size)
 				return err
@@ -151,12 +151,13 @@ func TestPreCopyHostile(t *testing.T) {
 		data  []byte
 		want  string
 	}{
-		{"not agreed", false, Layer{Kind: LayerUpper, Size: 10}, nil, "FS frame, but no pre-copy was agreed"},
+		{"not agreed", false, Layer{Kind: LayerUpper, Path: "/", Size: 10}, nil, "FS frame, but no pre-copy was agreed"},
 		{"lower not asked for", true, Layer{Kind: LayerLower, Digest: have, Size: 10}, nil, "was not asked for"},
+		{"bad path", true, Layer{Kind: LayerUpper, Path: "/../x", Size: 10}, nil, "FS: path"},
 		{"unknown kind", true, Layer{Kind: "other", Size: 10}, nil, "unknown kind"},
 		{"lying lower", true, Layer{Kind: LayerLower, Digest: want, Size: 100}, archive(other), "content has digest"},
-		{"over its size", true, Layer{Kind: LayerUpper, Size: 2}, archive(lower), "layer larger than declared"},
-		{"escape", true, Layer{Kind: LayerUpper, Size: 10}, escape, "unsafe layer entry"},
+		{"over its size", true, Layer{Kind: LayerUpper, Path: "/c", Size: 2}, archive(lower), "layer larger than declared"},
+		{"escape", true, Layer{Kind: LayerUpper, Path: "/c", Size: 10}, escape, "unsafe layer entry"},
 	} {
 		cl := rawClient(t, ts.addr, auth)
 		req := Request{Root: "/a"}

@@ -270,9 +270,42 @@ func ApplyDelta(r io.Reader, dir string, lim Limits) (LayerStats, error) {
 }
 
 // PreCopied is what a migration's pre-copy left at the destination, in
-// its staging: the uppers (by manifest container index) that the image's
-// deltas apply to, and lowers (by digest, each verified).
+// its staging: the uppers that the image's deltas apply to, by the
+// container's path in the manifest ("/" for the root), and lowers (by
+// digest, each verified).
 type PreCopied struct {
-	Uppers map[int]string
+	Uppers map[string]string
 	Lowers map[string]string
+}
+
+// MoveTree moves the tree at src to dst, an empty directory or none:
+// a rename, or across file systems a copy (a layer archive written and
+// read back) after which src is removed.
+func MoveTree(src, dst string) error {
+	err := os.Rename(src, dst)
+	if !errors.Is(err, unix.EXDEV) {
+		return err
+	}
+	if err := os.MkdirAll(dst, 0o700); err != nil {
+		return err
+	}
+	pr, pw := io.Pipe()
+	go func() {
+		_, err := WriteLayer(pw, src)
+		pw.CloseWithError(err)
+	}()
+	_, err = ReadLayer(pr, dst)
+	pr.CloseWithError(err)
+	if err != nil {
+		return fmt.Errorf("copy %s: %w", src, err)
+	}
+	return os.RemoveAll(src)
+}
+
+// Lower is the pre-copied lower with that digest ("" if none).
+func (p *PreCopied) Lower(digest string) string {
+	if p == nil {
+		return ""
+	}
+	return p.Lowers[digest]
 }
