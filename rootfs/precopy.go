@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"sort"
 	"strings"
@@ -282,6 +283,9 @@ type PreCopied struct {
 // a rename, or across file systems a copy (a layer archive written and
 // read back) after which src is removed.
 func MoveTree(src, dst string) error {
+	if err := os.Remove(dst); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
 	err := os.Rename(src, dst)
 	if !errors.Is(err, unix.EXDEV) {
 		return err
