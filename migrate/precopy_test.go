@@ -4,6 +4,7 @@ import (
 	"archive/tar"
 	"bytes"
 	"context"
+	"errors"
 	"io"
 	"os"
 	"path/filepath"
@@ -192,4 +193,36 @@ func TestPreCopyHostile(t *testing.T) {
 		}
 	}
 	assertMigrates(t, ts, auth, "/ok")
+}
+
+// A migration that fails after its pre-copy (the dump fails, the
+// destination's restore fails) leaves nothing of it in the staging area.
+func TestPreCopyRemovedOnFailure(t *testing.T) {
+	auth := tokenAuth(t)
+	upper, _ := layerTree(t, "upper")
+	for _, tc := range []struct {
+		name    string
+		prepare error
+		restore error
+	}{{"dump fails", errors.New("dump failed"), nil}, {"restore fails", nil, errors.New("restore failed")}} {
+		r := &fakeRestorer{failBefore: tc.restore}
+		ts := startServer(t, preCopyConfig(auth, ""), r)
+		src := newSource(t)
+		var hooks hookCounts
+		mig := src.migration(Request{Root: "/a", PreCopy: true}, &hooks)
+		mig.PreCopy = func(ctx context.Context, _ []string, send SendLayer) error {
+			return send(Layer{Kind: LayerUpper, Path: "/", Size: 5}, func(w io.Writer) error {
+				_, err := rootfs.WritePreCopy(w, upper, 5)
+				return err
+			})
+		}
+		if tc.prepare != nil {
+			mig.Prepare = func(context.Context) (int64, error) { return 0, tc.prepare }
+		}
+		if _, _, err := Migrate(context.Background(), ts.addr, auth, mig); err == nil {
+			t.Errorf("%s: migration succeeded", tc.name)
+		}
+		ts.log.waitLines(t, 1)
+		ts.assertClean(t)
+	}
 }
