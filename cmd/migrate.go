@@ -104,6 +104,13 @@ the destination, then thaw or kill it here.
 --pre-copy (iterative, needs soft-dirty memory tracking) is detected and
 refused with the reason.
 
+The file systems of --rootfs containers travel before the freeze: while
+the job runs, their upper layers (and with --with-rootfs the lowers the
+destination lacks) go to cr serve; after the freeze only what changed in
+the uppers since follows (compared by size, time, mode and, for files held
+open for writing, content), so the downtime grows with the files the job
+changes meanwhile, not with the size of its file system.
+
 Containers on cr's bridge (cr run --net=bridge) keep their address and
 their established TCP connections (--tcp-established, on by default): the
 destination's bridge must have the same subnet (CR_SUBNET, CR_BRIDGE there)
