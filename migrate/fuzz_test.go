@@ -24,8 +24,8 @@ import (
 	"unicode/utf8"
 
 	"github.com/cr-dev/cr/images"
-	"github.com/cr-dev/cr/rootfs"
 	"github.com/cr-dev/cr/nstree"
+	"github.com/cr-dev/cr/rootfs"
 )
 
 // Fuzz targets of the wire protocol. `make fuzz` runs each for longer;

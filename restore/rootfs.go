@@ -116,7 +116,9 @@ func prepareRootfs(t *nstree.Tree, dir string, c images.Container, n *nstree.Nod
 		if err := rootfs.MoveTree(pre.Uppers[c.Path], l.Upper); err != nil {
 			return l, fmt.Errorf("%s: pre-copied upper layer: %w", n.Path, err)
 		}
-		read = func(r io.Reader, dir string) (rootfs.LayerStats, error) { return rootfs.ApplyDelta(r, dir, rootfs.Limits{}) }
+		read = func(r io.Reader, dir string) (rootfs.LayerStats, error) {
+			return rootfs.ApplyDelta(r, dir, rootfs.Limits{})
+		}
 	}
 	if _, err := read(bufio.NewReaderSize(f, 1<<20), l.Upper); err != nil {
 		return l, fmt.Errorf("%s: upper layer: %w", n.Path, err)
