@@ -67,18 +67,24 @@ func Lowers(root *nstree.Node) ([]string, error) {
 }
 
 // HostFiles are the files that the processes of the subtree's containers
-// in the host's mount namespace (neither --rootfs nor --mount, whose
-// mounts CRIU rebuilds) have open or mapped: the host contract of a
+// on the host's file system have open or mapped: in the host's mount
+// namespace, or with --mount in a copy of it (whose tmpfs contents CRIU
+// carries: those are left out), not --rootfs: the host contract of a
 // migration (package hostcheck).
 func HostFiles(root *nstree.Node) ([]hostcheck.File, error) {
-	var pids []int
+	var host, mountNS []int
 	root.Walk(func(n *nstree.Node) {
-		if n.Rootfs == "" && !slices.Contains(n.Namespaces, "mnt") {
-			p, _ := nstree.Procs(n.Leaf())
-			pids = append(pids, p...)
+		if n.Rootfs != "" {
+			return
+		}
+		p, _ := nstree.Procs(n.Leaf())
+		if slices.Contains(n.Namespaces, "mnt") {
+			mountNS = append(mountNS, p...)
+		} else {
+			host = append(host, p...)
 		}
 	})
-	return hostcheck.Collect(pids)
+	return hostcheck.CollectAll(host, mountNS)
 }
 
 // stageUpper archives the container's upper layer once CRIU has dumped it,

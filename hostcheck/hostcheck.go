@@ -1,5 +1,6 @@
 // Package hostcheck is the host contract of a migration or a restore for
-// containers on the host's own file system (no --rootfs): every file their
+// containers on the host's own file system (no --rootfs; with --mount, a
+// copy of the host's mount table): every file their
 // processes have open or mapped must be at the destination, with the same
 // size, because CRIU reopens them by path and refuses a file whose size
 // changed. The source collects the files before it freezes anything; the
@@ -14,6 +15,8 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+
+	"golang.org/x/sys/unix"
 )
 
 // File is a regular file a process has open or mapped: its path as the
@@ -55,8 +58,16 @@ func Relevant(p string) bool {
 // (descriptors, working directory aside) or mapped, each once, sorted by
 // path. A process that is gone meanwhile is skipped; deleted files are left
 // out (CRIU carries them in the image).
-func Collect(pids []int) ([]File, error) {
+func Collect(pids []int) ([]File, error) { return CollectAll(pids, nil) }
+
+// CollectAll is Collect for the processes host, in the host's mount
+// namespace, and mountNS, in mount namespaces of their own copied from
+// the host's (cr run --mount): their paths are the host's, but what is on
+// a tmpfs there is left out, since CRIU carries the content of the
+// tmpfs mounts of a mount namespace it dumps.
+func CollectAll(host, mountNS []int) ([]File, error) {
 	seen := map[string]int64{}
+	var carried func(p string) bool // the file at p (a /proc link) is on a tmpfs
 	add := func(p string, size int64) {
 		if !Relevant(p) || strings.HasSuffix(p, " (deleted)") {
 			return
@@ -65,7 +76,16 @@ func Collect(pids []int) ([]File, error) {
 			seen[p] = size
 		}
 	}
-	for _, pid := range pids {
+	onTmpfs := func(p string) bool {
+		var fs unix.Statfs_t
+		return unix.Statfs(p, &fs) == nil && (fs.Type == unix.TMPFS_MAGIC || fs.Type == unix.RAMFS_MAGIC)
+	}
+	pids := append(append([]int(nil), host...), mountNS...)
+	for i, pid := range pids {
+		carried = nil
+		if i >= len(host) {
+			carried = onTmpfs
+		}
 		base := "/proc/" + strconv.Itoa(pid)
 		ents, err := os.ReadDir(base + "/fd")
 		if err != nil {
@@ -74,7 +94,7 @@ func Collect(pids []int) ([]File, error) {
 		for _, e := range ents {
 			fd := filepath.Join(base, "fd", e.Name())
 			st, err := os.Stat(fd) // the open file itself
-			if err != nil || !st.Mode().IsRegular() {
+			if err != nil || !st.Mode().IsRegular() || carried != nil && carried(fd) {
 				continue
 			}
 			p, err := os.Readlink(fd)
@@ -102,11 +122,13 @@ func Collect(pids []int) ([]File, error) {
 			}
 			// The mapped file itself, through map_files (by path it could
 			// be another one), where this process may read it.
-			st, err := os.Stat(filepath.Join(base, "map_files", f[0]))
+			mf := filepath.Join(base, "map_files", f[0])
+			st, err := os.Stat(mf)
 			if err != nil {
+				mf = p
 				st, err = os.Stat(p)
 			}
-			if err == nil && st.Mode().IsRegular() {
+			if err == nil && st.Mode().IsRegular() && !(carried != nil && carried(mf)) {
 				add(p, st.Size())
 			}
 		}
