@@ -16,6 +16,7 @@ import (
 	"github.com/cr-dev/cr/events"
 	"github.com/cr-dev/cr/migrate"
 	"github.com/cr-dev/cr/nstree"
+	"github.com/cr-dev/cr/rootfs"
 )
 
 // MigrateOptions are the flags of cr migrate.
@@ -53,6 +54,16 @@ type MigrateReport struct {
 	// Lazy only: the memory that followed the running job.
 	PagesSeconds float64 `json:"pages_seconds,omitempty"`
 	PageBytes    int64   `json:"page_bytes,omitempty"`
+	// The file systems of --rootfs containers sent before the freeze
+	// (their regular files' bytes and entries, the archives' bytes, the
+	// time), and what changed in their uppers since, sent after it.
+	PreCopyBytes        int64   `json:"precopy_bytes"`
+	PreCopyFiles        int     `json:"precopy_files"`
+	PreCopyArchiveBytes int64   `json:"precopy_archive_bytes"`
+	PreCopySeconds      float64 `json:"precopy_seconds"`
+	ChangedBytes        int64   `json:"fs_changed_bytes"`
+	ChangedFiles        int     `json:"fs_changed_files"`
+	RemovedFiles        int     `json:"fs_removed_files"`
 }
 
 func init() {
@@ -92,6 +103,13 @@ the destination, then thaw or kill it here.
 
 --pre-copy (iterative, needs soft-dirty memory tracking) is detected and
 refused with the reason.
+
+The file systems of --rootfs containers travel before the freeze: while
+the job runs, their upper layers (and with --with-rootfs the lowers the
+destination lacks) go to cr serve; after the freeze only what changed in
+the uppers since follows (compared by size, time, mode and, for files held
+open for writing, content), so the downtime grows with the files the job
+changes meanwhile, not with the size of its file system.
 
 Containers on cr's bridge (cr run --net=bridge) keep their address and
 their established TCP connections (--tcp-established, on by default): the
@@ -169,11 +187,14 @@ func runMigrate(ctx context.Context, out, errOut io.Writer, g *Global, o Migrate
 	// The host contract, which the destination checks before anything is
 	// frozen: the lowers it must have, the files the containers on this
 	// host's file system use, this CPU.
-	var lowers []string
-	if !o.WithRootfs {
-		if lowers, err = dump.Lowers(n); err != nil {
-			return err
-		}
+	var lowers, sendLowers []string
+	if o.WithRootfs {
+		sendLowers, err = dump.Lowers(n)
+	} else {
+		lowers, err = dump.Lowers(n)
+	}
+	if err != nil {
+		return err
 	}
 	files, err := dump.HostFiles(n)
 	if err != nil {
@@ -186,18 +207,46 @@ func runMigrate(ctx context.Context, out, errOut io.Writer, g *Global, o Migrate
 	var ck *dump.Checkpoint
 	var frozenAt, resumedAt time.Time
 	var raw int64
+	// The file systems of --rootfs containers go before the freeze when
+	// the destination takes them; then only their changes follow.
+	var pre struct {
+		snaps map[string]*rootfs.Snapshot
+		stats dump.PreCopyStats
+	}
+	hasRootfs := len(subtreeRootfs(n)) > 0
 	prog := newProgress(errOut, g, o.JSON)
 	defer prog.done()
 	mig := migrate.Migration{
 		Request: migrate.Request{Root: n.Path, As: as, CRVersion: Version, Lazy: o.Lazy, Lowers: lowers,
 			Arch: runtime.GOARCH, CRIUVersion: ver.Code(), Files: files, CPUInfo: cpu,
-			Networks: subtreeNetworks(n), Published: subtreePublished(n)},
+			Networks: subtreeNetworks(n), Published: subtreePublished(n),
+			PreCopy: hasRootfs && !o.Lazy, SendLowers: sendLowers},
+		PreCopy: func(ctx context.Context, want []string, send migrate.SendLayer) error {
+			prog.phase("sending file systems to "+host, subtreeRootfs(n).size(e.tree))
+			snaps, st, err := dump.PreCopy(e.tree, n, want, func(path, digest string, size int64, body func(io.Writer) error) error {
+				l := migrate.Layer{Kind: migrate.LayerUpper, Path: path, Size: size}
+				if path == "" {
+					l = migrate.Layer{Kind: migrate.LayerLower, Digest: digest, Size: size}
+				}
+				return send(l, body)
+			}, prog.update)
+			prog.done()
+			if err != nil {
+				return err
+			}
+			pre.snaps, pre.stats = snaps, st
+			g.verbosef(errOut, "sent %s of file systems (%d files) before the freeze", humanBytes(st.Bytes), st.Files)
+			return nil
+		},
 		Prepare: func(ctx context.Context) (int64, error) {
 			frozenAt = time.Now()
 			var err error
 			prog.phase("dumping "+e.show(n.Path), subtreeMemory(n))
+			// Pre-copied, the lowers are at the destination already.
+			withRootfs := o.WithRootfs && pre.snaps == nil
 			ck, err = dump.Run(ctx, e.tree, n, dump.Options{CRIU: criu, CRIUVersion: ver.Code(), CRVersion: Version,
-				StagingDir: stagingDir(e.tree), Lazy: o.Lazy, Stream: !o.Lazy, WithRootfs: o.WithRootfs, NoTCPEstablished: !o.TCPEstablished, Progress: prog.update})
+				StagingDir: stagingDir(e.tree), Lazy: o.Lazy, Stream: !o.Lazy, WithRootfs: withRootfs, NoTCPEstablished: !o.TCPEstablished,
+				PreCopied: pre.snaps, Progress: prog.update})
 			prog.done()
 			if err != nil {
 				return 0, err
@@ -230,7 +279,7 @@ func runMigrate(ctx context.Context, out, errOut io.Writer, g *Global, o Migrate
 		if !g.Quiet {
 			fmt.Fprintf(errOut, "cr migrate: %v; migrating stop-and-copy (--fallback)\n", err)
 		}
-		o.Lazy, mig.Request.Lazy = false, false
+		o.Lazy, mig.Request.Lazy, mig.Request.PreCopy = false, false, hasRootfs
 		info, stats, err = migrate.Migrate(ctx, host, au, mig)
 	}
 	downtime := time.Since(frozenAt)
@@ -265,7 +314,17 @@ func runMigrate(ctx context.Context, out, errOut io.Writer, g *Global, o Migrate
 	rep := MigrateReport{Path: e.show(n.Path), Host: host, Target: as, Pids: info.Pids, Lazy: o.Lazy, DowntimeSeconds: downtime.Seconds(),
 		TotalSeconds: stats.Elapsed.Seconds(), DumpSeconds: stats.Prepare.Seconds(), TransferSeconds: stats.Transfer.Seconds(),
 		RestoreSeconds: stats.Restore.Seconds(), RawBytes: raw, SentBytes: stats.BytesSent, ArchiveBytes: stats.ArchiveBytes,
-		PagesSeconds: stats.Pages.Seconds(), PageBytes: stats.PageBytes}
+		PagesSeconds: stats.Pages.Seconds(), PageBytes: stats.PageBytes,
+		PreCopyBytes: pre.stats.Bytes, PreCopyFiles: pre.stats.Files, PreCopyArchiveBytes: stats.PreCopyBytes, PreCopySeconds: stats.PreCopy.Seconds()}
+	if ck != nil && ck.Manifest != nil {
+		for _, c := range ck.Manifest.Containers {
+			if r := c.Rootfs; r != nil && r.UpperDelta {
+				rep.ChangedBytes += r.UpperBytes
+				rep.ChangedFiles += r.UpperFiles
+				rep.RemovedFiles += r.Removed
+			}
+		}
+	}
 	if rep.Target == "" {
 		rep.Target = n.Path
 	}
@@ -285,7 +344,34 @@ func runMigrate(ctx context.Context, out, errOut io.Writer, g *Global, o Migrate
 	if o.Lazy {
 		fmt.Fprintf(out, "  lazy: %s of memory followed in %s after the job resumed\n", humanBytes(rep.PageBytes), dur(rep.PagesSeconds))
 	}
+	if rep.PreCopyArchiveBytes > 0 {
+		fmt.Fprintf(out, "  file systems: %s (%d files) sent before the freeze in %s; %s (%d files, %d removed) changed since\n",
+			humanBytes(rep.PreCopyBytes), rep.PreCopyFiles, dur(rep.PreCopySeconds), humanBytes(rep.ChangedBytes), rep.ChangedFiles, rep.RemovedFiles)
+	}
 	return nil
+}
+
+// rootfsNodes are the running --rootfs containers of a subtree.
+type rootfsNodes []*nstree.Node
+
+func subtreeRootfs(n *nstree.Node) rootfsNodes {
+	var out rootfsNodes
+	n.Walk(func(m *nstree.Node) {
+		if m.Rootfs != "" && m.InitPid != 0 {
+			out = append(out, m)
+		}
+	})
+	return out
+}
+
+// size is what their uppers hold, for the progress of a pre-copy.
+func (ns rootfsNodes) size(t *nstree.Tree) int64 {
+	var total int64
+	for _, m := range ns {
+		s, _ := rootfs.Size(t.RootfsLayout(&m.Config).Upper)
+		total += s
+	}
+	return total
 }
 
 // subtreeNetworks lists the bridge addresses of the containers under n,

@@ -20,6 +20,7 @@ import (
 	"github.com/cr-dev/cr/network"
 	"github.com/cr-dev/cr/nstree"
 	"github.com/cr-dev/cr/restore"
+	"github.com/cr-dev/cr/rootfs"
 )
 
 // AuthOptions are the authentication flags of cr serve and cr migrate.
@@ -151,11 +152,18 @@ func runServe(ctx context.Context, g *Global, o ServeOptions) error {
 		Lazy: func() error { return lazyErr },
 		// A stop-and-copy migration is restored while it arrives.
 		Streamed: ropts.Exe != "",
+		// File systems are pre-copied into the staging area.
+		PreCopy: func() error { return nil },
+		HasLower: func(d string) bool {
+			_, err := rootfs.Cache{Dir: e.tree.RootfsCache}.Lookup(d)
+			return err == nil
+		},
 		Restorer: migrate.RestorerFunc(func(ctx context.Context, job *migrate.Job) (migrate.RestoreInfo, error) {
 			o := ropts
 			if job.Lazy {
 				o.Pages = job.Pages
 			}
+			o.PreCopied = job.PreCopy
 			ready := func(r *restore.Result) error {
 				return job.Ready(migrate.RestoreInfo{Paths: r.Containers, Pids: r.Pids})
 			}

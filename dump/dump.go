@@ -33,6 +33,7 @@ import (
 	"github.com/cr-dev/cr/images"
 	"github.com/cr-dev/cr/network"
 	"github.com/cr-dev/cr/nstree"
+	"github.com/cr-dev/cr/rootfs"
 	"github.com/cr-dev/cr/scratch"
 )
 
@@ -67,6 +68,11 @@ type Options struct {
 	// WithRootfs carries the lower layers of --rootfs containers in the
 	// image too (else only their digests).
 	WithRootfs bool
+	// PreCopied are the snapshots of the uppers a migration sent before
+	// the freeze (PreCopy), by the container's path relative to the
+	// subtree's root: for those the image carries only what changed
+	// since (images.Rootfs.UpperDelta).
+	PreCopied map[string]*rootfs.Snapshot
 	// Dumped, if set, is called by Take between the dump and the sink;
 	// Stored once the sink has the image, before the source is settled.
 	Dumped, Stored func(*Checkpoint)
@@ -309,7 +315,7 @@ func (c *Checkpoint) run(ctx context.Context, o Options) (*images.Manifest, erro
 			return nil, err
 		}
 		if m.ic.Rootfs != nil {
-			if err := c.stageUpper(i, m); err != nil {
+			if err := c.stageUpper(o, i, m); err != nil {
 				return nil, err
 			}
 		}

@@ -67,24 +67,40 @@ func Lowers(root *nstree.Node) ([]string, error) {
 }
 
 // HostFiles are the files that the processes of the subtree's containers
-// in the host's mount namespace (neither --rootfs nor --mount, whose
-// mounts CRIU rebuilds) have open or mapped: the host contract of a
+// on the host's file system have open or mapped: in the host's mount
+// namespace, or with --mount in a copy of it (whose tmpfs contents CRIU
+// carries: those are left out), not --rootfs: the host contract of a
 // migration (package hostcheck).
 func HostFiles(root *nstree.Node) ([]hostcheck.File, error) {
-	var pids []int
+	var host, mountNS []int
 	root.Walk(func(n *nstree.Node) {
-		if n.Rootfs == "" && !slices.Contains(n.Namespaces, "mnt") {
-			p, _ := nstree.Procs(n.Leaf())
-			pids = append(pids, p...)
+		if n.Rootfs != "" {
+			return
+		}
+		p, _ := nstree.Procs(n.Leaf())
+		if slices.Contains(n.Namespaces, "mnt") {
+			mountNS = append(mountNS, p...)
+		} else {
+			host = append(host, p...)
 		}
 	})
-	return hostcheck.Collect(pids)
+	return hostcheck.CollectAll(host, mountNS)
 }
 
 // stageUpper archives the container's upper layer once CRIU has dumped it,
-// the container still frozen.
-func (c *Checkpoint) stageUpper(i int, m *member) error {
+// the container still frozen: only what changed since its pre-copy, if
+// a migration sent it before the freeze.
+func (c *Checkpoint) stageUpper(o Options, i int, m *member) error {
 	l := c.tree.RootfsLayout(&m.node.Config)
+	if snap := o.PreCopied[m.ic.Path]; snap != nil {
+		name, st, err := rootfs.StageDelta(c.Dir, i, l.Upper, snap, writingIn(m.node))
+		if err != nil {
+			return fmt.Errorf("%s: %w", m.node.Path, err)
+		}
+		r := m.ic.Rootfs
+		r.Upper, r.UpperFiles, r.UpperBytes, r.Removed, r.UpperDelta = name, st.Files, st.Bytes, st.Removed, true
+		return nil
+	}
 	name, st, err := rootfs.StageUpper(c.Dir, i, l.Upper)
 	if err != nil {
 		return fmt.Errorf("%s: %w", m.node.Path, err)

@@ -44,6 +44,11 @@ type migrateReport struct {
 	CompressionRatio float64        `json:"compression_ratio"`
 	PagesSeconds     float64        `json:"pages_seconds"`
 	PageBytes        int64          `json:"page_bytes"`
+	PreCopyBytes     int64          `json:"precopy_bytes"`
+	PreCopyFiles     int            `json:"precopy_files"`
+	PreCopySeconds   float64        `json:"precopy_seconds"`
+	ChangedBytes     int64          `json:"fs_changed_bytes"`
+	ChangedFiles     int            `json:"fs_changed_files"`
 }
 
 // migrateArgs is a cr migrate command line to h with h's credentials.

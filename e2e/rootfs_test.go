@@ -342,7 +342,8 @@ func TestCheckpointRootfsOtherHost(t *testing.T) {
 // A --rootfs container migrates to a host that shares no file with this
 // one: without the lower there, refused before the freeze (the source runs
 // on, the message names the digest); with --with-rootfs it arrives with
-// its root, descriptors and memory, and nothing is left here.
+// its root, descriptors and memory (its file systems sent before the
+// freeze, what changed since after it), and nothing is left here.
 func TestMigrateRootfs(t *testing.T) {
 	h := rootfsHost(t)
 	lower := buildRootfs(t)
@@ -373,6 +374,15 @@ func TestMigrateRootfs(t *testing.T) {
 	var rep migrateReport
 	if err := json.Unmarshal([]byte(out), &rep); err != nil || rep.Target != "/rfm" {
 		t.Fatalf("cr migrate --json: %v\n%s", err, out)
+	}
+	// The lower and the upper went before the freeze; after it, what the
+	// job changed since (its counter file, held open and rewritten every
+	// 10 ms, which checkRootfsJob compares with its memory).
+	if rep.PreCopyFiles < 10 || rep.ChangedFiles < 1 || rep.ChangedFiles >= rep.PreCopyFiles {
+		t.Errorf("cr migrate --json: %d files before the freeze, %d changed since; want the lower's and the upper's, then a few", rep.PreCopyFiles, rep.ChangedFiles)
+	}
+	if s := h.staged(t); len(s) != 0 {
+		t.Errorf("the destination's staging holds %v", s)
 	}
 	if l := ls(t); len(filterPrefix(l, "/rfm")) != 0 {
 		t.Errorf("the source still has %v", l)

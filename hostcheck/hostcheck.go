@@ -1,5 +1,6 @@
 // Package hostcheck is the host contract of a migration or a restore for
-// containers on the host's own file system (no --rootfs): every file their
+// containers on the host's own file system (no --rootfs; with --mount, a
+// copy of the host's mount table): every file their
 // processes have open or mapped must be at the destination, with the same
 // size, because CRIU reopens them by path and refuses a file whose size
 // changed. The source collects the files before it freezes anything; the
@@ -14,6 +15,8 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+
+	"golang.org/x/sys/unix"
 )
 
 // File is a regular file a process has open or mapped: its path as the
@@ -55,8 +58,16 @@ func Relevant(p string) bool {
 // (descriptors, working directory aside) or mapped, each once, sorted by
 // path. A process that is gone meanwhile is skipped; deleted files are left
 // out (CRIU carries them in the image).
-func Collect(pids []int) ([]File, error) {
+func Collect(pids []int) ([]File, error) { return CollectAll(pids, nil) }
+
+// CollectAll is Collect for the processes host, in the host's mount
+// namespace, and mountNS, in mount namespaces of their own copied from
+// the host's (cr run --mount): their paths are the host's, but what is on
+// a tmpfs there is left out, since CRIU carries the content of the
+// tmpfs mounts of a mount namespace it dumps.
+func CollectAll(host, mountNS []int) ([]File, error) {
 	seen := map[string]int64{}
+	var carried func(p string) bool // the file at p (a /proc link) is on a tmpfs
 	add := func(p string, size int64) {
 		if !Relevant(p) || strings.HasSuffix(p, " (deleted)") {
 			return
@@ -65,7 +76,16 @@ func Collect(pids []int) ([]File, error) {
 			seen[p] = size
 		}
 	}
-	for _, pid := range pids {
+	onTmpfs := func(p string) bool {
+		var fs unix.Statfs_t
+		return unix.Statfs(p, &fs) == nil && (fs.Type == unix.TMPFS_MAGIC || fs.Type == unix.RAMFS_MAGIC)
+	}
+	pids := append(append([]int(nil), host...), mountNS...)
+	for i, pid := range pids {
+		carried = nil
+		if i >= len(host) {
+			carried = onTmpfs
+		}
 		base := "/proc/" + strconv.Itoa(pid)
 		ents, err := os.ReadDir(base + "/fd")
 		if err != nil {
@@ -74,7 +94,7 @@ func Collect(pids []int) ([]File, error) {
 		for _, e := range ents {
 			fd := filepath.Join(base, "fd", e.Name())
 			st, err := os.Stat(fd) // the open file itself
-			if err != nil || !st.Mode().IsRegular() {
+			if err != nil || !st.Mode().IsRegular() || carried != nil && carried(fd) {
 				continue
 			}
 			p, err := os.Readlink(fd)
@@ -102,11 +122,13 @@ func Collect(pids []int) ([]File, error) {
 			}
 			// The mapped file itself, through map_files (by path it could
 			// be another one), where this process may read it.
-			st, err := os.Stat(filepath.Join(base, "map_files", f[0]))
+			mf := filepath.Join(base, "map_files", f[0])
+			st, err := os.Stat(mf)
 			if err != nil {
+				mf = p
 				st, err = os.Stat(p)
 			}
-			if err == nil && st.Mode().IsRegular() {
+			if err == nil && st.Mode().IsRegular() && !(carried != nil && carried(mf)) {
 				add(p, st.Size())
 			}
 		}
@@ -180,4 +202,39 @@ func Check(files []File) error {
 		bad = append(bad[:most], fmt.Sprintf("and %d more", n-most))
 	}
 	return fmt.Errorf("%w: %s", ErrMissing, strings.Join(bad, "; "))
+}
+
+// Writing lists the paths of the regular files that the processes pids
+// hold open for writing or have mapped shared and writable, as the
+// processes see them (inside a --rootfs container: relative to its
+// root): what a pre-copy compares by content, since a write to them need
+// not show in their size or time.
+func Writing(pids []int) []string {
+	seen := map[string]bool{}
+	for _, pid := range pids {
+		base := "/proc/" + strconv.Itoa(pid)
+		ents, _ := os.ReadDir(base + "/fd")
+		for _, e := range ents {
+			fd := filepath.Join(base, "fd", e.Name())
+			if st, err := os.Stat(fd); err != nil || !st.Mode().IsRegular() || !writable(filepath.Join(base, "fdinfo", e.Name())) {
+				continue
+			}
+			if p, err := os.Readlink(fd); err == nil {
+				seen[strings.TrimSuffix(p, " (deleted)")] = true
+			}
+		}
+		maps, _ := os.ReadFile(base + "/maps")
+		for _, l := range strings.Split(string(maps), "\n") {
+			f := strings.Fields(l)
+			if len(f) >= 6 && strings.HasPrefix(f[5], "/") && len(f[1]) == 4 && f[1][1] == 'w' && f[1][3] == 's' {
+				seen[strings.Join(f[5:], " ")] = true
+			}
+		}
+	}
+	out := make([]string, 0, len(seen))
+	for p := range seen {
+		out = append(out, p)
+	}
+	sort.Strings(out)
+	return out
 }

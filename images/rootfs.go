@@ -29,6 +29,12 @@ type Rootfs struct {
 	UpperFiles int   `json:"upper_files"`
 	UpperBytes int64 `json:"upper_bytes"`
 	Deleted    int   `json:"deleted"`
+	// UpperDelta: the upper entry holds only what changed since a
+	// migration sent the upper before the freeze (a delta,
+	// rootfs.WriteDelta), and restores only where that pre-copy is; the
+	// counts are the delta's, Removed its removals.
+	UpperDelta bool `json:"upper_delta,omitempty"`
+	Removed    int  `json:"removed,omitempty"`
 }
 
 // validate checks that r names a lower by a well-formed digest and that
@@ -49,7 +55,7 @@ func (r *Rootfs) validate(files map[string]bool) error {
 			return fmt.Errorf("entry %q not in the archive", e)
 		}
 	}
-	if r.UpperFiles < 0 || r.UpperBytes < 0 || r.Deleted < 0 {
+	if r.UpperFiles < 0 || r.UpperBytes < 0 || r.Deleted < 0 || r.Removed < 0 {
 		return errors.New("negative counts")
 	}
 	return nil

@@ -29,6 +29,13 @@ type Migration struct {
 	// Body writes the image archive to w. The receiver extracts it while it
 	// arrives. If Body fails, Migrate sends ABORT and returns the error.
 	Body func(ctx context.Context, w io.Writer) error
+	// PreCopy, if set, runs when the receiver took the request's offer of
+	// a pre-copy (Request.PreCopy), before Prepare: the caller sends the
+	// file systems of the running source with send, the lowers in want
+	// (those of Request.SendLowers the receiver lacks) and the uppers. If
+	// it fails, Migrate sends ABORT and returns its error: the source was
+	// not touched.
+	PreCopy func(ctx context.Context, want []string, send SendLayer) error
 	// OnReady, if set, runs when the receiver restored the tree and waits,
 	// its tasks not yet resumed. An error aborts the migration (the
 	// receiver kills what it restored); nil lets Migrate send COMMIT.
@@ -161,6 +168,12 @@ func (cl *client) run(ctx context.Context, addr string, auth Auth) (RestoreInfo,
 	cl.fc.writeTTL = cl.idle
 	stopPing := startPinger(cl.fc, cl.idle/4)
 	defer stopPing()
+
+	// The file systems, while the source runs.
+	if err := cl.preCopy(ctx, acc); err != nil {
+		cl.abort(err)
+		return RestoreInfo{}, err
+	}
 
 	// Prepare: the caller freezes and dumps the source.
 	t0 := time.Now()

@@ -25,6 +25,7 @@ import (
 
 	"github.com/cr-dev/cr/images"
 	"github.com/cr-dev/cr/nstree"
+	"github.com/cr-dev/cr/rootfs"
 )
 
 // Fuzz targets of the wire protocol. `make fuzz` runs each for longer;
@@ -534,6 +535,7 @@ func newFuzzServer(f *testing.F) *fuzzServer {
 		ReadyTimeout: 10 * time.Second,
 		Restorer:     srv.restorer,
 		Lazy:         func() error { return nil },
+		PreCopy:      func() error { return nil },
 		Check: func(req Request) error {
 			if req.Target() == "/exists" {
 				return ErrTargetExists
@@ -611,6 +613,15 @@ func FuzzServerConversation(f *testing.F) {
 	f.Add(conversation(f, Request{Root: "/src"}, plain, size-1, 1000, commit))
 	f.Add(conversation(f, Request{Root: "/src"}, plain[:len(plain)/2], size, 1000, commit))
 	f.Add(conversation(f, Request{Root: "/../x"}, plain, size, 1000, commit))
+	// A pre-copy of an upper before BEGIN; one that lies about its size.
+	layer := fuzzLayer(f)
+	for _, declared := range []int64{4096, 1} {
+		c := conversation(f, Request{Root: "/src", PreCopy: true}, plain, size, 1000, commit)
+		req := encodeJSONFrame(f, msgRequest, Request{Root: "/src", PreCopy: true})
+		pre := bytes.Join([][]byte{req, encodeJSONFrame(f, msgFS, Layer{Kind: LayerUpper, Path: "/", Size: declared}),
+			encodeFrame(f, msgData, layer), encodeJSONFrame(f, msgFSEnd, endMsg{Bytes: int64(len(layer))})}, nil)
+		f.Add(append(pre, c[len(req):]...))
+	}
 	f.Fuzz(func(t *testing.T, in []byte) {
 		r := srv.restorer
 		*r = fuzzRestorer{}
@@ -790,4 +801,17 @@ func FuzzAuthenticate(f *testing.F) {
 			}
 		}
 	})
+}
+
+// fuzzLayer is a small upper layer archive.
+func fuzzLayer(f *testing.F) []byte {
+	dir := f.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "file"), []byte("upper"), 0o644); err != nil {
+		f.Fatal(err)
+	}
+	var buf bytes.Buffer
+	if _, err := rootfs.WriteLayer(&buf, dir); err != nil {
+		f.Fatal(err)
+	}
+	return buf.Bytes()
 }

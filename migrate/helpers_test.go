@@ -150,6 +150,7 @@ type fakeRestorer struct {
 	started    chan struct{} // closed (once) when Restore is entered, if set
 	block      chan struct{} // Restore waits for it before ready, if set
 	afterReady func()        // called after ready returned nil
+	onJob      func(*Job)    // called with the job first, if set
 	// lazy, for lazy jobs, plays the lazy-pages daemons after the
 	// resume: Restore returns its error.
 	lazy func(ctx context.Context, job *Job, daemons []*os.File) error
@@ -167,6 +168,9 @@ type fakeRestorer struct {
 
 func (f *fakeRestorer) Restore(ctx context.Context, job *Job) (RestoreInfo, error) {
 	dir, m, as, ready := job.Dir, job.Manifest, job.As, job.Ready
+	if f.onJob != nil {
+		f.onJob(job)
+	}
 	files, err := hashTree(dir)
 	f.mu.Lock()
 	f.calls++

@@ -47,6 +47,11 @@ type Request struct {
 	// Published are the host ports the subtree's containers publish
 	// (HOSTPORT:PORT/PROTO): the receiver refuses those in use there.
 	Published []string `json:"published,omitempty"`
+	// PreCopy offers to send the file systems of the subtree's --rootfs
+	// containers before the freeze (FS frames); SendLowers are the
+	// lowers the sender can send then (--with-rootfs).
+	PreCopy    bool     `json:"precopy,omitempty"`
+	SendLowers []string `json:"send_lowers,omitempty"`
 }
 
 // Bounds of Request.Lowers, Request.CPUInfo and Request.Networks.
@@ -95,9 +100,12 @@ func (r Request) validate() error {
 	if len(r.Lowers) > maxLowers {
 		return fmt.Errorf("lowers: more than %d", maxLowers)
 	}
-	for _, d := range r.Lowers {
+	if len(r.SendLowers) > maxLowers {
+		return fmt.Errorf("send_lowers: more than %d", maxLowers)
+	}
+	for _, d := range append(r.Lowers, r.SendLowers...) {
 		if !rootfs.ValidDigest(d) {
-			return errors.New("lowers: not a sha256 digest")
+			return errors.New("lowers, send_lowers: not a sha256 digest")
 		}
 	}
 	if len(r.Networks) > maxNetworks {
@@ -168,6 +176,12 @@ type Job struct {
 	// error when the sender aborted, vanished or did not answer in time,
 	// and then Restore must kill what it restored and return an error.
 	Ready func(RestoreInfo) error
+
+	// PreCopy is what the sender's pre-copy left in the receiver's
+	// staging (nil: none): the uppers the image's deltas apply to
+	// (rootfs.ApplyDelta) and verified lowers. What Restore does not move
+	// away is removed after it returns.
+	PreCopy *rootfs.PreCopied
 
 	// Lazy: the image's memory was kept back at the sender, and comes
 	// through Pages while the restored tree runs.
@@ -270,6 +284,10 @@ type ClientStats struct {
 	Restore time.Duration
 	// Commit is the time from COMMIT to DONE.
 	Commit time.Duration
+	// PreCopy is the time the file systems took before the freeze;
+	// PreCopyBytes counts their archives (FS DATA).
+	PreCopy      time.Duration
+	PreCopyBytes int64
 	// Lazy only: Pages is the time from DONE to COMPLETE, while the
 	// memory followed the running tree; PageBytes counts the page-server
 	// bytes carried to the receiver.

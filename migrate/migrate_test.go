@@ -766,14 +766,19 @@ func TestStagingLeftoversRemoved(t *testing.T) {
 	auth := tokenAuth(t)
 	base := t.TempDir()
 	old := filepath.Join(base, stagingPrefix+"123", "checkpoint")
-	if err := os.MkdirAll(old, 0o700); err != nil {
-		t.Fatal(err)
+	oldPre := filepath.Join(base, preCopyPrefix+"456", "upper", "0")
+	for _, d := range []string{old, oldPre} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			t.Fatal(err)
+		}
 	}
 	keep := filepath.Join(base, "unrelated")
 	os.WriteFile(keep, nil, 0o600)
 	startServer(t, ServerConfig{Auth: auth, StagingDir: base}, &fakeRestorer{})
-	if _, err := os.Stat(filepath.Dir(old)); !errors.Is(err, os.ErrNotExist) {
-		t.Errorf("leftover not removed: %v", err)
+	for _, d := range []string{old, oldPre} {
+		if _, err := os.Stat(filepath.Dir(d)); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("leftover not removed: %v", err)
+		}
 	}
 	if _, err := os.Stat(keep); err != nil {
 		t.Errorf("unrelated file removed: %v", err)

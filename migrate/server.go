@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/cr-dev/cr/images"
+	"github.com/cr-dev/cr/rootfs"
 	"github.com/cr-dev/cr/scratch"
 )
 
@@ -62,6 +63,12 @@ type ServerConfig struct {
 	// cannot do one now (no userfaultfd), or nil. Without it, or on its
 	// error, a lazy request is rejected with ErrNoLazy's code.
 	Lazy func() error
+	// PreCopy, if set, enables the pre-copy of file systems before the
+	// freeze (docs/wire-protocol.md §10): it returns why this host cannot
+	// take one, or nil. HasLower says whether this host has a lower
+	// already (it is then not asked for).
+	PreCopy  func() error
+	HasLower func(digest string) bool
 }
 
 // Server defaults.
@@ -184,8 +191,11 @@ func prepareStaging(dir string) error {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("create staging directory: %w", err)
 	}
-	// Any incoming-* whose owner is gone, also those named by an older cr.
-	scratch.SweepMatch(dir, func(name string) bool { return strings.HasPrefix(name, stagingPrefix) }, scratch.Dirs, nil)
+	// Any incoming-* or precopy-* whose owner is gone, also those named
+	// by an older cr.
+	scratch.SweepMatch(dir, func(name string) bool {
+		return strings.HasPrefix(name, stagingPrefix) || strings.HasPrefix(name, preCopyPrefix)
+	}, scratch.Dirs, nil)
 	return nil
 }
 
@@ -231,6 +241,7 @@ type conn struct {
 	tc     *tls.Conn
 	remote string // address, and the certificate's name in mTLS mode
 	req    Request
+	pre    *rootfs.PreCopied // what the pre-copy left, for the restorer
 	// release frees the migration's slot and target; it runs before the
 	// final message, so that a sender told the outcome may start again.
 	release func()
@@ -514,17 +525,33 @@ func (c *conn) migrate(ctx context.Context) string {
 		c.s.unreserve(target)
 	})
 	defer c.release()
-	if err := c.fc.sendJSON(msgAccept, acceptMsg{IdleMillis: c.s.cfg.IdleTimeout.Milliseconds()}); err != nil {
+	pc := c.s.offerPreCopy(req)
+	defer pc.remove()
+	acc := acceptMsg{IdleMillis: c.s.cfg.IdleTimeout.Milliseconds()}
+	if pc != nil {
+		acc.PreCopy, acc.WantLowers = true, pc.want
+	}
+	if err := c.fc.sendJSON(msgAccept, acc); err != nil {
 		return "failed: " + err.Error()
 	}
 	stopPing := c.keepalive()
 	defer stopPing()
 
-	// The sender freezes and dumps the source now, then declares the size.
-	t, p, err = c.next(maxControl)
+	// The sender pre-copies its file systems (if agreed), freezes and
+	// dumps the source, then declares the size.
+	t, p, line, err := c.nextBegin(ctx, pc)
+	if line != "" {
+		stopPing()
+		return line
+	}
+	if errors.Is(err, errProtocol) {
+		stopPing()
+		return c.fail(err, false)
+	}
 	if err != nil {
 		return "failed: waiting for BEGIN: " + err.Error()
 	}
+	c.pre = pc.received()
 	switch t {
 	case msgBegin:
 	case msgAbort:
@@ -905,7 +932,7 @@ func (c *conn) restore(ctx context.Context, job *Job, target string, recvd <-cha
 	}
 	var r restored
 	var resumedAt time.Time
-	job.As, job.Ready, job.Lazy = target, ready, c.req.Lazy
+	job.As, job.Ready, job.Lazy, job.PreCopy = target, ready, c.req.Lazy, c.pre
 	if mux != nil {
 		job.Pages = func(i int, conn *os.File) { mux.attach(uint16(i), conn) }
 		job.Resumed = func(info RestoreInfo) {

@@ -32,6 +32,8 @@ const (
 	msgAccept    msgType = 0x11 // S→C {idle_ms}
 	msgReject    msgType = 0x12 // S→C {reason}
 	msgBegin     msgType = 0x13 // C→S {size}
+	msgFS        msgType = 0x14 // C→S Layer: a file system sent before the freeze (pre-copy)
+	msgFSEnd     msgType = 0x15 // C→S {bytes}: the end of its DATA
 	msgData      msgType = 0x20 // C→S raw archive bytes
 	msgEnd       msgType = 0x21 // C→S {bytes}
 	msgPages     msgType = 0x22 // either way: {channel, bytes} of CRIU's page server (lazy)
@@ -46,7 +48,7 @@ const (
 
 var msgNames = map[msgType]string{
 	msgHello: "HELLO", msgChallenge: "CHALLENGE", msgAuth: "AUTH", msgAuthOK: "AUTH_OK",
-	msgRequest: "REQUEST", msgAccept: "ACCEPT", msgReject: "REJECT", msgBegin: "BEGIN",
+	msgRequest: "REQUEST", msgAccept: "ACCEPT", msgReject: "REJECT", msgBegin: "BEGIN", msgFS: "FS", msgFSEnd: "FS_END",
 	msgData: "DATA", msgEnd: "END", msgPages: "PAGES",
 	msgReady: "READY", msgCommit: "COMMIT", msgDone: "DONE", msgComplete: "COMPLETE",
 	msgPing: "PING", msgAbort: "ABORT", msgError: "ERROR",
@@ -106,6 +108,11 @@ type (
 	}
 	acceptMsg struct {
 		IdleMillis int64 `json:"idle_ms,omitempty"`
+		// PreCopy (answering a REQUEST that offers it): the receiver
+		// takes the file systems before the freeze; WantLowers are the
+		// lowers of the request's send_lowers that it lacks.
+		PreCopy    bool     `json:"precopy,omitempty"`
+		WantLowers []string `json:"want_lowers,omitempty"`
 	}
 	beginMsg struct {
 		Size int64 `json:"size"`

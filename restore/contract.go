@@ -53,22 +53,29 @@ func CheckContract(ctx context.Context, t *nstree.Tree, o Options, c Contract) e
 	return errors.Join(errs...)
 }
 
-// HostFiles are the files the image's containers in the host's mount
-// namespace (neither --rootfs nor --mount) need on this host, as CRIU
+// HostFiles are the files the image's containers on the host's file
+// system (not --rootfs; with --mount, those not on the tmpfs mounts of
+// its namespace, whose content CRIU carries) need on this host, as CRIU
 // recorded them: cr restore checks them (hostcheck.Check) before it
 // creates anything.
 func HostFiles(dir string, m *images.Manifest) ([]hostcheck.File, error) {
 	var out []hostcheck.File
 	for _, c := range m.Containers {
-		if c.Empty || c.Rootfs != nil || slices.Contains(c.Namespaces, "mnt") {
+		if c.Empty || c.Rootfs != nil {
 			continue
 		}
 		rf, err := criuimg.RegFiles(filepath.Join(dir, c.Dir))
 		if err != nil {
 			return nil, fmt.Errorf("%w: %s: %w", images.ErrCorrupt, c.Dir, err)
 		}
+		carried := map[int32]bool{}
+		if slices.Contains(c.Namespaces, "mnt") {
+			if carried, err = criuimg.TmpfsMounts(filepath.Join(dir, c.Dir)); err != nil {
+				return nil, fmt.Errorf("%w: %s: %w", images.ErrCorrupt, c.Dir, err)
+			}
+		}
 		for _, f := range rf {
-			if hostcheck.Relevant(f.Path) {
+			if hostcheck.Relevant(f.Path) && !carried[f.MntID] {
 				out = append(out, hostcheck.File{Path: f.Path, Size: int64(f.Size)})
 			}
 		}

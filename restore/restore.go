@@ -59,6 +59,9 @@ type Options struct {
 	// Network is this host's bridge network, where containers that had an
 	// address get it again (nil: such an image is refused).
 	Network *network.Config
+	// PreCopied is what a migration sent before the freeze (cr serve):
+	// uppers that the image's deltas apply to, lowers it may need.
+	PreCopied *rootfs.PreCopied
 
 	netLock criubin.NetLock // chosen by FromDir
 }
@@ -178,7 +181,7 @@ func fromDir(ctx context.Context, t *nstree.Tree, dir string, m *images.Manifest
 		}
 	}
 	// So are the lowers of --rootfs containers.
-	lowers, err := rootfsLowers(t, dir, m)
+	lowers, err := rootfsLowers(t, dir, m, o.PreCopied)
 	if err != nil {
 		return nil, err
 	}
@@ -232,7 +235,7 @@ func fromDir(ctx context.Context, t *nstree.Tree, dir string, m *images.Manifest
 	}()
 	for i, c := range m.Containers {
 		if _, ok := lowers[i]; ok {
-			l, err := prepareRootfs(t, dir, c, nodes[i])
+			l, err := prepareRootfs(t, dir, c, nodes[i], o.PreCopied)
 			if err != nil {
 				return nil, err
 			}

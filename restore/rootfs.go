@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path"
 	"path/filepath"
@@ -48,13 +49,28 @@ func MissingDigests(t *nstree.Tree, lowers []string) error {
 }
 
 // rootfsLowers finds the lower of every --rootfs container of the image
-// (by manifest index): in this host's rootfs cache, or imported into it
-// from the image.
-func rootfsLowers(t *nstree.Tree, dir string, m *images.Manifest) (map[int]string, error) {
+// (by manifest index): in this host's rootfs cache, or put there from a
+// migration's pre-copy or from the image. An upper that is a delta needs
+// its pre-copy.
+func rootfsLowers(t *nstree.Tree, dir string, m *images.Manifest, pre *rootfs.PreCopied) (map[int]string, error) {
+	cache := rootfs.Cache{Dir: t.RootfsCache}
+	for _, c := range m.Containers {
+		r := c.Rootfs
+		if r == nil || c.Empty {
+			continue
+		}
+		if r.UpperDelta && (pre == nil || pre.Uppers[c.Path] == "") {
+			return nil, fmt.Errorf("%w: %s: its image holds only what changed in its file system since a migration's pre-copy, which this host does not have", ErrIncompatible, path.Join(m.Root, c.Path))
+		}
+		if d := pre.Lower(r.Lower); d != "" && r.LowerEntry == "" {
+			if _, err := cache.Adopt(r.Lower, d); err != nil {
+				return nil, err
+			}
+		}
+	}
 	if err := MissingLowers(t, m); err != nil {
 		return nil, err
 	}
-	cache := rootfs.Cache{Dir: t.RootfsCache}
 	lowers := map[int]string{}
 	for i, c := range m.Containers {
 		r := c.Rootfs
@@ -82,7 +98,10 @@ func rootfsLowers(t *nstree.Tree, dir string, m *images.Manifest) (map[int]strin
 // host: its upper from the image, its init's executable among this host's,
 // and the overlay mounted where CRIU takes it from (unmount it with the
 // returned layout's Unmount once CRIU is done).
-func prepareRootfs(t *nstree.Tree, dir string, c images.Container, n *nstree.Node) (rootfs.Layout, error) {
+//
+// An upper that is a delta (a migration's) is applied over the upper its
+// pre-copy left in staging, moved into place first.
+func prepareRootfs(t *nstree.Tree, dir string, c images.Container, n *nstree.Node, pre *rootfs.PreCopied) (rootfs.Layout, error) {
 	l := t.RootfsLayout(&n.Config)
 	if err := l.Prepare(); err != nil {
 		return l, err
@@ -92,7 +111,16 @@ func prepareRootfs(t *nstree.Tree, dir string, c images.Container, n *nstree.Nod
 		return l, err
 	}
 	defer f.Close()
-	if _, err := rootfs.ReadLayer(bufio.NewReaderSize(f, 1<<20), l.Upper); err != nil {
+	read := rootfs.ReadLayer
+	if c.Rootfs.UpperDelta {
+		if err := rootfs.MoveTree(pre.Uppers[c.Path], l.Upper); err != nil {
+			return l, fmt.Errorf("%s: pre-copied upper layer: %w", n.Path, err)
+		}
+		read = func(r io.Reader, dir string) (rootfs.LayerStats, error) {
+			return rootfs.ApplyDelta(r, dir, rootfs.Limits{})
+		}
+	}
+	if _, err := read(bufio.NewReaderSize(f, 1<<20), l.Upper); err != nil {
 		return l, fmt.Errorf("%s: upper layer: %w", n.Path, err)
 	}
 	if err := rootfs.InstallInit(filepath.Join(dir, c.Rootfs.Init), t.BinDir); err != nil {

@@ -100,3 +100,27 @@ func (c Cache) Import(digest string, r io.Reader) (string, error) {
 	}
 	return p, nil
 }
+
+// Adopt moves the tree at dir, whose digest the caller verified, into the
+// cache as the lower with that digest (unless the cache has it already),
+// and returns its directory.
+func (c Cache) Adopt(digest, dir string) (string, error) {
+	if d, err := c.Lookup(digest); err == nil {
+		return d, nil
+	}
+	p, err := c.path(digest)
+	if err != nil {
+		return "", err
+	}
+	if err := os.MkdirAll(c.Dir, 0o755); err != nil {
+		return "", fmt.Errorf("rootfs cache: %w", err)
+	}
+	_ = os.Remove(p) // a dangling link
+	if err := MoveTree(dir, p); err != nil {
+		if d, err2 := c.Lookup(digest); err2 == nil {
+			return d, nil // another cr put it there meanwhile
+		}
+		return "", fmt.Errorf("rootfs cache: %w", err)
+	}
+	return p, nil
+}

@@ -33,6 +33,9 @@ const (
 	paxSparse = "CR.sparse"
 	paxSize   = "CR.size"
 	paxXattr  = "SCHILY.xattr."
+	// paxRemove marks an entry of a delta (WriteDelta) that removes
+	// the name rather than creating it.
+	paxRemove = "CR.remove"
 )
 
 // LayerStats count what a layer holds.
@@ -40,6 +43,7 @@ type LayerStats struct {
 	Files    int   // entries other than directories
 	Bytes    int64 // regular files' lengths
 	Whiteout int   // deletions (whiteouts)
+	Removed  int   // a delta's removals of what the pre-copy had
 }
 
 // IsWhiteout reports whether an entry is overlayfs's mark of a deletion.
@@ -49,92 +53,154 @@ func IsWhiteout(h *tar.Header) bool {
 
 // WriteLayer writes the tree at dir to w as a layer archive.
 func WriteLayer(w io.Writer, dir string) (LayerStats, error) {
-	var st LayerStats
-	tw := tar.NewWriter(w)
-	links := map[[2]uint64]string{} // dev, inode -> first name
+	lw := newLayerWriter(w)
 	err := walkTree(dir, func(rel, p string, s *unix.Stat_t) error {
-		h := &tar.Header{Name: rel, Mode: int64(s.Mode & 0o7777), Uid: int(s.Uid), Gid: int(s.Gid),
-			ModTime: time.Unix(s.Mtim.Sec, s.Mtim.Nsec), Format: tar.FormatPAX}
-		if err := readXattrs(p, h); err != nil {
-			return err
-		}
-		var data *os.File
-		var extents [][2]int64
-		switch s.Mode & unix.S_IFMT {
-		case unix.S_IFDIR:
-			h.Typeflag = tar.TypeDir
-		case unix.S_IFLNK:
-			h.Typeflag = tar.TypeSymlink
-			t, err := os.Readlink(p)
-			if err != nil {
-				return err
-			}
-			h.Linkname = t
-		case unix.S_IFCHR, unix.S_IFBLK, unix.S_IFIFO:
-			h.Typeflag = map[uint32]byte{unix.S_IFCHR: tar.TypeChar, unix.S_IFBLK: tar.TypeBlock, unix.S_IFIFO: tar.TypeFifo}[s.Mode&unix.S_IFMT]
-			h.Devmajor, h.Devminor = int64(unix.Major(s.Rdev)), int64(unix.Minor(s.Rdev))
-			if IsWhiteout(h) {
-				st.Whiteout++
-			}
-		case unix.S_IFREG:
-			key := [2]uint64{s.Dev, s.Ino}
-			if first, ok := links[key]; ok && s.Nlink > 1 {
-				h.Typeflag, h.Linkname = tar.TypeLink, first
-				h.PAXRecords = nil // the first entry has them
-				break
-			}
-			links[key] = rel
-			h.Typeflag = tar.TypeReg
-			f, err := os.Open(p)
-			if err != nil {
-				return err
-			}
-			defer f.Close()
-			data = f
-			st.Bytes += s.Size
-			extents, err = dataExtents(f, s.Size)
-			if err != nil {
-				return err
-			}
-			h.Size = s.Size
-			if s.Blocks*512 < s.Size { // has holes
-				var parts []string
-				h.Size = 0
-				for _, e := range extents {
-					parts = append(parts, fmt.Sprintf("%d:%d", e[0], e[1]))
-					h.Size += e[1]
-				}
-				if h.PAXRecords == nil {
-					h.PAXRecords = map[string]string{}
-				}
-				h.PAXRecords[paxSparse] = strings.Join(parts, ",")
-				h.PAXRecords[paxSize] = strconv.FormatInt(s.Size, 10)
-			} else {
-				extents = [][2]int64{{0, s.Size}}
-			}
-		default:
-			return fmt.Errorf("%s: cannot archive a socket", p)
-		}
-		if h.Typeflag != tar.TypeDir {
-			st.Files++
-		}
-		if err := tw.WriteHeader(h); err != nil {
-			return fmt.Errorf("%s: %w", p, err)
-		}
-		if data != nil {
-			for _, e := range extents {
-				if _, err := io.Copy(tw, io.NewSectionReader(data, e[0], e[1])); err != nil {
-					return fmt.Errorf("%s: %w", p, err)
-				}
-			}
-			data.Close()
-		}
-		return nil
+		_, err := lw.entry(rel, p, s, nil)
+		return err
 	})
 	if err != nil {
-		return st, err
+		return lw.st, err
 	}
-	return st, tw.Close()
+	return lw.st, lw.tw.Close()
+}
+
+// layerWriter writes the entries of a layer archive one by one.
+type layerWriter struct {
+	tw    *tar.Writer
+	links map[[2]uint64]string // dev, inode -> first name
+	st    LayerStats
+	// live: the tree may change while it is read (a pre-copy): a file
+	// that shrank is padded with zeros, and entry reports it torn.
+	live bool
+}
+
+func newLayerWriter(w io.Writer) *layerWriter {
+	return &layerWriter{tw: tar.NewWriter(w), links: map[[2]uint64]string{}}
+}
+
+// errVanished: a live tree's entry went between its lstat and its read.
+var errVanished = errors.New("entry vanished")
+
+// entry writes the entry rel (at p, lstat s). With sum set, a regular
+// file's archived content goes into it too (see contentHash). torn says
+// that a live file changed length while it was read.
+func (lw *layerWriter) entry(rel, p string, s *unix.Stat_t, sum io.Writer) (torn bool, err error) {
+	h := &tar.Header{Name: rel, Mode: int64(s.Mode & 0o7777), Uid: int(s.Uid), Gid: int(s.Gid),
+		ModTime: time.Unix(s.Mtim.Sec, s.Mtim.Nsec), Format: tar.FormatPAX}
+	if err := readXattrs(p, h); err != nil {
+		return false, lw.vanished(err)
+	}
+	var data *os.File
+	var extents [][2]int64
+	switch s.Mode & unix.S_IFMT {
+	case unix.S_IFDIR:
+		h.Typeflag = tar.TypeDir
+	case unix.S_IFLNK:
+		h.Typeflag = tar.TypeSymlink
+		t, err := os.Readlink(p)
+		if err != nil {
+			return false, lw.vanished(err)
+		}
+		h.Linkname = t
+	case unix.S_IFCHR, unix.S_IFBLK, unix.S_IFIFO:
+		h.Typeflag = map[uint32]byte{unix.S_IFCHR: tar.TypeChar, unix.S_IFBLK: tar.TypeBlock, unix.S_IFIFO: tar.TypeFifo}[s.Mode&unix.S_IFMT]
+		h.Devmajor, h.Devminor = int64(unix.Major(s.Rdev)), int64(unix.Minor(s.Rdev))
+		if IsWhiteout(h) {
+			lw.st.Whiteout++
+		}
+	case unix.S_IFREG:
+		key := [2]uint64{s.Dev, s.Ino}
+		if first, ok := lw.links[key]; ok && s.Nlink > 1 {
+			h.Typeflag, h.Linkname = tar.TypeLink, first
+			h.PAXRecords = nil // the first entry has them
+			break
+		}
+		f, err := os.Open(p)
+		if err != nil {
+			return false, lw.vanished(err)
+		}
+		defer f.Close()
+		lw.links[key] = rel
+		h.Typeflag = tar.TypeReg
+		data = f
+		lw.st.Bytes += s.Size
+		extents, err = dataExtents(f, s.Size)
+		if err != nil {
+			return false, err
+		}
+		h.Size = s.Size
+		if s.Blocks*512 < s.Size { // has holes
+			h.Size = 0
+			for _, e := range extents {
+				h.Size += e[1]
+			}
+			if h.PAXRecords == nil {
+				h.PAXRecords = map[string]string{}
+			}
+			h.PAXRecords[paxSparse] = extentList(extents)
+			h.PAXRecords[paxSize] = strconv.FormatInt(s.Size, 10)
+		} else {
+			extents = [][2]int64{{0, s.Size}}
+		}
+	default:
+		return false, fmt.Errorf("%s: cannot archive a socket", p)
+	}
+	if h.Typeflag != tar.TypeDir {
+		lw.st.Files++
+	}
+	if err := lw.tw.WriteHeader(h); err != nil {
+		return false, fmt.Errorf("%s: %w", p, err)
+	}
+	if data == nil {
+		return false, nil
+	}
+	var out io.Writer = lw.tw
+	if sum != nil {
+		out = io.MultiWriter(lw.tw, sum)
+	}
+	for _, e := range extents {
+		n, err := io.Copy(out, io.NewSectionReader(data, e[0], e[1]))
+		if err != nil {
+			return false, fmt.Errorf("%s: %w", p, err)
+		}
+		if n < e[1] {
+			if !lw.live {
+				return false, fmt.Errorf("%s: shrank while archived", p)
+			}
+			// Padded: the content is wrong, and the entry is torn.
+			if _, err := io.CopyN(out, zeros{}, e[1]-n); err != nil {
+				return false, err
+			}
+			torn = true
+		}
+	}
+	if sum != nil {
+		io.WriteString(sum, extentList(extents))
+	}
+	return torn, nil
+}
+
+// vanished turns a live tree's entry that went meanwhile into errVanished.
+func (lw *layerWriter) vanished(err error) error {
+	if lw.live && errors.Is(err, fs.ErrNotExist) {
+		return errVanished
+	}
+	return err
+}
+
+func extentList(extents [][2]int64) string {
+	var parts []string
+	for _, e := range extents {
+		parts = append(parts, fmt.Sprintf("%d:%d", e[0], e[1]))
+	}
+	return strings.Join(parts, ",")
+}
+
+type zeros struct{}
+
+func (zeros) Read(p []byte) (int, error) {
+	clear(p)
+	return len(p), nil
 }
 
 // walkTree calls visit for every entry of the tree at dir, in lexical walk
@@ -143,14 +209,29 @@ func WriteLayer(w io.Writer, dir string) (LayerStats, error) {
 // after visit returns for it. Digest and WriteLayer share it, so a digest
 // and a layer archive always see the same entries in the same order.
 func walkTree(dir string, visit func(rel, p string, s *unix.Stat_t) error) error {
+	return walk(dir, false, visit)
+}
+
+// walk is walkTree; live, an entry that goes while it is walked (or
+// whose visit returns errVanished) is skipped with what it held.
+func walk(dir string, live bool, visit func(rel, p string, s *unix.Stat_t) error) error {
+	gone := func(err error) bool {
+		return live && isGone(err)
+	}
 	var walk func(rel string) error
 	walk = func(rel string) error {
 		p := filepath.Join(dir, rel)
 		var s unix.Stat_t
 		if err := unix.Lstat(p, &s); err != nil {
+			if gone(err) {
+				return nil
+			}
 			return err
 		}
 		if err := visit(rel, p, &s); err != nil {
+			if gone(err) {
+				return nil
+			}
 			return err
 		}
 		if s.Mode&unix.S_IFMT != unix.S_IFDIR {
@@ -158,6 +239,9 @@ func walkTree(dir string, visit func(rel, p string, s *unix.Stat_t) error) error
 		}
 		names, err := readDirNames(p)
 		if err != nil {
+			if gone(err) {
+				return nil
+			}
 			return err
 		}
 		for _, n := range names {
@@ -168,6 +252,11 @@ func walkTree(dir string, visit func(rel, p string, s *unix.Stat_t) error) error
 		return nil
 	}
 	return walk(".")
+}
+
+// isGone reports whether err says that an entry is no longer there.
+func isGone(err error) bool {
+	return errors.Is(err, errVanished) || errors.Is(err, fs.ErrNotExist) || errors.Is(err, unix.ENOTDIR)
 }
 
 func readDirNames(p string) ([]string, error) {
@@ -245,17 +334,31 @@ var ErrUnsafeLayer = errors.New("unsafe layer entry")
 // exist and be empty. Every entry is created through an os.Root on dir, so
 // neither a name nor a symbolic link of the archive reaches outside it.
 func ReadLayer(r io.Reader, dir string) (LayerStats, error) {
-	var st LayerStats
+	return readLayer(r, dir, Limits{}, false)
+}
+
+// Limits bound what a layer archive from a peer may hold: MaxBytes its
+// regular files' lengths together, MaxFiles its entries (zero: no bound).
+type Limits struct {
+	MaxBytes int64
+	MaxFiles int
+}
+
+// ErrTooLarge: a layer archive holds more than its limits allow.
+var ErrTooLarge = errors.New("layer larger than declared")
+
+// ReadLayerLimited is ReadLayer within limits.
+func ReadLayerLimited(r io.Reader, dir string, lim Limits) (LayerStats, error) {
+	return readLayer(r, dir, lim, false)
+}
+
+func readLayer(r io.Reader, dir string, lim Limits, delta bool) (LayerStats, error) {
 	root, err := os.OpenRoot(dir)
 	if err != nil {
-		return st, err
+		return LayerStats{}, err
 	}
 	defer root.Close()
-	type dirTime struct {
-		name string
-		t    time.Time
-	}
-	var dirs []dirTime // directories' times, set once their content is in
+	lr := &layerReader{root: root, lim: lim, delta: delta, parents: map[string]time.Time{}}
 	tr := tar.NewReader(r)
 	for {
 		h, err := tr.Next()
@@ -263,74 +366,148 @@ func ReadLayer(r io.Reader, dir string) (LayerStats, error) {
 			break
 		}
 		if err != nil {
-			return st, err
+			return lr.st, err
 		}
-		name := h.Name
-		if name != "." && (!fs.ValidPath(name) || strings.HasPrefix(name, "./")) {
-			return st, fmt.Errorf("%w: %q", ErrUnsafeLayer, h.Name)
-		}
-		if h.Typeflag != tar.TypeDir {
-			st.Files++
-		}
-		switch h.Typeflag {
-		case tar.TypeDir:
-			if name != "." {
-				if err := root.Mkdir(name, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
-					return st, err
-				}
-			}
-			dirs = append(dirs, dirTime{name, h.ModTime})
-		case tar.TypeReg:
-			if err := readFile(root, name, h, tr); err != nil {
-				return st, err
-			}
-			st.Bytes += fileSize(h)
-		case tar.TypeSymlink:
-			if err := root.Symlink(h.Linkname, name); err != nil {
-				return st, err
-			}
-		case tar.TypeLink:
-			if !fs.ValidPath(h.Linkname) {
-				return st, fmt.Errorf("%w: link %q to %q", ErrUnsafeLayer, h.Name, h.Linkname)
-			}
-			if err := root.Link(h.Linkname, name); err != nil {
-				return st, err
-			}
-			continue // shares the first entry's inode and its attributes
-		case tar.TypeChar, tar.TypeBlock, tar.TypeFifo:
-			if IsWhiteout(h) {
-				st.Whiteout++
-			}
-			if err := mknodIn(root, name, h); err != nil {
-				return st, err
-			}
-		default:
-			return st, fmt.Errorf("%w: %q has type %q", ErrUnsafeLayer, h.Name, h.Typeflag)
-		}
-		if err := root.Lchown(name, h.Uid, h.Gid); err != nil {
-			return st, err
-		}
-		if err := setXattrs(root, name, h); err != nil {
-			return st, err
-		}
-		if h.Typeflag != tar.TypeSymlink {
-			// After chown, which clears the set-id bits.
-			if err := chmodIn(root, name, uint32(h.Mode&0o7777)); err != nil {
-				return st, err
-			}
-		}
-		if h.Typeflag != tar.TypeDir && h.Typeflag != tar.TypeSymlink {
-			if err := root.Chtimes(name, h.ModTime, h.ModTime); err != nil {
-				return st, err
-			}
+		if err := lr.entry(h, tr); err != nil {
+			return lr.st, err
 		}
 	}
-	for i := len(dirs) - 1; i >= 0; i-- {
-		if err := root.Chtimes(dirs[i].name, dirs[i].t, dirs[i].t); err != nil {
-			return st, err
+	return lr.st, lr.finish()
+}
+
+// layerReader creates the entries of a layer archive one by one.
+type layerReader struct {
+	root  *os.Root
+	lim   Limits
+	st    LayerStats
+	delta bool // entries replace what is there (ApplyDelta)
+	n     int  // entries
+	dirs  []dirTime
+	// parents (delta) are the directories whose entries changed, with
+	// their time before: restored unless the delta sets it.
+	parents map[string]time.Time
+}
+
+type dirTime struct {
+	name string
+	t    time.Time
+}
+
+func (lr *layerReader) entry(h *tar.Header, r io.Reader) error {
+	root := lr.root
+	name := h.Name
+	if name != "." && (!fs.ValidPath(name) || strings.HasPrefix(name, "./")) {
+		return fmt.Errorf("%w: %q", ErrUnsafeLayer, h.Name)
+	}
+	if lr.n++; lr.lim.MaxFiles > 0 && lr.n > lr.lim.MaxFiles {
+		return fmt.Errorf("%w: more than %d entries", ErrTooLarge, lr.lim.MaxFiles)
+	}
+	if h.Typeflag == tar.TypeReg {
+		if size := fileSize(h); size < 0 || lr.lim.MaxBytes > 0 && lr.st.Bytes+size > lr.lim.MaxBytes {
+			return fmt.Errorf("%w: more than %d bytes of files", ErrTooLarge, lr.lim.MaxBytes)
 		}
 	}
-	return st, nil
+	if _, ok := h.PAXRecords[paxRemove]; ok {
+		if !lr.delta || name == "." || h.Typeflag != tar.TypeReg || h.Size != 0 {
+			return fmt.Errorf("%w: %q: a removal where none may be", ErrUnsafeLayer, h.Name)
+		}
+		lr.touchParent(name)
+		lr.st.Removed++
+		return root.RemoveAll(name)
+	}
+	if lr.delta && name != "." {
+		// What the entry replaces goes first; a directory stays, its
+		// attributes updated.
+		if fi, err := root.Lstat(name); err == nil && !(fi.IsDir() && h.Typeflag == tar.TypeDir) {
+			lr.touchParent(name)
+			if err := root.RemoveAll(name); err != nil {
+				return err
+			}
+		} else if err != nil {
+			lr.touchParent(name)
+		}
+	}
+	if h.Typeflag != tar.TypeDir {
+		lr.st.Files++
+	}
+	switch h.Typeflag {
+	case tar.TypeDir:
+		if name != "." {
+			if err := root.Mkdir(name, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
+				return err
+			}
+		}
+		lr.dirs = append(lr.dirs, dirTime{name, h.ModTime})
+	case tar.TypeReg:
+		if err := readFile(root, name, h, r); err != nil {
+			return err
+		}
+		lr.st.Bytes += fileSize(h)
+	case tar.TypeSymlink:
+		if err := root.Symlink(h.Linkname, name); err != nil {
+			return err
+		}
+	case tar.TypeLink:
+		if !fs.ValidPath(h.Linkname) {
+			return fmt.Errorf("%w: link %q to %q", ErrUnsafeLayer, h.Name, h.Linkname)
+		}
+		return root.Link(h.Linkname, name) // shares the first entry's inode and its attributes
+	case tar.TypeChar, tar.TypeBlock, tar.TypeFifo:
+		if IsWhiteout(h) {
+			lr.st.Whiteout++
+		}
+		if err := mknodIn(root, name, h); err != nil {
+			return err
+		}
+	default:
+		return fmt.Errorf("%w: %q has type %q", ErrUnsafeLayer, h.Name, h.Typeflag)
+	}
+	if err := root.Lchown(name, h.Uid, h.Gid); err != nil {
+		return err
+	}
+	if err := setXattrs(root, name, h); err != nil {
+		return err
+	}
+	if h.Typeflag != tar.TypeSymlink {
+		// After chown, which clears the set-id bits.
+		if err := chmodIn(root, name, uint32(h.Mode&0o7777)); err != nil {
+			return err
+		}
+	}
+	if h.Typeflag != tar.TypeDir && h.Typeflag != tar.TypeSymlink {
+		if err := root.Chtimes(name, h.ModTime, h.ModTime); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// touchParent remembers the time of name's directory before the delta
+// changes its entries.
+func (lr *layerReader) touchParent(name string) {
+	d := path.Dir(name)
+	if _, ok := lr.parents[d]; ok {
+		return
+	}
+	if fi, err := lr.root.Lstat(d); err == nil {
+		lr.parents[d] = fi.ModTime()
+	}
+}
+
+// finish sets the directories' times, once their content is in.
+func (lr *layerReader) finish() error {
+	for _, d := range lr.dirs {
+		delete(lr.parents, d.name)
+	}
+	for d, t := range lr.parents {
+		lr.dirs = append(lr.dirs, dirTime{d, t})
+	}
+	for i := len(lr.dirs) - 1; i >= 0; i-- {
+		if err := lr.root.Chtimes(lr.dirs[i].name, lr.dirs[i].t, lr.dirs[i].t); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return err
+		}
+	}
+	return nil
 }
 
 func fileSize(h *tar.Header) int64 {

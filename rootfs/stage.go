@@ -28,6 +28,33 @@ func StageUpper(staging string, i int, dir string) (string, LayerStats, error) {
 	return name, st, err
 }
 
+// StageDelta writes what changed in the upper layer at dir since its
+// pre-copy snap (WriteDelta) as the entry of manifest container i, and
+// returns the entry's name.
+func StageDelta(staging string, i int, dir string, snap *Snapshot, writing func(rel string) bool) (string, DeltaStats, error) {
+	name := path.Join(FSDir, strconv.Itoa(i), "upper.tar")
+	p := filepath.Join(staging, name)
+	if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
+		return "", DeltaStats{}, err
+	}
+	f, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return "", DeltaStats{}, err
+	}
+	w := bufio.NewWriterSize(f, 1<<20)
+	st, err := WriteDelta(w, dir, snap, writing)
+	if err == nil {
+		err = w.Flush()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return "", st, fmt.Errorf("archive the changes of %s: %w", dir, err)
+	}
+	return name, st, nil
+}
+
 // StageLower writes the lower at dir, whose digest is digest, as a layer
 // archive and returns the entry's name. Containers sharing a lower share
 // the entry.

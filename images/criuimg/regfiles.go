@@ -2,9 +2,11 @@ package criuimg
 
 import (
 	"errors"
+	"path/filepath"
 	"sort"
 	"syscall"
 
+	"github.com/checkpoint-restore/go-criu/v7/crit/images/mnt"
 	remap "github.com/checkpoint-restore/go-criu/v7/crit/images/remap-file-path"
 )
 
@@ -14,6 +16,9 @@ import (
 type RegFile struct {
 	Path string
 	Size uint64
+	// MntID is the mount CRIU found it on (its mountpoints image), -1
+	// if it did not say.
+	MntID int32
 }
 
 // RegFiles lists the regular files of the CRIU images in dir that a
@@ -44,8 +49,32 @@ func RegFiles(dir string) ([]RegFile, error) {
 			continue
 		}
 		seen[r.GetName()] = true
-		out = append(out, RegFile{Path: r.GetName(), Size: r.GetSize()})
+		out = append(out, RegFile{Path: r.GetName(), Size: r.GetSize(), MntID: r.GetMntId()})
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Path < out[j].Path })
+	return out, nil
+}
+
+// TmpfsMounts are the ids of the tmpfs mounts of the mount namespaces the
+// images in dir hold (mountpoints-*.img; none for a tree in the host's
+// mount namespace): CRIU carries their content, so a file on one needs
+// nothing of the restoring host.
+func TmpfsMounts(dir string) (map[int32]bool, error) {
+	names, err := filepath.Glob(filepath.Join(dir, "mountpoints-*.img"))
+	if err != nil {
+		return nil, err
+	}
+	out := map[int32]bool{}
+	for _, n := range names {
+		es, err := entries(dir, filepath.Base(n), "MNTS", func() *mnt.MntEntry { return &mnt.MntEntry{} })
+		if err != nil {
+			return nil, err
+		}
+		for _, e := range es {
+			if mnt.Fstype(e.GetFstype()) == mnt.Fstype_TMPFS {
+				out[int32(e.GetMntId())] = true
+			}
+		}
+	}
 	return out, nil
 }
