@@ -176,6 +176,11 @@ func TestCheckpointLeaveRunning(t *testing.T) {
 		killAtCleanup(t, as)
 	}
 	c1 := &job{path: "/copy1", report: j.report}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Log("events of the last minute:", cr(t, "events", "--since", "1m"))
+		}
+	})
 	r1 := c1.ask(t)
 	if r1.Pid != before.Pid || r1.Counter < before.Counter || r1.Counter > orig.Counter+100 {
 		t.Errorf("copy1: pid %d counter %d (original pid %d, counter %d..%d)", r1.Pid, r1.Counter, before.Pid, before.Counter, orig.Counter)
