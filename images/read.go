@@ -129,18 +129,11 @@ func ExtractFile(ctx context.Context, path, dst string, l Limits) (*Manifest, er
 }
 
 func extract(ctx context.Context, r io.Reader, dst string, l Limits) (*Manifest, error) {
-	root, err := os.OpenRoot(dst)
+	root, err := openEmptyRoot(dst)
 	if err != nil {
 		return nil, err
 	}
 	defer root.Close()
-	names, err := readDirNames(root)
-	if err != nil {
-		return nil, err
-	}
-	if len(names) > 0 {
-		return nil, fmt.Errorf("destination %s is not empty", dst)
-	}
 	out := &dirSink{root: root}
 	m, err := read(ctx, r, l, out)
 	if err != nil {
@@ -150,6 +143,24 @@ func extract(ctx context.Context, r io.Reader, dst string, l Limits) (*Manifest,
 		return nil, err
 	}
 	return m, nil
+}
+
+// openEmptyRoot opens dst, an existing directory that must be empty, as
+// the root beneath which an extraction creates everything.
+func openEmptyRoot(dst string) (*os.Root, error) {
+	root, err := os.OpenRoot(dst)
+	if err != nil {
+		return nil, err
+	}
+	names, err := readDirNames(root)
+	if err == nil && len(names) > 0 {
+		err = fmt.Errorf("destination %s is not empty", dst)
+	}
+	if err != nil {
+		root.Close()
+		return nil, err
+	}
+	return root, nil
 }
 
 func readDirNames(root *os.Root) ([]string, error) {

@@ -35,18 +35,11 @@ func ExtractSelectedFile(ctx context.Context, path, dst string, l Limits, keep f
 }
 
 func extractSelected(ctx context.Context, r io.Reader, dst string, l Limits, keep func(string) bool) (*Manifest, error) {
-	root, err := os.OpenRoot(dst)
+	root, err := openEmptyRoot(dst)
 	if err != nil {
 		return nil, err
 	}
 	defer root.Close()
-	names, err := readDirNames(root)
-	if err != nil {
-		return nil, err
-	}
-	if len(names) > 0 {
-		return nil, fmt.Errorf("destination %s is not empty", dst)
-	}
 	m, err := read(ctx, r, l, &selectSink{dirSink: dirSink{root: root}, keep: keep})
 	if err != nil {
 		if cerr := empty(root); cerr != nil {

@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"hash"
 	"io"
-	"os"
 )
 
 // Stream reads an image as it arrives, for a restore that begins before
@@ -84,18 +83,11 @@ func (s *Stream) extract(dst string, keep func(File) bool, all bool) (*Manifest,
 	if s.cur != nil {
 		return nil, errors.New("an entry is being read")
 	}
-	root, err := os.OpenRoot(dst)
+	root, err := openEmptyRoot(dst)
 	if err != nil {
 		return nil, err
 	}
 	defer root.Close()
-	names, err := readDirNames(root)
-	if err != nil {
-		return nil, err
-	}
-	if len(names) > 0 {
-		return nil, fmt.Errorf("destination %s is not empty", dst)
-	}
 	rd := s.rd
 	rd.out = &dirSink{root: root}
 	defer func() { rd.out = nil }()

@@ -319,18 +319,11 @@ func (a *archiveWriter) describe(e archiveEntry) (File, error) {
 	case e.staged.Dir:
 		return File{Name: e.staged.Name, Mode: e.staged.Mode, Dir: true}, nil
 	}
-	f, err := os.OpenFile(e.staged.Path, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
+	f, fi, err := openStaged(e.staged.Path, e.name)
 	if err != nil {
 		return File{}, err
 	}
 	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return File{}, err
-	}
-	if !fi.Mode().IsRegular() {
-		return File{}, fmt.Errorf("staging entry %q is not a regular file", e.name)
-	}
 	h := sha256.New()
 	n, err := io.CopyBuffer(h, onlyReaderW{f}, a.buf)
 	if err != nil {
@@ -424,19 +417,30 @@ func (a *archiveWriter) writeDir(e StagedEntry) (File, error) {
 	return File{Name: e.Name, Mode: e.Mode, Dir: true}, nil
 }
 
-func (a *archiveWriter) writeFile(p, name string) (File, error) {
+// openStaged opens the staged file p (entry name) for reading, never
+// through a symlink, and refuses anything but a regular file.
+func openStaged(p, name string) (*os.File, os.FileInfo, error) {
 	f, err := os.OpenFile(p, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
+	if err != nil {
+		return nil, nil, err
+	}
+	fi, err := f.Stat()
+	if err == nil && !fi.Mode().IsRegular() {
+		err = fmt.Errorf("staging entry %q is not a regular file", name)
+	}
+	if err != nil {
+		f.Close()
+		return nil, nil, err
+	}
+	return f, fi, nil
+}
+
+func (a *archiveWriter) writeFile(p, name string) (File, error) {
+	f, fi, err := openStaged(p, name)
 	if err != nil {
 		return File{}, err
 	}
 	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return File{}, err
-	}
-	if !fi.Mode().IsRegular() {
-		return File{}, fmt.Errorf("staging entry %q is not a regular file", name)
-	}
 	size := fi.Size()
 	if err := a.tw.WriteHeader(a.header(name, tar.TypeReg, fi.Mode(), size)); err != nil {
 		return File{}, fmt.Errorf("write %s: %w", name, err)

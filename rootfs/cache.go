@@ -64,18 +64,27 @@ func (c Cache) Register(digest, dir string) error {
 	return nil
 }
 
+// slot returns the cached lower with that digest if there is one, or
+// else the path where it goes, the cache directory made.
+func (c Cache) slot(digest string) (cached, p string, err error) {
+	if d, err := c.Lookup(digest); err == nil {
+		return d, "", nil
+	}
+	if p, err = c.path(digest); err != nil {
+		return "", "", err
+	}
+	if err := os.MkdirAll(c.Dir, 0o755); err != nil {
+		return "", "", fmt.Errorf("rootfs cache: %w", err)
+	}
+	return "", p, nil
+}
+
 // Import unpacks the layer archive r as the lower with that digest, and
 // keeps it only if its content has that digest. It returns its directory.
 func (c Cache) Import(digest string, r io.Reader) (string, error) {
-	if d, err := c.Lookup(digest); err == nil {
-		return d, nil
-	}
-	p, err := c.path(digest)
-	if err != nil {
-		return "", err
-	}
-	if err := os.MkdirAll(c.Dir, 0o755); err != nil {
-		return "", fmt.Errorf("rootfs cache: %w", err)
+	d, p, err := c.slot(digest)
+	if d != "" || err != nil {
+		return d, err
 	}
 	tmp, err := os.MkdirTemp(c.Dir, ".import-")
 	if err != nil {
@@ -105,15 +114,9 @@ func (c Cache) Import(digest string, r io.Reader) (string, error) {
 // cache as the lower with that digest (unless the cache has it already),
 // and returns its directory.
 func (c Cache) Adopt(digest, dir string) (string, error) {
-	if d, err := c.Lookup(digest); err == nil {
-		return d, nil
-	}
-	p, err := c.path(digest)
-	if err != nil {
-		return "", err
-	}
-	if err := os.MkdirAll(c.Dir, 0o755); err != nil {
-		return "", fmt.Errorf("rootfs cache: %w", err)
+	d, p, err := c.slot(digest)
+	if d != "" || err != nil {
+		return d, err
 	}
 	_ = os.Remove(p) // a dangling link
 	if err := MoveTree(dir, p); err != nil {
