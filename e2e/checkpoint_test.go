@@ -229,7 +229,9 @@ func TestCheckpointBigMemory(t *testing.T) {
 func TestCheckpointFailures(t *testing.T) {
 	j := startJob(t, "/fail", "--counter-file", filepath.Join(t.TempDir(), "c"))
 	img := image(t)
-	mustCr(t, "checkpoint", "--leave-running", "/fail", "-o", img)
+	// zstd: S2's reader reports a stream cut inside a chunk as corrupt
+	// input, not as truncated (the image is refused either way).
+	mustCr(t, "checkpoint", "--leave-running", "--compress", "zstd", "/fail", "-o", img)
 	good, err := os.ReadFile(img)
 	if err != nil {
 		t.Fatal(err)
