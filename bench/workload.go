@@ -37,9 +37,9 @@ type Run struct {
 	// The same with --compress zstd (the default is s2), after Restore.
 	CheckpointZstd *CheckpointResult `json:"cr_checkpoint_zstd,omitempty"`
 	RestoreZstd    *RestoreResult    `json:"cr_restore_zstd,omitempty"`
-	Stores       *StoresResult     `json:"cr_stores,omitempty"`
-	Lazy         *MigrateResult    `json:"cr_migrate_lazy,omitempty"`
-	Migrate      *MigrateResult    `json:"cr_migrate,omitempty"`
+	Stores         *StoresResult     `json:"cr_stores,omitempty"`
+	Lazy           *MigrateResult    `json:"cr_migrate_lazy,omitempty"`
+	Migrate        *MigrateResult    `json:"cr_migrate,omitempty"`
 }
 
 // crCheckpoint is cr checkpoint --json.
