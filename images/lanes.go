@@ -23,9 +23,9 @@ const LaneChunk = 1 << 20
 // LaneChunk bytes on up to n goroutines at once, writes the compressed
 // pieces to w in input order, and hashes the input on a goroutine of its
 // own, in order, so that the writer's goroutine (CRIU's pipe) only
-// copies. Memory is bounded: n+1 pieces in flight (each its input and its
-// compressed output), their buffers reused from a pool shared by every
-// entry.
+// copies. Memory is bounded: 2n+2 pieces in flight and one filling (each
+// its input and its compressed output, about 2 MiB), their buffers reused
+// from a pool shared by every entry.
 //
 // A piece is a whole zstd frame (content checksum, content size, window
 // at most LaneChunk), or for S2 one compressed (or stored) chunk with its
@@ -61,7 +61,8 @@ var piecePool = struct {
 	free []*piece
 }{}
 
-// maxPooled bounds what piecePool keeps (2 MiB and a bit per piece).
+// maxPooled bounds what piecePool keeps (2 MiB and a bit per piece): the
+// pieces of one entry on two CPUs.
 const maxPooled = 8
 
 func getPiece() *piece {
@@ -177,7 +178,7 @@ func (l *lanes) ReadFrom(r io.Reader) (int64, error) {
 func (l *lanes) submit() {
 	p := l.cur
 	l.cur = nil
-	if len(l.inflight) >= l.n {
+	if len(l.inflight) >= l.depth() {
 		l.retire()
 	}
 	p.done, p.hashed = make(chan struct{}), make(chan struct{})
@@ -282,3 +283,8 @@ func (l *lanes) Abort() {
 		l.err = fmt.Errorf("entry aborted")
 	}
 }
+
+// depth is how many pieces may be in flight: more than the lanes, so that
+// the reader keeps taking CRIU's pipe while the hash, the slowest stage
+// on one core, catches up with a burst.
+func (l *lanes) depth() int { return 2*l.n + 2 }
