@@ -40,6 +40,10 @@ type streamState struct {
 	err         error // the first compressor's failure
 	peakSpooled int64
 	gate        chan struct{} // closed when the last CRIU is done (Run)
+	// compressing admits one spooled compressor at a time: each uses
+	// every CPU already (images.EntryWriter's lanes), and a job of many
+	// processes would otherwise hold every one's buffers at once.
+	compressing sync.Mutex
 }
 
 // spoolMemory is what one spool holds in memory before it spills, for
@@ -210,6 +214,8 @@ func (c *Checkpoint) storeImage(o Options, m *member, imgDir, name string) (io.W
 		// The compressor starts once every CRIU is done: while CRIU
 		// dumps, the tasks are frozen, and CRIU has the CPUs to itself.
 		<-gate
+		c.stream.compressing.Lock()
+		defer c.stream.compressing.Unlock()
 		_, err := copyPages(sf.uncounted(), sp)
 		if err == nil {
 			err = sf.Close()
