@@ -40,6 +40,7 @@ type lanes struct {
 	cur      *piece
 	inflight []*piece
 	prev     chan struct{} // hashed signal of the last piece submitted
+	slots    chan struct{} // n: the pieces being compressed at once
 	err      error
 	started  bool // S2: stream identifier written
 }
@@ -113,7 +114,7 @@ func newLanes(w io.Writer, compression string, n int, h hash.Hash) (*lanes, erro
 	if n <= 0 {
 		n = runtime.NumCPU()
 	}
-	return &lanes{w: w, comp: compression, n: n, h: h}, nil
+	return &lanes{w: w, comp: compression, n: n, h: h, slots: make(chan struct{}, n)}, nil
 }
 
 // Write copies p into pieces, handing each full one to a lane.
@@ -192,7 +193,9 @@ func (l *lanes) submit() {
 		close(p.hashed)
 	}()
 	go func() {
+		l.slots <- struct{}{}
 		p.out, p.err = l.compress(p.out[:0], p.in)
+		<-l.slots
 		close(p.done)
 	}()
 	l.inflight = append(l.inflight, p)
