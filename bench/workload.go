@@ -34,9 +34,12 @@ type Run struct {
 	CheckpointLR *CheckpointResult `json:"cr_checkpoint_leave_running,omitempty"`
 	Checkpoint   *CheckpointResult `json:"cr_checkpoint,omitempty"`
 	Restore      *RestoreResult    `json:"cr_restore,omitempty"`
-	Stores       *StoresResult     `json:"cr_stores,omitempty"`
-	Lazy         *MigrateResult    `json:"cr_migrate_lazy,omitempty"`
-	Migrate      *MigrateResult    `json:"cr_migrate,omitempty"`
+	// The same with --compress zstd (the default is s2), after Restore.
+	CheckpointZstd *CheckpointResult `json:"cr_checkpoint_zstd,omitempty"`
+	RestoreZstd    *RestoreResult    `json:"cr_restore_zstd,omitempty"`
+	Stores         *StoresResult     `json:"cr_stores,omitempty"`
+	Lazy           *MigrateResult    `json:"cr_migrate_lazy,omitempty"`
+	Migrate        *MigrateResult    `json:"cr_migrate,omitempty"`
 }
 
 // crCheckpoint is cr checkpoint --json.
@@ -269,7 +272,8 @@ func (e *env) measureRaw(ctx context.Context, j *job, r *Run) error {
 }
 
 // measureCR checkpoints the job with cr, leaving it running, then to a
-// file (the job ends), and restores it from that file.
+// file (the job ends), and restores it from that file; then the same to a
+// zstd file.
 func (e *env) measureCR(ctx context.Context, j *job, r *Run) error {
 	img := filepath.Join(e.dir, j.w.Name+"-lr.cr")
 	var err error
@@ -289,6 +293,16 @@ func (e *env) measureCR(ctx context.Context, j *job, r *Run) error {
 		return step("cr restore", err)
 	}
 	logf("  cr restore: %s wall (verified)", secs(r.Restore.WallSeconds))
+	zimg := filepath.Join(e.dir, j.w.Name+"-zstd.cr")
+	defer os.Remove(zimg)
+	if r.CheckpointZstd, err = e.checkpoint(ctx, j, zimg, false, "--compress", "zstd"); err != nil {
+		return step("cr checkpoint --compress zstd", err)
+	}
+	logf("  cr checkpoint --compress zstd: %s wall, image %s", secs(r.CheckpointZstd.WallSeconds), human(r.CheckpointZstd.CR.ImageBytes))
+	if r.RestoreZstd, err = e.restore(ctx, j, zimg); err != nil {
+		return step("cr restore of the zstd image", err)
+	}
+	logf("  cr restore (zstd): %s wall (verified)", secs(r.RestoreZstd.WallSeconds))
 	return nil
 }
 
@@ -318,8 +332,8 @@ func (e *env) measureMigrate(ctx context.Context, j *job, r *Run) error {
 }
 
 // checkpoint runs cr checkpoint of the job to img.
-func (e *env) checkpoint(ctx context.Context, j *job, img string, leaveRunning bool) (*CheckpointResult, error) {
-	args := []string{"checkpoint", "--json", "-o", img}
+func (e *env) checkpoint(ctx context.Context, j *job, img string, leaveRunning bool, extra ...string) (*CheckpointResult, error) {
+	args := append([]string{"checkpoint", "--json", "-o", img}, extra...)
 	if leaveRunning {
 		args = append(args, "--leave-running")
 	}

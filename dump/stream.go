@@ -40,6 +40,10 @@ type streamState struct {
 	err         error // the first compressor's failure
 	peakSpooled int64
 	gate        chan struct{} // closed when the last CRIU is done (Run)
+	// compressing admits one spooled compressor at a time: each uses
+	// every CPU already (images.EntryWriter's lanes), and a job of many
+	// processes would otherwise hold every one's buffers at once.
+	compressing sync.Mutex
 }
 
 // spoolMemory is what one spool holds in memory before it spills, for
@@ -210,7 +214,9 @@ func (c *Checkpoint) storeImage(o Options, m *member, imgDir, name string) (io.W
 		// The compressor starts once every CRIU is done: while CRIU
 		// dumps, the tasks are frozen, and CRIU has the CPUs to itself.
 		<-gate
-		_, err := io.CopyBuffer(onlyWriter{sf.uncounted()}, sp, make([]byte, 1<<20))
+		c.stream.compressing.Lock()
+		defer c.stream.compressing.Unlock()
+		_, err := copyPages(sf.uncounted(), sp)
 		if err == nil {
 			err = sf.Close()
 		} else {
@@ -245,6 +251,16 @@ func (w *spoolWriter) Close() error { return w.sp.Close() }
 type onlyWriter struct{ w io.Writer }
 
 func (o onlyWriter) Write(p []byte) (int, error) { return o.w.Write(p) }
+
+// copyPages copies a spool into a pages image's writer: an EntryWriter
+// reads it straight into its compressor's buffers, any other writer
+// through a buffer of 1 MiB.
+func copyPages(w io.Writer, r io.Reader) (int64, error) {
+	if ew, ok := w.(*images.EntryWriter); ok {
+		return ew.ReadFrom(r)
+	}
+	return io.CopyBuffer(onlyWriter{w}, r, make([]byte, 1<<20))
+}
 
 // pagesFile is one pages image on its way: into the spill directory
 // (spillFile) or into a StreamSink (sinkFile). Its Write counts the
@@ -304,9 +320,10 @@ func (s *sinkFile) discard() {}
 
 // spillFile is a pages image on its way into the spill directory.
 type spillFile struct {
-	c  *Checkpoint
-	f  *os.File
-	ew *images.EntryWriter
+	c       *Checkpoint
+	f       *os.File
+	ew      *images.EntryWriter
+	aborted bool
 }
 
 func (s *spillFile) Write(p []byte) (int, error) {
@@ -317,9 +334,40 @@ func (s *spillFile) Write(p []byte) (int, error) {
 
 func (s *spillFile) uncounted() io.Writer { return s.ew }
 
-func (s *spillFile) discard() { s.f.Close() }
+// discard ends an entry that will not be used (its goroutines and
+// buffers).
+func (s *spillFile) discard() {
+	s.aborted = true
+	s.ew.Abort()
+	s.f.Close()
+}
+
+// ReadFromPipe reads CRIU's pipe straight into the compressor's buffers
+// (streamer.PipeWriter); on a failure the entry is discarded.
+func (s *spillFile) ReadFromPipe(pipe *os.File) (int64, error) {
+	n, err := s.ew.ReadFrom(countReader{r: pipe, n: &s.c.stream.raw})
+	if err != nil {
+		s.discard()
+	}
+	return n, err
+}
+
+// countReader counts what it reads into n.
+type countReader struct {
+	r io.Reader
+	n *atomic.Int64
+}
+
+func (c countReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n.Add(int64(n))
+	return n, err
+}
 
 func (s *spillFile) Close() error {
+	if s.aborted {
+		return errors.New("entry abandoned")
+	}
 	err := s.ew.Close()
 	if cerr := s.f.Close(); err == nil {
 		err = cerr

@@ -10,7 +10,6 @@ import (
 	"runtime"
 	"slices"
 	"strings"
-	"sync"
 
 	"github.com/klauspost/compress/s2"
 	"github.com/klauspost/compress/zstd"
@@ -37,75 +36,41 @@ type Precompressed struct {
 }
 
 // EntryWriter hashes and compresses one entry's content into a file, as
-// it arrives; Close ends it and Entry then describes it.
+// it arrives; Close ends it and Entry then describes it. zstd and S2 are
+// compressed on lanes (see lanes): pieces of LaneChunk bytes compressed
+// concurrently and written in order, hashed on a goroutine of their own.
 type EntryWriter struct {
 	name, comp string
 	mode       uint32
 	f          *os.File
 	out        *countWriter
-	enc        compressor
-	w          io.Writer
+	lanes      *lanes // nil for CompressionNone
 	h          hash.Hash
 	size       int64
 	done       bool
-	lanes      int
 }
 
 // NewEntryWriter writes the entry name (mode) into f, compressed as
-// compression (CompressionZstd, the default when empty, or
-// CompressionNone) on concurrency goroutines (0: every CPU). f is the
+// compression (CompressionZstd, the default when empty, CompressionS2 or
+// CompressionNone) on concurrency lanes (0: every CPU). f is the
 // caller's: it stays open.
 func NewEntryWriter(f *os.File, name string, mode uint32, compression string, concurrency int) (*EntryWriter, error) {
 	if err := checkName(name); err != nil {
 		return nil, fmt.Errorf("entry %q: %w", name, err)
 	}
-	if concurrency <= 0 {
-		concurrency = runtime.NumCPU()
-	}
-	e := &EntryWriter{name: name, mode: mode, comp: compression, f: f, out: &countWriter{w: f}, h: sha256.New(), lanes: concurrency}
+	e := &EntryWriter{name: name, mode: mode, comp: compression, f: f, out: &countWriter{w: f}, h: sha256.New()}
 	if e.comp == "" {
 		e.comp = CompressionZstd
 	}
-	enc, err := newCompressor(e.out, e.comp, concurrency)
+	if e.comp == CompressionNone {
+		return e, nil
+	}
+	l, err := newLanes(e.out, e.comp, concurrency, e.h)
 	if err != nil {
 		return nil, err
 	}
-	e.enc, e.w = enc, e.out
-	if enc != nil {
-		e.w = enc
-	}
+	e.lanes = l
 	return e, nil
-}
-
-// zstdPool keeps the zstd encoders of ended entries for the next ones,
-// by concurrency: an encoder holds several MiB of buffers, and a dump of
-// many processes compresses one pages image after another.
-var zstdPool = struct {
-	sync.Mutex
-	free map[int][]*zstd.Encoder
-}{free: map[int][]*zstd.Encoder{}}
-
-func getZstd(n int) *zstd.Encoder {
-	zstdPool.Lock()
-	defer zstdPool.Unlock()
-	l := zstdPool.free[n]
-	if len(l) == 0 {
-		return nil
-	}
-	enc := l[len(l)-1]
-	zstdPool.free[n] = l[:len(l)-1]
-	return enc
-}
-
-// putZstd returns an encoder whose stream was closed without error; at
-// most a few are kept.
-func putZstd(n int, enc *zstd.Encoder) {
-	zstdPool.Lock()
-	defer zstdPool.Unlock()
-	if len(zstdPool.free[n]) < 4 {
-		enc.Reset(nil)
-		zstdPool.free[n] = append(zstdPool.free[n], enc)
-	}
 }
 
 // compressor is a streaming encoder of one of the compressions: Close
@@ -127,10 +92,6 @@ func newCompressor(w io.Writer, compression string, n int) (compressor, error) {
 	}
 	switch compression {
 	case CompressionZstd:
-		if enc := getZstd(n); enc != nil {
-			enc.Reset(w)
-			return enc, nil
-		}
 		enc, err := zstd.NewWriter(w,
 			zstd.WithEncoderLevel(zstd.SpeedFastest),
 			zstd.WithEncoderConcurrency(n),
@@ -153,11 +114,37 @@ func (e *EntryWriter) Write(p []byte) (int, error) {
 	if e.done {
 		return 0, fmt.Errorf("write %s: entry closed", e.name)
 	}
-	n, err := e.w.Write(p)
-	e.h.Write(p[:n])
+	var n int
+	var err error
+	if e.lanes != nil {
+		n, err = e.lanes.Write(p)
+	} else {
+		n, err = e.out.Write(p)
+		e.h.Write(p[:n])
+	}
 	e.size += int64(n)
 	return n, err
 }
+
+// ReadFrom hashes and compresses what r gives until its end, reading it
+// straight into the compressor's buffers.
+func (e *EntryWriter) ReadFrom(r io.Reader) (int64, error) {
+	if e.done {
+		return 0, fmt.Errorf("write %s: entry closed", e.name)
+	}
+	if e.lanes == nil {
+		return io.CopyBuffer(onlyWriter{e}, r, make([]byte, 1<<20))
+	}
+	n, err := e.lanes.ReadFrom(r)
+	e.size += n
+	return n, err
+}
+
+// onlyWriter hides a writer's ReadFrom, so that io.CopyBuffer copies
+// through its buffer.
+type onlyWriter struct{ w io.Writer }
+
+func (o onlyWriter) Write(p []byte) (int, error) { return o.w.Write(p) }
 
 // Size is the content's bytes so far.
 func (e *EntryWriter) Size() int64 { return e.size }
@@ -167,22 +154,37 @@ func (e *EntryWriter) Close() error {
 	if e.done {
 		return nil
 	}
-	e.done = true
 	if pad := (512 - e.size%512) % 512; pad > 0 {
-		if _, err := e.w.Write(make([]byte, pad)); err != nil {
+		var err error
+		if e.lanes != nil {
+			err = e.lanes.writePad(make([]byte, pad))
+		} else {
+			_, err = e.out.Write(make([]byte, pad))
+		}
+		if err != nil {
+			e.Abort()
 			return fmt.Errorf("write %s: %w", e.name, err)
 		}
 	}
-	if e.enc != nil {
-		if err := e.enc.Close(); err != nil {
+	e.done = true
+	if e.lanes != nil {
+		if err := e.lanes.Close(); err != nil {
 			return fmt.Errorf("write %s: %w", e.name, err)
 		}
-		if z, ok := e.enc.(*zstd.Encoder); ok {
-			putZstd(e.lanes, z)
-		}
-		e.enc = nil
 	}
 	return nil
+}
+
+// Abort ends a write that will not be used: the compressor's goroutines
+// finish and its buffers go back to the pool.
+func (e *EntryWriter) Abort() {
+	if e.done {
+		return
+	}
+	e.done = true
+	if e.lanes != nil {
+		e.lanes.Abort()
+	}
 }
 
 // Entry describes the entry written (after Close).
