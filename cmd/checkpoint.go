@@ -85,10 +85,12 @@ compressed in pieces of 1 MiB on every CPU at once, and hashed (SHA-256)
 beside them. --compress picks the codec; measured on a 2-core machine, on
 memory a quarter zeros, half text, a quarter random (docs/performance.md):
 
-  s2    the default: about 1.4 GB/s per core, images 0.35 of the memory;
+  zstd  the default (level 1): about 0.6 GB/s per core, the smallest
+        images (0.32 of the memory), the one checkpointctl and Podman's
+        tools read
+  s2    the fastest: about 1.4 GB/s per core (a checkpoint in about 2/3 of
+        zstd's time), images about 11% larger (0.35 of the memory);
         checkpointctl cannot read it
-  zstd  (level 1) about 0.6 GB/s per core, the smallest images (0.32 of the
-        memory), the one checkpointctl and Podman's tools read
   none  images the size of the memory; only the hash costs (1.2 GB/s)
 
 If anything fails (CRIU, disk, Ctrl-C, SIGTERM) the subtree is thawed and
@@ -115,7 +117,7 @@ rootfs cache ($CR_ROOTFS_CACHE, default /var/lib/cr/rootfs), unless
 	}
 	c.Flags().StringVarP(&o.Output, "output", "o", "", "image file to write, or s3://BUCKET/KEY (default NAME-TIMESTAMP.cr)")
 	c.Flags().BoolVar(&o.LeaveRunning, "leave-running", false, "keep the subtree running after the dump")
-	c.Flags().StringVar(&o.Compress, "compress", images.CompressionS2, "compression: s2 (fastest), zstd (smallest; checkpointctl reads it) or none")
+	c.Flags().StringVar(&o.Compress, "compress", images.CompressionZstd, "compression: zstd (smallest; checkpointctl reads it), s2 (fastest: about 2/3 of zstd's time, images about 11% larger) or none")
 	c.Flags().BoolVar(&o.WithRootfs, "with-rootfs", false, "carry the lower of --rootfs containers in the image too")
 	c.Flags().BoolVar(&o.TCPEstablished, "tcp-established", true, "dump the established TCP connections of containers with their own network (--tcp-established=false: refuse them)")
 	c.Flags().BoolVar(&o.JSON, "json", false, "print a JSON report")
