@@ -32,6 +32,14 @@ type RestoreReport struct {
 	Containers     []string       `json:"containers"`
 	Pids           map[string]int `json:"init_pids"`
 	ElapsedSeconds float64        `json:"elapsed_seconds"`
+	// Streamed: fed to CRIU as it was read; then the phases: reading the
+	// image's head and small files, restoring up to the hold (CRIU
+	// reading the pages as they arrive), reading the rest to its
+	// verified end.
+	Streamed       bool    `json:"streamed"`
+	ExtractSeconds float64 `json:"extract_seconds,omitempty"`
+	RestoreSeconds float64 `json:"restore_seconds,omitempty"`
+	VerifySeconds  float64 `json:"verify_seconds,omitempty"`
 }
 
 func init() { register(newRestoreCommand) }
@@ -147,6 +155,10 @@ func runRestore(ctx context.Context, out, errOut io.Writer, g *Global, o Restore
 		prog.done()
 	}
 	if err == nil {
+		if res.Streamed {
+			g.verbosef(errOut, "restored from the image as it was read: head and small files %s, restore %s, the rest verified %s later",
+				dur(res.Phases.Extract.Seconds()), dur(res.Phases.Restore.Seconds()), dur(res.Phases.Verify.Seconds()))
+		}
 		err = reportRestore(out, e, res, o.JSON)
 	}
 	return interrupted(ctx, err, "nothing was restored")
@@ -165,7 +177,8 @@ func restoreTarget(e *env, m *images.Manifest, as string) (string, error) {
 // reportRestore records and reports a restored subtree.
 func reportRestore(out io.Writer, e *env, res *restore.Result, asJSON bool) error {
 	e.tree.RecordPaths(res.Containers, events.Restored, nil)
-	rep := RestoreReport{Path: e.show(res.Root), Pids: map[string]int{}, ElapsedSeconds: res.Elapsed.Seconds()}
+	rep := RestoreReport{Path: e.show(res.Root), Pids: map[string]int{}, ElapsedSeconds: res.Elapsed.Seconds(), Streamed: res.Streamed,
+		ExtractSeconds: res.Phases.Extract.Seconds(), RestoreSeconds: res.Phases.Restore.Seconds(), VerifySeconds: res.Phases.Verify.Seconds()}
 	for _, p := range res.Containers {
 		rep.Containers = append(rep.Containers, e.show(p))
 	}

@@ -8,6 +8,8 @@ import (
 	"os/exec"
 	"strings"
 	"sync"
+	"syscall"
+	"time"
 )
 
 // ErrCheckFailed means `criu check` found that CRIU cannot work here, or
@@ -32,11 +34,20 @@ func Check(ctx context.Context, path string) error {
 }
 
 // run runs CRIU with args and returns its stdout and stderr together.
+//
+// CRIU runs in a process group of its own, so that a Ctrl-C reaches cr
+// (which then cancels ctx) and not CRIU in the middle of its start-up
+// checks, which fork helpers: when ctx ends the whole group is killed
+// (these are queries, never a dump or a restore), and Wait does not wait
+// for a helper that outlived CRIU holding its output pipe.
 func run(ctx context.Context, path string, args ...string) (string, error) {
 	var out bytes.Buffer
 	cmd := exec.CommandContext(ctx, path, args...)
 	cmd.Stdout = &out
 	cmd.Stderr = &out
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
+	cmd.WaitDelay = 2 * time.Second
 	err := cmd.Run()
 	return out.String(), err
 }

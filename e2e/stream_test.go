@@ -3,6 +3,7 @@ package e2e
 import (
 	"archive/tar"
 	"bytes"
+	"encoding/json"
 	"fmt"
 	"io/fs"
 	"os"
@@ -110,8 +111,19 @@ func TestStreamCheckpointStagesNoPages(t *testing.T) {
 	// The restore feeds CRIU from the image as it reads it: the small
 	// images are extracted, the pages never.
 	w = watchStaging(staging)
-	mustCr(t, "restore", img)
+	var rep struct {
+		Streamed       bool    `json:"streamed"`
+		ExtractSeconds float64 `json:"extract_seconds"`
+		RestoreSeconds float64 `json:"restore_seconds"`
+		VerifySeconds  float64 `json:"verify_seconds"`
+	}
+	if err := json.Unmarshal([]byte(mustCr(t, "restore", "--json", img)), &rep); err != nil {
+		t.Fatal(err)
+	}
 	w.end()
+	if !rep.Streamed || rep.ExtractSeconds <= 0 || rep.RestoreSeconds <= 0 || rep.VerifySeconds < 0 {
+		t.Errorf("restore --json: %+v, want a streamed restore and its phases", rep)
+	}
 	killAtCleanup(t, "/stream")
 	if len(w.rawPages) > 0 {
 		t.Errorf("the restore staged uncompressed pages images: %v", w.rawPages)

@@ -72,12 +72,24 @@ type Result struct {
 	Pids       map[string]int // absolute path -> host pid of the container init
 	Containers []string       // absolute paths, parents first
 	Elapsed    time.Duration
-	Manifest   *images.Manifest
+	// Phases of a restore from the stream (FromStream); zero otherwise.
+	Phases   Phases
+	Streamed bool // fed to CRIU as it was read (image format 2)
+	Manifest *images.Manifest
 
 	tree    *nstree.Tree
 	nodes   []*nstree.Node
 	daemons []*lazyDaemon
 	journal *journal // a lazy restore's, ended by WaitPages
+}
+
+// Phases are how long the parts of a restore took: reading the image's
+// head and extracting its small files (Extract), restoring every
+// container up to the point where all are held (Restore: for a stream,
+// CRIU reading the pages as they arrive), and reading the rest of the
+// image to its verified end while they are held (Verify).
+type Phases struct {
+	Extract, Restore, Verify time.Duration
 }
 
 // lazyDaemon is the `criu lazy-pages` of one container of a lazy restore.
@@ -332,6 +344,7 @@ func fromDir(ctx context.Context, t *nstree.Tree, dir string, m *images.Manifest
 			return nil, err
 		}
 	}
+	res.Phases.Restore = time.Since(start)
 	if feed != nil {
 		// Every byte of the image checked before anything runs: what CRIU
 		// did not ask for, and the end of the archive.
@@ -340,6 +353,7 @@ func fromDir(ctx context.Context, t *nstree.Tree, dir string, m *images.Manifest
 			return nil, err
 		}
 	}
+	res.Phases.Verify = time.Since(start) - res.Phases.Restore
 	if ready != nil {
 		if err := ready(res); err != nil {
 			abortAll(err)

@@ -13,6 +13,7 @@ import (
 	"strings"
 	"sync"
 	"syscall"
+	"time"
 
 	"github.com/checkpoint-restore/go-criu/v7/rpc"
 	"github.com/klauspost/compress/s2"
@@ -56,6 +57,7 @@ func FromStream(ctx context.Context, t *nstree.Tree, r io.Reader, name string, t
 		return nil, fmt.Errorf("create staging area: %w", err)
 	}
 	defer dir.Remove()
+	start := time.Now()
 	lim := o.Limits
 	if free, err := images.FreeSpace(dir.Path); err == nil {
 		lim.Free = free
@@ -77,7 +79,12 @@ func FromStream(ctx context.Context, t *nstree.Tree, r io.Reader, name string, t
 		if err != nil {
 			return nil, err
 		}
-		return FromDir(ctx, t, dir.Path, m, to, o, ready)
+		extracted := time.Since(start)
+		res, err := FromDir(ctx, t, dir.Path, m, to, o, ready)
+		if res != nil {
+			res.Phases.Extract = extracted
+		}
+		return res, err
 	}
 	to, err := target(m)
 	if err != nil {
@@ -97,7 +104,12 @@ func FromStream(ctx context.Context, t *nstree.Tree, r io.Reader, name string, t
 	}
 	defer feed.close()
 	feed.name = name
-	return fromDir(ctx, t, dir.Path, m, to, o, ready, feed)
+	extracted := time.Since(start)
+	res, err := fromDir(ctx, t, dir.Path, m, to, o, ready, feed)
+	if res != nil {
+		res.Phases.Extract, res.Streamed = extracted, true
+	}
+	return res, err
 }
 
 // pageFeed serves the pages entries of an image stream to CRIU in the
