@@ -34,9 +34,9 @@ type Run struct {
 	CheckpointLR *CheckpointResult `json:"cr_checkpoint_leave_running,omitempty"`
 	Checkpoint   *CheckpointResult `json:"cr_checkpoint,omitempty"`
 	Restore      *RestoreResult    `json:"cr_restore,omitempty"`
-	// The same with --compress zstd (the default is s2), after Restore.
-	CheckpointZstd *CheckpointResult `json:"cr_checkpoint_zstd,omitempty"`
-	RestoreZstd    *RestoreResult    `json:"cr_restore_zstd,omitempty"`
+	// The same with --compress s2 (the default is zstd), after Restore.
+	CheckpointS2 *CheckpointResult `json:"cr_checkpoint_s2,omitempty"`
+	RestoreS2    *RestoreResult    `json:"cr_restore_s2,omitempty"`
 	Stores         *StoresResult     `json:"cr_stores,omitempty"`
 	Lazy           *MigrateResult    `json:"cr_migrate_lazy,omitempty"`
 	Migrate        *MigrateResult    `json:"cr_migrate,omitempty"`
@@ -293,16 +293,16 @@ func (e *env) measureCR(ctx context.Context, j *job, r *Run) error {
 		return step("cr restore", err)
 	}
 	logf("  cr restore: %s wall (verified)", secs(r.Restore.WallSeconds))
-	zimg := filepath.Join(e.dir, j.w.Name+"-zstd.cr")
-	defer os.Remove(zimg)
-	if r.CheckpointZstd, err = e.checkpoint(ctx, j, zimg, false, "--compress", "zstd"); err != nil {
-		return step("cr checkpoint --compress zstd", err)
+	simg := filepath.Join(e.dir, j.w.Name+"-s2.cr")
+	defer os.Remove(simg)
+	if r.CheckpointS2, err = e.checkpoint(ctx, j, simg, false, "--compress", "s2"); err != nil {
+		return step("cr checkpoint --compress s2", err)
 	}
-	logf("  cr checkpoint --compress zstd: %s wall, image %s", secs(r.CheckpointZstd.WallSeconds), human(r.CheckpointZstd.CR.ImageBytes))
-	if r.RestoreZstd, err = e.restore(ctx, j, zimg); err != nil {
-		return step("cr restore of the zstd image", err)
+	logf("  cr checkpoint --compress s2: %s wall, image %s", secs(r.CheckpointS2.WallSeconds), human(r.CheckpointS2.CR.ImageBytes))
+	if r.RestoreS2, err = e.restore(ctx, j, simg); err != nil {
+		return step("cr restore of the s2 image", err)
 	}
-	logf("  cr restore (zstd): %s wall (verified)", secs(r.RestoreZstd.WallSeconds))
+	logf("  cr restore (s2): %s wall (verified)", secs(r.RestoreS2.WallSeconds))
 	return nil
 }
 
