@@ -37,9 +37,9 @@ type Run struct {
 	// The same with --compress s2 (the default is zstd), after Restore.
 	CheckpointS2 *CheckpointResult `json:"cr_checkpoint_s2,omitempty"`
 	RestoreS2    *RestoreResult    `json:"cr_restore_s2,omitempty"`
-	Stores         *StoresResult     `json:"cr_stores,omitempty"`
-	Lazy           *MigrateResult    `json:"cr_migrate_lazy,omitempty"`
-	Migrate        *MigrateResult    `json:"cr_migrate,omitempty"`
+	Stores       *StoresResult     `json:"cr_stores,omitempty"`
+	Lazy         *MigrateResult    `json:"cr_migrate_lazy,omitempty"`
+	Migrate      *MigrateResult    `json:"cr_migrate,omitempty"`
 }
 
 // crCheckpoint is cr checkpoint --json.
