@@ -117,15 +117,16 @@ func FromStream(ctx context.Context, t *nstree.Tree, r io.Reader, name string, t
 // for is the next one (the image has them in CRIU's order), else after
 // spilling what comes first to staging.
 type pageFeed struct {
-	mu      sync.Mutex
-	name    string // the image's, for messages
-	s       *images.Stream
-	staging string
-	listed  map[string]bool   // pages entries of the manifest
-	spilled map[string]string // entry name -> spilled copy
-	spill   *scratch.Entry
-	err     error // the first failure of the stream: sticky
-	ended   bool  // the stream read to its verified end
+	mu       sync.Mutex
+	name     string // the image's, for messages
+	s        *images.Stream
+	staging  string
+	listed   map[string]bool   // pages entries of the manifest
+	spilled  map[string]string // entry name -> spilled copy
+	spill    *scratch.Entry
+	nspilled int   // spill files made so far
+	err      error // the first failure of the stream: sticky
+	ended    bool  // the stream read to its verified end
 }
 
 // serve writes the pages entry name into w (CRIU's pipe). If CRIU closes
@@ -193,7 +194,10 @@ func (f *pageFeed) spillEntry(name string, r io.Reader) error {
 		}
 		f.spill = sp
 	}
-	p := filepath.Join(f.spill.Path, fmt.Sprint(len(f.spilled)))
+	// Named by a counter, not by len(spilled): a spilled entry served
+	// leaves the map, and a name taken from its size would come again.
+	f.nspilled++
+	p := filepath.Join(f.spill.Path, fmt.Sprint(f.nspilled))
 	out, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
 		return err
